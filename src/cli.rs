@@ -1,0 +1,340 @@
+//! The command line (SPEC "Command line"): `run`, `check`, `explain`, `simulate`, `demo`.
+//! Exit codes: 0 ok, 1 invalid config or input, 2 usage error (clap).
+
+use crate::config::{Config, ConfigError, RuleAction, ServiceConfig};
+use crate::explain::{self, ExplainInput};
+use crate::routing::{Router, RoutingTable};
+use crate::server::{self, RunOptions};
+use crate::simulate;
+use clap::{Parser, Subcommand, ValueEnum};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+/// cohort: a sticky canary-release load balancer. Pins every user to one variant of a
+/// service by weighted rendezvous hashing of a key taken from the request.
+#[derive(Debug, Parser)]
+#[command(name = "cohort", version, about, long_about = None)]
+pub struct Cli {
+    /// Log format on stderr (filter with RUST_LOG, e.g. RUST_LOG=debug).
+    #[arg(long, value_enum, default_value = "text", global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve: proxy on server.listen, admin API on server.admin.
+    Run {
+        /// Config file (TOML).
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Listen address; replaces server.listen (repeatable).
+        #[arg(long, value_name = "ADDR")]
+        listen: Vec<SocketAddr>,
+        /// Admin API address; replaces server.admin.
+        #[arg(long, value_name = "ADDR")]
+        admin: Option<SocketAddr>,
+        /// Take the listening sockets over from a running instance (graceful upgrade).
+        #[arg(long)]
+        upgrade: bool,
+        /// Run in the background.
+        #[arg(long)]
+        daemon: bool,
+    },
+    /// Validate a config; print a summary, or every error with its field path.
+    Check {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Do not resolve backend DNS names.
+        #[arg(long)]
+        no_resolve: bool,
+    },
+    /// Which variant a request would get, and why.
+    Explain {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// Service name (default: matched by --host and --path like the proxy does).
+        #[arg(long, value_name = "S")]
+        service: Option<String>,
+        /// Cohort key, placed where the service's key chain looks first.
+        #[arg(long, value_name = "K")]
+        key: Option<String>,
+        /// Request header 'Name: value' (repeatable).
+        #[arg(long, value_name = "'N: v'")]
+        header: Vec<String>,
+        /// Request cookie 'name=value' (repeatable).
+        #[arg(long, value_name = "'n=v'")]
+        cookie: Vec<String>,
+        /// Client (TCP peer) address.
+        #[arg(long, value_name = "A")]
+        ip: Option<IpAddr>,
+        /// Host header.
+        #[arg(long, value_name = "H")]
+        host: Option<String>,
+        /// Request path (may include a query string).
+        #[arg(long, value_name = "P")]
+        path: Option<String>,
+        /// Print JSON (same shape as GET /explain).
+        #[arg(long)]
+        json: bool,
+    },
+    /// Share per variant over N synthetic users; with --against, who would move where.
+    Simulate {
+        #[arg(short, long, value_name = "FILE")]
+        config: PathBuf,
+        /// A second config: print the transition matrix if it replaced the first.
+        #[arg(long, value_name = "FILE2")]
+        against: Option<PathBuf>,
+        /// Number of synthetic users.
+        #[arg(long, value_name = "N", default_value_t = 100_000)]
+        users: u64,
+    },
+    /// Start two demo backends and the proxy on localhost; print curl lines to try.
+    Demo {
+        /// Proxy address.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
+        listen: SocketAddr,
+        /// Admin address.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+        admin: SocketAddr,
+    },
+}
+
+/// Runs a parsed command; returns the process exit code.
+pub fn dispatch(cli: Cli) -> i32 {
+    match cli.command {
+        Command::Run {
+            config,
+            listen,
+            admin,
+            upgrade,
+            daemon,
+        } => report(server::run(RunOptions {
+            config,
+            listen,
+            admin,
+            upgrade,
+            daemon,
+        })),
+        Command::Check { config, no_resolve } => check(&config, no_resolve),
+        Command::Explain {
+            config,
+            service,
+            key,
+            header,
+            cookie,
+            ip,
+            host,
+            path,
+            json,
+        } => {
+            let input = ExplainInput {
+                service,
+                key,
+                headers: header,
+                cookies: cookie,
+                ip,
+                host,
+                path,
+            };
+            explain_cmd(&config, &input, json)
+        }
+        Command::Simulate {
+            config,
+            against,
+            users,
+        } => simulate_cmd(&config, against.as_deref(), users),
+        Command::Demo { listen, admin } => {
+            report(crate::demo::run(&listen.to_string(), &admin.to_string()))
+        }
+    }
+}
+
+fn report(r: Result<(), ConfigError>) -> i32 {
+    match r {
+        Ok(()) => 0,
+        Err(e) => {
+            for line in e.lines() {
+                eprintln!("error: {line}");
+            }
+            1
+        }
+    }
+}
+
+fn load(path: &std::path::Path) -> Result<Config, i32> {
+    Config::load(path).map_err(|e| {
+        eprintln!("{}: invalid config", path.display());
+        for line in e.lines() {
+            eprintln!("  {line}");
+        }
+        1
+    })
+}
+
+fn check(path: &std::path::Path, no_resolve: bool) -> i32 {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let summary = summary(&config);
+    if !no_resolve {
+        if let Err(e) = RoutingTable::build(config) {
+            eprintln!("{}: invalid config", path.display());
+            for line in e.lines() {
+                eprintln!("  {line}");
+            }
+            return 1;
+        }
+    }
+    print!("{summary}");
+    println!("{}: ok", path.display());
+    0
+}
+
+/// The one-screen summary `cohort check` prints.
+pub fn summary(c: &Config) -> String {
+    let s = &c.server;
+    let mut out = format!(
+        "version {}\nlisten  {}\nadmin   {}\nthreads {}\n",
+        c.version,
+        s.listen
+            .iter()
+            .map(|a| a.to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        s.admin.map_or("off".to_string(), |a| a.to_string()),
+        s.threads
+    );
+    for svc in &c.services {
+        out += &service_summary(svc);
+    }
+    out
+}
+
+fn service_summary(s: &ServiceConfig) -> String {
+    let hosts = if s.hosts.is_empty() {
+        "any host".to_string()
+    } else {
+        s.hosts
+            .iter()
+            .map(|h| match h {
+                crate::config::HostPattern::Exact(e) => e.clone(),
+                crate::config::HostPattern::Wildcard(w) => format!("*{w}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let keys: Vec<String> = s.keys.iter().map(|k| k.to_string()).collect();
+    let mut out = format!(
+        "\nservice {} ({hosts}, prefix {})\n  key     {}{}\n  salt    {}\n",
+        s.name,
+        s.path_prefix,
+        if keys.is_empty() {
+            "(none)".to_string()
+        } else {
+            keys.join(" > ")
+        },
+        s.assign_cookie
+            .as_ref()
+            .map_or(String::new(), |c| format!(" > new id in cookie {c}")),
+        s.salt
+    );
+    let total: f64 = s.variants.iter().map(|v| v.weight).sum();
+    for (i, v) in s.variants.iter().enumerate() {
+        out += &format!(
+            "  variant {:<12} weight {:<6} share {:>7.3}%  {} backend(s), {}{}\n",
+            v.name,
+            v.weight,
+            crate::admin::share_percent(v.weight, total),
+            v.backends.len(),
+            v.balance.as_str(),
+            if s.fallback == Some(i) {
+                "  (fallback)"
+            } else {
+                ""
+            }
+        );
+    }
+    for r in &s.rules {
+        let action = match &r.action {
+            RuleAction::Variant(v) => format!("-> {}", s.variants[*v].name),
+            RuleAction::Weights(w) => {
+                let parts: Vec<String> = s
+                    .variants
+                    .iter()
+                    .zip(w)
+                    .filter(|(_, w)| **w > 0.0)
+                    .map(|(v, w)| format!("{}={w}", v.name))
+                    .collect();
+                format!("-> split {}", parts.join(" "))
+            }
+        };
+        out += &format!("  rule    {:<12} {action}\n", r.name);
+    }
+    out
+}
+
+fn explain_cmd(path: &std::path::Path, input: &ExplainInput, json: bool) -> i32 {
+    let config = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let router = Router::new(&config);
+    match explain::explain(&router, input) {
+        Ok(e) if json => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&e.to_json()).unwrap_or_default()
+            );
+            0
+        }
+        Ok(e) => {
+            print!("{}", e.to_text());
+            0
+        }
+        Err(msg) => {
+            eprintln!("error: {msg}");
+            1
+        }
+    }
+}
+
+fn simulate_cmd(path: &std::path::Path, against: Option<&std::path::Path>, users: u64) -> i32 {
+    let a = match load(path) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    match against {
+        None => {
+            for s in &a.services {
+                println!(
+                    "{}",
+                    simulate::shares_text(&s.name, &simulate::shares(s, users), users)
+                );
+            }
+        }
+        Some(p) => {
+            let b = match load(p) {
+                Ok(c) => c,
+                Err(code) => return code,
+            };
+            for t in simulate::transitions(&a, &b, users) {
+                println!("{}", simulate::transition_text(&t));
+            }
+            for s in &a.services {
+                if !b.services.iter().any(|x| x.name == s.name) {
+                    println!("service {}: absent from {}", s.name, p.display());
+                }
+            }
+        }
+    }
+    0
+}

@@ -1,0 +1,123 @@
+//! The config file as serde sees it: plain structs mirroring the TOML, no logic.
+//! `deny_unknown_fields` everywhere, so a typo is an error, not a silent default.
+//! [`super::validate`] turns these into a [`super::Config`].
+
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    #[serde(default)]
+    pub server: ServerFile,
+    #[serde(default, rename = "service")]
+    pub services: Vec<ServiceFile>,
+}
+
+/// `[server]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    pub listen: Option<Vec<String>>,
+    pub threads: Option<usize>,
+    pub admin: Option<String>,
+    pub admin_token_env: Option<String>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    pub watch: Option<bool>,
+    pub drain_delay_secs: Option<u64>,
+    pub shutdown_timeout_secs: Option<u64>,
+    pub upgrade_sock: Option<String>,
+    pub pid_file: Option<String>,
+}
+
+/// `[[service]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceFile {
+    pub name: String,
+    pub hosts: Option<Vec<String>>,
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub key: Vec<String>,
+    pub salt: Option<String>,
+    pub assign_cookie: Option<String>,
+    pub cookie_max_age_secs: Option<u64>,
+    pub force_header: Option<String>,
+    #[serde(default)]
+    pub force_from: Vec<String>,
+    pub expose_header: Option<String>,
+    pub fallback: Option<String>,
+    #[serde(default, rename = "variant")]
+    pub variants: Vec<VariantFile>,
+    #[serde(default, rename = "rule")]
+    pub rules: Vec<RuleFile>,
+}
+
+/// `[[service.variant]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VariantFile {
+    pub name: String,
+    #[serde(deserialize_with = "number")]
+    pub weight: f64,
+    #[serde(default)]
+    pub backends: Vec<String>,
+    pub balance: Option<String>,
+    pub connect_timeout_ms: Option<u64>,
+    pub read_timeout_ms: Option<u64>,
+}
+
+/// `[[service.rule]]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuleFile {
+    pub name: String,
+    pub client_cidr: Option<Vec<String>>,
+    pub header: Option<MatcherFile>,
+    pub cookie: Option<MatcherFile>,
+    pub query: Option<MatcherFile>,
+    pub key_in: Option<Vec<String>>,
+    pub variant: Option<String>,
+    pub weights: Option<BTreeMap<String, Weight>>,
+}
+
+/// A number that TOML may write as an integer or a float.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(transparent)]
+pub struct Weight(#[serde(deserialize_with = "number")] pub f64);
+
+/// `{ name = "...", equals | in | present | prefix = ... }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MatcherFile {
+    pub name: String,
+    pub equals: Option<String>,
+    #[serde(rename = "in")]
+    pub in_: Option<Vec<String>>,
+    pub present: Option<bool>,
+    pub prefix: Option<String>,
+}
+
+/// Accepts TOML integers and floats (including `nan`/`inf`, which validation rejects
+/// with a field path rather than a type error).
+fn number<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+    struct V;
+    impl serde::de::Visitor<'_> for V {
+        type Value = f64;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a number")
+        }
+        fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<f64, E> {
+            Ok(v as f64)
+        }
+        fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<f64, E> {
+            Ok(v)
+        }
+    }
+    d.deserialize_any(V)
+}

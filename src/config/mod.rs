@@ -1,0 +1,219 @@
+//! Configuration: TOML file → [`file::FileConfig`] (serde, no logic) → [`validate`] →
+//! [`Config`] (checked, typed, every reference resolved to an index). Compilation into the
+//! runtime routing table happens in [`crate::routing`] and [`crate::upstream`].
+
+pub mod error;
+pub mod file;
+mod validate;
+
+pub use error::{ConfigError, FieldError};
+
+use http::HeaderName;
+use ipnet::IpNet;
+use sha2::{Digest, Sha256};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// A validated configuration. Every name reference is an index into `variants`.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub services: Vec<ServiceConfig>,
+    /// First 12 hex digits of the file's sha256 (`/status` `version`).
+    pub version: String,
+}
+
+/// `[server]` after validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerConfig {
+    pub listen: Vec<SocketAddr>,
+    /// Worker threads; already resolved (0 in the file = one per CPU).
+    pub threads: usize,
+    pub admin: Option<SocketAddr>,
+    pub admin_token_env: Option<String>,
+    pub trusted_proxies: Vec<IpNet>,
+    pub watch: bool,
+    pub drain_delay: Duration,
+    pub shutdown_timeout: Duration,
+    pub upgrade_sock: String,
+    pub pid_file: Option<String>,
+}
+
+/// One `[[service]]`.
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub name: String,
+    /// Empty = any host.
+    pub hosts: Vec<HostPattern>,
+    pub path_prefix: String,
+    pub keys: Vec<KeySource>,
+    pub salt: String,
+    pub assign_cookie: Option<String>,
+    pub cookie_max_age_secs: u64,
+    pub force: Option<ForceHeader>,
+    pub expose_header: Option<HeaderName>,
+    pub fallback: Option<usize>,
+    pub variants: Vec<VariantConfig>,
+    pub rules: Vec<RuleConfig>,
+}
+
+/// A `hosts` entry, lower-cased.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostPattern {
+    Exact(String),
+    /// `*.example.com`, stored as the suffix `.example.com`.
+    Wildcard(String),
+}
+
+/// A cohort key source: `header:NAME`, `cookie:NAME`, `query:NAME` or `ip`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    Header(HeaderName),
+    Cookie(String),
+    Query(String),
+    Ip,
+}
+
+impl std::fmt::Display for KeySource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeySource::Header(h) => write!(f, "header:{h}"),
+            KeySource::Cookie(c) => write!(f, "cookie:{c}"),
+            KeySource::Query(q) => write!(f, "query:{q}"),
+            KeySource::Ip => f.write_str("ip"),
+        }
+    }
+}
+
+/// `force_header` with the CIDRs it is honoured from.
+#[derive(Debug, Clone)]
+pub struct ForceHeader {
+    pub name: HeaderName,
+    pub from: Vec<IpNet>,
+}
+
+/// How a variant spreads its users over its backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    RoundRobin,
+    Random,
+    /// Consistent hashing (Ketama) on the cohort key inside the pool.
+    Consistent,
+}
+
+impl Balance {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Balance::RoundRobin => "round_robin",
+            Balance::Random => "random",
+            Balance::Consistent => "consistent",
+        }
+    }
+}
+
+/// One `[[service.variant]]`.
+#[derive(Debug, Clone)]
+pub struct VariantConfig {
+    pub name: String,
+    pub weight: f64,
+    /// `host:port` as written; resolved when the table is compiled.
+    pub backends: Vec<String>,
+    pub balance: Balance,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+}
+
+/// What a rule's matcher tests.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum MatchOp {
+    Equals(Vec<u8>),
+    In(Vec<Vec<u8>>),
+    Present(bool),
+    Prefix(Vec<u8>),
+}
+
+/// `{ name = ..., <op> = ... }` on a header, cookie or query parameter.
+#[derive(Debug, Clone)]
+pub struct Matcher<N> {
+    pub name: N,
+    pub op: MatchOp,
+}
+
+/// What a matching rule does.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RuleAction {
+    /// Pin to one variant (index).
+    Variant(usize),
+    /// Re-split by hash with these weights (one per variant, in config order).
+    Weights(Vec<f64>),
+}
+
+/// One `[[service.rule]]`: every condition given must match.
+#[derive(Debug, Clone)]
+pub struct RuleConfig {
+    pub name: String,
+    pub client_cidr: Vec<IpNet>,
+    pub header: Option<Matcher<HeaderName>>,
+    pub cookie: Option<Matcher<String>>,
+    pub query: Option<Matcher<String>>,
+    pub key_in: Option<HashSet<Vec<u8>>>,
+    pub action: RuleAction,
+}
+
+impl Config {
+    /// Reads, parses and validates a config file.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        Config::parse(&text)
+    }
+
+    /// Parses and validates config text.
+    pub fn parse(text: &str) -> Result<Config, ConfigError> {
+        let file = parse_file(text)?;
+        validate::validate(file, version_of(text.as_bytes()))
+    }
+}
+
+/// First 12 hex digits of the sha256 of the file bytes.
+pub fn version_of(bytes: &[u8]) -> String {
+    let digest = Sha256::digest(bytes);
+    digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
+}
+
+/// TOML → serde structs, with the field path and line:column of the first error.
+pub fn parse_file(text: &str) -> Result<file::FileConfig, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|err| {
+        let path = err.path().to_string();
+        let inner = err.into_inner();
+        let (line, column) = inner
+            .span()
+            .map(|s| line_col(text, s.start))
+            .unwrap_or((1, 1));
+        ConfigError::Syntax {
+            line,
+            column,
+            path,
+            message: inner.message().trim().to_string(),
+        }
+    })
+}
+
+/// 1-based line and column (in characters) of a byte offset.
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let offset = offset.min(text.len());
+    let before = text.get(..offset).unwrap_or(text);
+    let line = before.matches('\n').count() + 1;
+    let col = before
+        .rsplit('\n')
+        .next()
+        .map(|l| l.chars().count())
+        .unwrap_or(0)
+        + 1;
+    (line, col)
+}

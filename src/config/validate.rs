@@ -1,0 +1,596 @@
+//! File structs → [`Config`]: defaults applied, names resolved to indexes, and *every*
+//! problem collected with its field path (never a panic, never only the first error).
+
+use super::error::{ConfigError, Errors};
+use super::file::{FileConfig, MatcherFile, RuleFile, ServerFile, ServiceFile, VariantFile};
+use super::*;
+use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
+use std::str::FromStr;
+
+const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
+const DEFAULT_COOKIE_MAX_AGE: u64 = 2_592_000;
+const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
+const DEFAULT_READ_TIMEOUT_MS: u64 = 30_000;
+
+pub(super) fn validate(file: FileConfig, version: String) -> Result<Config, ConfigError> {
+    let mut errs = Errors::default();
+    let server = server(&file.server, &mut errs);
+    if file.services.is_empty() {
+        errs.push("service", "at least one [[service]] is required");
+    }
+    let mut seen = HashMap::new();
+    let mut services = Vec::with_capacity(file.services.len());
+    for (i, s) in file.services.iter().enumerate() {
+        let path = format!("service[{i}]");
+        if let Some(first) = seen.insert(s.name.as_str(), i) {
+            errs.push(
+                format!("{path}.name"),
+                format!(
+                    "duplicate service name {:?} (also service[{first}])",
+                    s.name
+                ),
+            );
+        }
+        services.push(service(s, &path, &mut errs));
+    }
+    if errs.0.is_empty() {
+        Ok(Config {
+            server,
+            services,
+            version,
+        })
+    } else {
+        Err(ConfigError::Invalid(errs.0))
+    }
+}
+
+fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
+    let listen_raw = f
+        .listen
+        .clone()
+        .unwrap_or_else(|| vec![DEFAULT_LISTEN.to_string()]);
+    if listen_raw.is_empty() {
+        errs.push("server.listen", "at least one listen address is required");
+    }
+    let listen: Vec<SocketAddr> = listen_raw
+        .iter()
+        .enumerate()
+        .filter_map(|(i, a)| socket_addr(a, &format!("server.listen[{i}]"), errs))
+        .collect();
+    let admin = match f.admin.as_deref().unwrap_or(DEFAULT_ADMIN) {
+        "" => None,
+        a => socket_addr(a, "server.admin", errs),
+    };
+    if let Some(name) = &f.admin_token_env {
+        if name.is_empty() {
+            errs.push(
+                "server.admin_token_env",
+                "must name an environment variable",
+            );
+        }
+    }
+    let trusted_proxies = cidrs(&f.trusted_proxies, "server.trusted_proxies", errs);
+    let threads = match f.threads.unwrap_or(0) {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let port = listen.first().map_or(0, |a| a.port());
+    let upgrade_sock = f
+        .upgrade_sock
+        .clone()
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("/tmp/cohort-{port}.sock"));
+    ServerConfig {
+        listen,
+        threads,
+        admin,
+        admin_token_env: f.admin_token_env.clone().filter(|s| !s.is_empty()),
+        trusted_proxies,
+        watch: f.watch.unwrap_or(false),
+        drain_delay: Duration::from_secs(f.drain_delay_secs.unwrap_or(5)),
+        shutdown_timeout: Duration::from_secs(f.shutdown_timeout_secs.unwrap_or(30)),
+        upgrade_sock,
+        pid_file: f.pid_file.clone().filter(|s| !s.is_empty()),
+    }
+}
+
+fn service(s: &ServiceFile, path: &str, errs: &mut Errors) -> ServiceConfig {
+    check_name(&s.name, &format!("{path}.name"), errs);
+    let hosts = s
+        .hosts
+        .iter()
+        .flatten()
+        .enumerate()
+        .filter_map(|(i, h)| host_pattern(h, &format!("{path}.hosts[{i}]"), errs))
+        .collect();
+    let path_prefix = s.path_prefix.clone().unwrap_or_else(|| "/".to_string());
+    if !path_prefix.starts_with('/') {
+        errs.push(format!("{path}.path_prefix"), "must start with '/'");
+    }
+    let keys = key_sources(&s.key, path, errs);
+    let assign_cookie = s.assign_cookie.clone();
+    if let Some(c) = &assign_cookie {
+        if !is_token(c) {
+            errs.push(
+                format!("{path}.assign_cookie"),
+                format!("{c:?} is not a valid cookie name"),
+            );
+        }
+    }
+    let force = force_header(s, path, errs);
+    let expose_header = match s.expose_header.as_deref() {
+        None | Some("") => None,
+        Some(h) => header_name(h, &format!("{path}.expose_header"), errs),
+    };
+    let variants = variants(&s.variants, path, errs);
+    let index: HashMap<&str, usize> = s
+        .variants
+        .iter()
+        .enumerate()
+        .map(|(i, v)| (v.name.as_str(), i))
+        .collect();
+    let fallback = s
+        .fallback
+        .as_deref()
+        .and_then(|f| variant_ref(f, &index, &format!("{path}.fallback"), errs));
+    let mut rule_names = HashMap::new();
+    let rules = s
+        .rules
+        .iter()
+        .enumerate()
+        .filter_map(|(i, r)| {
+            let rpath = format!("{path}.rule[{i}]");
+            if let Some(first) = rule_names.insert(r.name.as_str(), i) {
+                errs.push(
+                    format!("{rpath}.name"),
+                    format!("duplicate rule name {:?} (also rule[{first}])", r.name),
+                );
+            }
+            rule(r, &index, s.variants.len(), &rpath, errs)
+        })
+        .collect();
+    ServiceConfig {
+        name: s.name.clone(),
+        hosts,
+        path_prefix,
+        keys,
+        salt: s.salt.clone().unwrap_or_else(|| s.name.clone()),
+        assign_cookie,
+        cookie_max_age_secs: s.cookie_max_age_secs.unwrap_or(DEFAULT_COOKIE_MAX_AGE),
+        force,
+        expose_header,
+        fallback,
+        variants,
+        rules,
+    }
+}
+
+fn key_sources(raw: &[String], path: &str, errs: &mut Errors) -> Vec<KeySource> {
+    let mut out: Vec<KeySource> = Vec::new();
+    for (i, k) in raw.iter().enumerate() {
+        let p = format!("{path}.key[{i}]");
+        let parsed = match k.split_once(':') {
+            None if k == "ip" => Some(KeySource::Ip),
+            Some(("header", n)) => header_name(n, &p, errs).map(KeySource::Header),
+            Some(("cookie", n)) if is_token(n) => Some(KeySource::Cookie(n.to_string())),
+            Some(("query", n)) if !n.is_empty() => Some(KeySource::Query(n.to_string())),
+            Some(("cookie", _)) | Some(("query", _)) => {
+                errs.push(&p, format!("{k:?}: missing or invalid name after ':'"));
+                None
+            }
+            _ => {
+                errs.push(
+                    &p,
+                    format!("{k:?}: expected header:NAME, cookie:NAME, query:NAME or ip"),
+                );
+                None
+            }
+        };
+        if let Some(ks) = parsed {
+            if out.contains(&ks) {
+                errs.push(&p, format!("duplicate key source {k:?}"));
+            } else {
+                out.push(ks);
+            }
+        }
+    }
+    out
+}
+
+fn force_header(s: &ServiceFile, path: &str, errs: &mut Errors) -> Option<ForceHeader> {
+    let from = cidrs(&s.force_from, &format!("{path}.force_from"), errs);
+    match s.force_header.as_deref() {
+        None | Some("") => {
+            if !s.force_from.is_empty() {
+                errs.push(
+                    format!("{path}.force_from"),
+                    "given without force_header (set both, or neither)",
+                );
+            }
+            None
+        }
+        Some(h) => {
+            if s.force_from.is_empty() {
+                errs.push(
+                    format!("{path}.force_from"),
+                    "required with force_header: the client CIDRs allowed to force a variant",
+                );
+            }
+            header_name(h, &format!("{path}.force_header"), errs)
+                .map(|name| ForceHeader { name, from })
+        }
+    }
+}
+
+fn variants(vs: &[VariantFile], path: &str, errs: &mut Errors) -> Vec<VariantConfig> {
+    if vs.is_empty() {
+        errs.push(
+            format!("{path}.variant"),
+            "at least one [[service.variant]] is required",
+        );
+    }
+    let mut names = HashMap::new();
+    let mut sum = 0.0;
+    let out: Vec<VariantConfig> = vs
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let p = format!("{path}.variant[{i}]");
+            check_name(&v.name, &format!("{p}.name"), errs);
+            if let Some(first) = names.insert(v.name.as_str(), i) {
+                errs.push(
+                    format!("{p}.name"),
+                    format!(
+                        "duplicate variant name {:?} (also variant[{first}])",
+                        v.name
+                    ),
+                );
+            }
+            if check_weight(v.weight, &format!("{p}.weight"), errs) {
+                sum += v.weight;
+            }
+            if v.backends.is_empty() {
+                errs.push(format!("{p}.backends"), "at least one backend is required");
+            }
+            for (j, b) in v.backends.iter().enumerate() {
+                if let Err(m) = split_host_port(b) {
+                    errs.push(format!("{p}.backends[{j}]"), m);
+                }
+            }
+            let balance = match v.balance.as_deref().unwrap_or("round_robin") {
+                "round_robin" => Balance::RoundRobin,
+                "random" => Balance::Random,
+                "consistent" => Balance::Consistent,
+                other => {
+                    errs.push(
+                        format!("{p}.balance"),
+                        format!("{other:?}: expected round_robin, random or consistent"),
+                    );
+                    Balance::RoundRobin
+                }
+            };
+            VariantConfig {
+                name: v.name.clone(),
+                weight: v.weight,
+                backends: v.backends.clone(),
+                balance,
+                connect_timeout: millis(
+                    v.connect_timeout_ms,
+                    DEFAULT_CONNECT_TIMEOUT_MS,
+                    &p,
+                    "connect_timeout_ms",
+                    errs,
+                ),
+                read_timeout: millis(
+                    v.read_timeout_ms,
+                    DEFAULT_READ_TIMEOUT_MS,
+                    &p,
+                    "read_timeout_ms",
+                    errs,
+                ),
+            }
+        })
+        .collect();
+    if !vs.is_empty() && vs.iter().all(|v| v.weight.is_finite() && v.weight >= 0.0) && sum <= 0.0 {
+        errs.push(
+            format!("{path}.variant"),
+            "the sum of the variant weights must be positive",
+        );
+    }
+    out
+}
+
+fn millis(v: Option<u64>, default: u64, path: &str, field: &str, errs: &mut Errors) -> Duration {
+    let ms = v.unwrap_or(default);
+    if ms == 0 {
+        errs.push(format!("{path}.{field}"), "must be > 0");
+    }
+    Duration::from_millis(ms)
+}
+
+fn rule(
+    r: &RuleFile,
+    index: &HashMap<&str, usize>,
+    n_variants: usize,
+    path: &str,
+    errs: &mut Errors,
+) -> Option<RuleConfig> {
+    check_name(&r.name, &format!("{path}.name"), errs);
+    let client_cidr = r
+        .client_cidr
+        .as_deref()
+        .map(|c| {
+            if c.is_empty() {
+                errs.push(format!("{path}.client_cidr"), "must not be empty");
+            }
+            cidrs(c, &format!("{path}.client_cidr"), errs)
+        })
+        .unwrap_or_default();
+    let header = r.header.as_ref().and_then(|m| {
+        let p = format!("{path}.header");
+        let name = header_name(&m.name, &format!("{p}.name"), errs);
+        let op = match_op(m, &p, errs);
+        Some(Matcher {
+            name: name?,
+            op: op?,
+        })
+    });
+    let cookie = r
+        .cookie
+        .as_ref()
+        .and_then(|m| named_matcher(m, &format!("{path}.cookie"), errs));
+    let query = r
+        .query
+        .as_ref()
+        .and_then(|m| named_matcher(m, &format!("{path}.query"), errs));
+    let key_in = r.key_in.as_ref().map(|keys| {
+        if keys.is_empty() {
+            errs.push(format!("{path}.key_in"), "must list at least one key");
+        }
+        keys.iter()
+            .map(|k| k.as_bytes().to_vec())
+            .collect::<HashSet<_>>()
+    });
+    if r.client_cidr.is_none()
+        && r.header.is_none()
+        && r.cookie.is_none()
+        && r.query.is_none()
+        && r.key_in.is_none()
+    {
+        errs.push(
+            path,
+            "needs at least one condition (client_cidr, header, cookie, query, key_in)",
+        );
+    }
+    let action = match (&r.variant, &r.weights) {
+        (Some(v), None) => {
+            variant_ref(v, index, &format!("{path}.variant"), errs).map(RuleAction::Variant)
+        }
+        (None, Some(w)) => {
+            let mut weights = vec![0.0; n_variants];
+            let mut ok = true;
+            for (name, weight) in w {
+                let p = format!("{path}.weights.{name}");
+                ok &= check_weight(weight.0, &p, errs);
+                match variant_ref(name, index, &p, errs) {
+                    Some(i) => weights[i] = weight.0,
+                    None => ok = false,
+                }
+            }
+            if ok && weights.iter().sum::<f64>() <= 0.0 {
+                errs.push(
+                    format!("{path}.weights"),
+                    "the sum of the weights must be positive",
+                );
+                ok = false;
+            }
+            ok.then_some(RuleAction::Weights(weights))
+        }
+        (Some(_), Some(_)) => {
+            errs.push(path, "has both `variant` and `weights`; give exactly one");
+            None
+        }
+        (None, None) => {
+            errs.push(path, "needs exactly one of `variant` or `weights`");
+            None
+        }
+    };
+    Some(RuleConfig {
+        name: r.name.clone(),
+        client_cidr,
+        header,
+        cookie,
+        query,
+        key_in,
+        action: action?,
+    })
+}
+
+fn named_matcher(m: &MatcherFile, path: &str, errs: &mut Errors) -> Option<Matcher<String>> {
+    if m.name.is_empty() {
+        errs.push(format!("{path}.name"), "must not be empty");
+    }
+    let op = match_op(m, path, errs)?;
+    Some(Matcher {
+        name: m.name.clone(),
+        op,
+    })
+}
+
+fn match_op(m: &MatcherFile, path: &str, errs: &mut Errors) -> Option<MatchOp> {
+    let mut ops = Vec::new();
+    if let Some(v) = &m.equals {
+        ops.push(MatchOp::Equals(v.as_bytes().to_vec()));
+    }
+    if let Some(v) = &m.in_ {
+        if v.is_empty() {
+            errs.push(format!("{path}.in"), "must list at least one value");
+        }
+        ops.push(MatchOp::In(
+            v.iter().map(|s| s.as_bytes().to_vec()).collect(),
+        ));
+    }
+    if let Some(v) = m.present {
+        ops.push(MatchOp::Present(v));
+    }
+    if let Some(v) = &m.prefix {
+        ops.push(MatchOp::Prefix(v.as_bytes().to_vec()));
+    }
+    if ops.len() != 1 {
+        errs.push(
+            path,
+            "needs exactly one of `equals`, `in`, `present`, `prefix`",
+        );
+        return None;
+    }
+    ops.pop()
+}
+
+fn variant_ref(
+    name: &str,
+    index: &HashMap<&str, usize>,
+    path: &str,
+    errs: &mut Errors,
+) -> Option<usize> {
+    let found = index.get(name).copied();
+    if found.is_none() {
+        let declared: BTreeSet<&str> = index.keys().copied().collect();
+        errs.push(
+            path,
+            format!(
+                "unknown variant {name:?} (declared: {})",
+                join_names(&declared)
+            ),
+        );
+    }
+    found
+}
+
+fn join_names(names: &BTreeSet<&str>) -> String {
+    names.iter().copied().collect::<Vec<_>>().join(", ")
+}
+
+fn check_weight(w: f64, path: &str, errs: &mut Errors) -> bool {
+    if w.is_finite() && w >= 0.0 {
+        true
+    } else {
+        errs.push(path, format!("must be finite and >= 0 (got {w})"));
+        false
+    }
+}
+
+/// Names become metric label values and header values: keep them to a safe alphabet.
+fn check_name(name: &str, path: &str, errs: &mut Errors) {
+    if name.is_empty() {
+        errs.push(path, "must not be empty");
+    } else if name.starts_with('_') {
+        errs.push(
+            path,
+            format!("{name:?}: names starting with '_' are reserved"),
+        );
+    } else if !name
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        errs.push(
+            path,
+            format!("{name:?}: use only letters, digits, '-', '_' and '.'"),
+        );
+    }
+}
+
+fn socket_addr(a: &str, path: &str, errs: &mut Errors) -> Option<SocketAddr> {
+    match SocketAddr::from_str(a) {
+        Ok(s) => Some(s),
+        Err(_) => {
+            errs.push(path, format!("{a:?} is not an IP:port address"));
+            None
+        }
+    }
+}
+
+fn header_name(h: &str, path: &str, errs: &mut Errors) -> Option<HeaderName> {
+    match HeaderName::from_bytes(h.as_bytes()) {
+        Ok(n) => Some(n),
+        Err(_) => {
+            errs.push(path, format!("{h:?} is not a valid header name"));
+            None
+        }
+    }
+}
+
+fn host_pattern(h: &str, path: &str, errs: &mut Errors) -> Option<HostPattern> {
+    let h = h.to_ascii_lowercase();
+    let valid = |s: &str| {
+        !s.is_empty()
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_'))
+    };
+    if let Some(rest) = h.strip_prefix("*.") {
+        if valid(rest) {
+            return Some(HostPattern::Wildcard(format!(".{rest}")));
+        }
+    } else if valid(&h) {
+        return Some(HostPattern::Exact(h));
+    }
+    errs.push(
+        path,
+        format!("{h:?}: expected a host name (no port) or *.domain"),
+    );
+    None
+}
+
+/// Parses CIDRs; a bare address counts as a single-host network.
+pub(crate) fn cidrs(raw: &[String], path: &str, errs: &mut Errors) -> Vec<IpNet> {
+    raw.iter()
+        .enumerate()
+        .filter_map(|(i, c)| match parse_cidr(c) {
+            Some(n) => Some(n),
+            None => {
+                errs.push(
+                    format!("{path}[{i}]"),
+                    format!("{c:?} is not a CIDR or IP address"),
+                );
+                None
+            }
+        })
+        .collect()
+}
+
+fn parse_cidr(c: &str) -> Option<IpNet> {
+    IpNet::from_str(c.trim())
+        .map(|n| n.trunc())
+        .ok()
+        .or_else(|| IpAddr::from_str(c.trim()).ok().map(IpNet::from))
+}
+
+/// Splits `host:port` (IPv6 in brackets). Used by validation and by DNS resolution.
+pub fn split_host_port(s: &str) -> Result<(&str, u16), String> {
+    let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+        let (h, p) = rest
+            .split_once("]:")
+            .ok_or_else(|| format!("{s:?}: expected [ipv6]:port"))?;
+        (h, p)
+    } else {
+        s.rsplit_once(':')
+            .ok_or_else(|| format!("{s:?}: expected host:port"))?
+    };
+    if host.is_empty() || host.contains(':') && !s.starts_with('[') {
+        return Err(format!("{s:?}: expected host:port (IPv6 in brackets)"));
+    }
+    let port: u16 = port
+        .parse()
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| format!("{s:?}: port must be 1-65535"))?;
+    Ok((host, port))
+}
+
+/// RFC 6265 cookie-name = token.
+fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}

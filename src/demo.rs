@@ -1,0 +1,183 @@
+//! `cohort demo`: two in-process HTTP backends (stable, canary) and the proxy on
+//! localhost with an embedded config, plus curl lines to paste. The [`EchoBackend`] is
+//! also what the integration tests use as a real upstream: it answers every request with
+//! JSON naming itself and echoing the request line and headers it received.
+
+use crate::config::{Config, ConfigError};
+use crate::routing::RoutingTable;
+use crate::server::{self, RunOptions};
+use serde_json::{json, Map, Value};
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::thread;
+
+/// The embedded demo config (`conf/demo.toml`).
+pub const DEMO_CONFIG: &str = include_str!("../conf/demo.toml");
+
+/// Largest request head the echo backend reads.
+const MAX_HEAD: usize = 64 * 1024;
+
+/// A tiny HTTP/1.1 server on a background thread (one thread per connection, keep-alive).
+pub struct EchoBackend {
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+impl EchoBackend {
+    /// Binds `bind` (use port 0 for an ephemeral port) and serves forever.
+    pub fn spawn(name: &str, bind: &str) -> std::io::Result<EchoBackend> {
+        let listener = TcpListener::bind(bind)?;
+        let addr = listener.local_addr()?;
+        let owned = name.to_string();
+        thread::Builder::new()
+            .name(format!("echo-{name}"))
+            .spawn(move || {
+                for stream in listener.incoming().flatten() {
+                    let n = owned.clone();
+                    let _ = thread::Builder::new().spawn(move || serve(stream, &n, addr));
+                }
+            })?;
+        Ok(EchoBackend {
+            name: name.to_string(),
+            addr,
+        })
+    }
+}
+
+fn serve(stream: TcpStream, name: &str, addr: SocketAddr) {
+    let _ = stream.set_nodelay(true);
+    let Ok(write_half) = stream.try_clone() else {
+        return;
+    };
+    let mut reader = BufReader::new(stream);
+    let mut writer = write_half;
+    loop {
+        let Some((line, headers)) = read_head(&mut reader) else {
+            return;
+        };
+        let len = headers
+            .iter()
+            .find(|(k, _)| k == "content-length")
+            .and_then(|(_, v)| v.parse::<u64>().ok())
+            .unwrap_or(0);
+        if std::io::copy(&mut (&mut reader).take(len), &mut std::io::sink()).is_err() {
+            return;
+        }
+        let close = headers
+            .iter()
+            .any(|(k, v)| k == "connection" && v.eq_ignore_ascii_case("close"));
+        let mut parts = line.split(' ');
+        let method = parts.next().unwrap_or("");
+        let target = parts.next().unwrap_or("");
+        let mut hmap = Map::new();
+        for (k, v) in &headers {
+            let joined = match hmap.get(k) {
+                Some(Value::String(prev)) => format!("{prev}, {v}"),
+                _ => v.clone(),
+            };
+            hmap.insert(k.clone(), Value::String(joined));
+        }
+        let body = json!({
+            "backend": name,
+            "addr": addr.to_string(),
+            "method": method,
+            "target": target,
+            "headers": hmap,
+        })
+        .to_string()
+            + "\n";
+        let resp = format!(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-backend: {name}\r\n{}\r\n{body}",
+            body.len(),
+            if close { "connection: close\r\n" } else { "" }
+        );
+        if writer.write_all(resp.as_bytes()).is_err() || close {
+            return;
+        }
+    }
+}
+
+/// Reads a request line and headers (names lower-cased); `None` on EOF or garbage.
+fn read_head(r: &mut impl BufRead) -> Option<(String, Vec<(String, String)>)> {
+    let mut line = String::new();
+    let mut total = 0;
+    loop {
+        line.clear();
+        total += r.read_line(&mut line).ok()?;
+        if line.is_empty() {
+            return None;
+        }
+        if !line.trim().is_empty() {
+            break;
+        }
+    }
+    let request_line = line.trim_end().to_string();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        let n = r.read_line(&mut line).ok()?;
+        total += n;
+        if n == 0 || total > MAX_HEAD {
+            return None;
+        }
+        let l = line.trim_end_matches(['\r', '\n']);
+        if l.is_empty() {
+            return Some((request_line, headers));
+        }
+        let (k, v) = l.split_once(':')?;
+        headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+    }
+}
+
+/// Renders the demo config for the chosen addresses.
+pub fn demo_config(listen: &str, admin: &str, stable: SocketAddr, canary: SocketAddr) -> String {
+    DEMO_CONFIG
+        .replace("@LISTEN@", listen)
+        .replace("@ADMIN@", admin)
+        .replace("@STABLE@", &stable.to_string())
+        .replace("@CANARY@", &canary.to_string())
+}
+
+/// Runs the demo until interrupted.
+pub fn run(listen: &str, admin: &str) -> Result<(), ConfigError> {
+    let io_err = |e: std::io::Error| ConfigError::Io {
+        path: "demo backend".to_string(),
+        source: e,
+    };
+    let stable = EchoBackend::spawn("stable", "127.0.0.1:0").map_err(io_err)?;
+    let canary = EchoBackend::spawn("canary", "127.0.0.1:0").map_err(io_err)?;
+    let text = demo_config(listen, admin, stable.addr, canary.addr);
+    let config = Config::parse(&text)?;
+    let table = RoutingTable::build(config)?;
+    println!("{}", instructions(listen, admin, stable.addr, canary.addr));
+    server::run_table(table, &RunOptions::default())
+}
+
+fn instructions(listen: &str, admin: &str, stable: SocketAddr, canary: SocketAddr) -> String {
+    let p = format!("http://{listen}");
+    format!(
+        "cohort demo: proxy on {p}, admin on http://{admin}\n\
+         backends: stable on {stable}, canary on {canary} (each answers with JSON naming itself)\n\
+         service \"api\": 90% stable / 10% canary, keyed on x-user-id, then cookie session, then ?uid=\n\
+         \n\
+         Try (Ctrl-C to stop):\n\
+         \x20 # the same user always lands on the same variant:\n\
+         \x20 for i in 1 2 3; do curl -s -H 'x-user-id: alice' {p}/ | grep -o '\"backend\":\"[a-z]*\"'; done\n\
+         \x20 # 20 users, about 10% on canary:\n\
+         \x20 for i in $(seq 1 20); do curl -s -o /dev/null -D - -H \"x-user-id: user-$i\" {p}/ | grep -i '^x-cohort-variant'; done | sort | uniq -c\n\
+         \x20 # user-27 is a canary user (SPEC golden vector):\n\
+         \x20 curl -si -H 'x-user-id: user-27' {p}/ | grep -i x-cohort-variant\n\
+         \x20 # opt in to the beta with a cookie (rule beta-opt-in):\n\
+         \x20 curl -si -H 'x-user-id: alice' -b 'beta=1' {p}/ | grep -i x-cohort-variant\n\
+         \x20 # a trusted partner key (rule partners):\n\
+         \x20 curl -si -H 'x-user-id: partner-acme' {p}/ | grep -i x-cohort-variant\n\
+         \x20 # an anonymous visitor gets a sticky cookie:\n\
+         \x20 curl -si {p}/ | grep -i set-cookie\n\
+         \x20 # force a variant from loopback (QA):\n\
+         \x20 curl -si -H 'x-cohort-force: canary' {p}/ | grep -i x-cohort-variant\n\
+         \x20 # what the backend saw (x-cohort-variant, x-cohort-reason, x-forwarded-for):\n\
+         \x20 curl -s -H 'x-user-id: bob' {p}/\n\
+         \x20 # status and health:\n\
+         \x20 curl -s http://{admin}/status; curl -s http://{admin}/healthz\n"
+    )
+}

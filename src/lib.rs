@@ -1,0 +1,26 @@
+//! cohort: a sticky canary-release HTTP load balancer on Pingora.
+//!
+//! Data flows one way:
+//!
+//! ```text
+//! conf/*.toml ──parse──▶ config::file ──validate──▶ Config ──compile──▶ RoutingTable
+//!                                                                     │ (immutable)
+//!                                               State: ArcSwap<RoutingTable>
+//!                                                                     │ one load per request
+//! request ─▶ proxy hooks: RequestView ─▶ Router::match_service / decide ─▶ Decision
+//!         ─▶ upstream::Pool::select ─▶ HttpPeer ─▶ response headers / cookie
+//! ```
+//!
+//! The assignment function ([`routing::cohort`]) is normative: SPEC "Assignment algorithm".
+
+pub mod admin;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod explain;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod simulate;
+pub mod state;
+pub mod upstream;

@@ -1,0 +1,27 @@
+//! `cohort` binary: parse the command line, set up logging, dispatch.
+
+use clap::Parser;
+use cohort::cli::{dispatch, Cli, LogFormat};
+use std::io::Write;
+
+fn init_logging(format: LogFormat) {
+    let mut b = env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info"));
+    if let LogFormat::Json = format {
+        b.format(|buf, record| {
+            let line = serde_json::json!({
+                "ts": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+                "level": record.level().as_str(),
+                "target": record.target(),
+                "msg": record.args().to_string(),
+            });
+            writeln!(buf, "{line}")
+        });
+    }
+    b.init();
+}
+
+fn main() {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    std::process::exit(dispatch(cli));
+}

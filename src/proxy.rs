@@ -1,0 +1,262 @@
+//! The Pingora [`ProxyHttp`] impl: thin hooks that delegate to routing and upstream
+//! selection. One table snapshot per request lives in [`Ctx`], so every hook (and the
+//! retry) sees the same config even if a reload lands mid-request.
+
+use crate::routing::{Decision, Reason, RequestView, RoutingTable};
+use crate::state::State;
+use async_trait::async_trait;
+use bytes::Bytes;
+use http::header;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_core::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+
+/// Headers cohort sets towards the upstream (client copies are removed first).
+pub const VARIANT_HEADER: &str = "x-cohort-variant";
+pub const REASON_HEADER: &str = "x-cohort-reason";
+const COHORT_PREFIX: &[u8] = b"x-cohort-";
+
+/// The proxy service. `tls` marks the listener kind it serves (for cookies and
+/// `X-Forwarded-Proto`).
+pub struct CohortProxy {
+    pub state: Arc<State>,
+    pub tls: bool,
+}
+
+/// Per-request state.
+#[derive(Default)]
+pub struct Ctx {
+    table: Option<Arc<RoutingTable>>,
+    service: Option<usize>,
+    decision: Option<Decision>,
+    /// The variant actually serving (differs from the decision on fallback).
+    served: usize,
+    reason: Option<Reason>,
+    /// Backend whose connect failed (the retry avoids it).
+    failed: Option<SocketAddr>,
+    retried: bool,
+}
+
+fn peer_ip(session: &Session) -> Option<IpAddr> {
+    session
+        .client_addr()
+        .and_then(|a| a.as_inet())
+        .map(|a| a.ip())
+}
+
+/// Writes a short plain-text response and keeps the connection usable.
+async fn respond(session: &mut Session, code: u16, body: &'static str) -> Result<()> {
+    let mut resp = ResponseHeader::build(code, Some(3))?;
+    resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+    if code == 503 {
+        resp.insert_header(header::RETRY_AFTER, "1")?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+        .await
+}
+
+fn error_body(code: u16) -> &'static str {
+    match code {
+        502 => "502 bad gateway: the upstream failed\n",
+        503 => "503 service unavailable: no healthy backend for this variant\n",
+        504 => "504 gateway timeout: the upstream did not answer in time\n",
+        400 => "400 bad request\n",
+        _ => "error\n",
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for CohortProxy {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::default()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let table = self.state.table();
+        let req = session.req_header();
+        let view = RequestView {
+            headers: &req.headers,
+            uri: &req.uri,
+            peer: peer_ip(session),
+        };
+        let Some(svc) = table.router.match_service(&view) else {
+            respond(
+                session,
+                404,
+                "404 not found: no service matches this host and path\n",
+            )
+            .await?;
+            return Ok(true);
+        };
+        let decision = table.router.decide(svc, &view);
+        ctx.served = decision.variant;
+        ctx.reason = Some(decision.reason);
+        ctx.service = Some(svc);
+        ctx.decision = Some(decision);
+        ctx.table = Some(table);
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let (Some(table), Some(svc), Some(d)) = (&ctx.table, ctx.service, &ctx.decision) else {
+            return Error::e_explain(ErrorType::InternalError, "no routing decision");
+        };
+        let pools = &table.pools[svc];
+        let pool = &pools[ctx.served];
+        if let Some(addr) = pool.select(d.pool_key, ctx.failed) {
+            return Ok(Box::new(pool.peer(addr)));
+        }
+        if ctx.retried {
+            // The variant has no other backend to retry on: report the connect failure.
+            return Error::e_explain(
+                ErrorType::HTTPStatus(502),
+                "connect failed; no other backend",
+            );
+        }
+        let fallback = table.router.services[svc].cfg.fallback;
+        if let Some(f) = fallback.filter(|f| *f != ctx.served) {
+            if let Some(addr) = pools[f].select(d.pool_key, None) {
+                ctx.served = f;
+                ctx.reason = Some(Reason::Fallback);
+                return Ok(Box::new(pools[f].peer(addr)));
+            }
+        }
+        Error::e_explain(ErrorType::HTTPStatus(503), "no healthy backend")
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if !ctx.retried {
+            ctx.retried = true;
+            ctx.failed = peer._address.as_inet().copied();
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        up: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let (Some(table), Some(svc)) = (&ctx.table, ctx.service) else {
+            return Ok(());
+        };
+        let service = &table.router.services[svc];
+        strip_cohort_headers(up);
+        if let Some(f) = &service.cfg.force {
+            up.remove_header(&f.name);
+        }
+        up.insert_header(VARIANT_HEADER, service.variant_name(ctx.served))?;
+        let reason = ctx.reason.unwrap_or(Reason::NoKey);
+        up.insert_header(REASON_HEADER, service.reason_str(reason))?;
+        let peer = peer_ip(session).map(|ip| ip.to_canonical());
+        if let Some(ip) = peer {
+            let xff = match up.headers.get("x-forwarded-for") {
+                Some(prev) => format!("{}, {ip}", String::from_utf8_lossy(prev.as_bytes())),
+                None => ip.to_string(),
+            };
+            up.insert_header("x-forwarded-for", xff)?;
+        }
+        let peer_trusted =
+            peer.is_some_and(|ip| table.router.trusted_proxies.iter().any(|n| n.contains(&ip)));
+        if !(peer_trusted && up.headers.contains_key("x-forwarded-proto")) {
+            up.insert_header("x-forwarded-proto", if self.tls { "https" } else { "http" })?;
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let (Some(table), Some(svc), Some(d)) = (&ctx.table, ctx.service, &ctx.decision) else {
+            return Ok(());
+        };
+        let service = &table.router.services[svc];
+        if let Some(h) = &service.cfg.expose_header {
+            resp.insert_header(h.clone(), service.variant_name(ctx.served))?;
+        }
+        if let (Some(id), Some(name)) = (&d.new_cookie, &service.cfg.assign_cookie) {
+            let secure = if self.tls { "; Secure" } else { "" };
+            let cookie = format!(
+                "{name}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
+                id.as_str(),
+                service.cfg.cookie_max_age_secs
+            );
+            resp.append_header(header::SET_COOKIE, cookie)?;
+        }
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+        let code = status_for(e);
+        if code > 0 {
+            if let Err(err) = session
+                .respond_error_with_body(code, Bytes::from_static(error_body(code).as_bytes()))
+                .await
+            {
+                log::debug!("could not send the {code} error response: {err}");
+            }
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+}
+
+/// Status for a failed request: explicit statuses as given, upstream timeouts 504, other
+/// upstream failures 502, client-side errors 400 (0 = the client is gone).
+fn status_for(e: &Error) -> u16 {
+    use pingora_core::ErrorSource;
+    match e.etype() {
+        ErrorType::HTTPStatus(c) => *c,
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout
+            if e.esource() == &ErrorSource::Upstream =>
+        {
+            504
+        }
+        _ => match e.esource() {
+            ErrorSource::Upstream => 502,
+            ErrorSource::Downstream => match e.etype() {
+                ErrorType::WriteError | ErrorType::ReadError | ErrorType::ConnectionClosed => 0,
+                _ => 400,
+            },
+            ErrorSource::Internal | ErrorSource::Unset => 500,
+        },
+    }
+}
+
+/// Removes every client-sent `x-cohort-*` header (names are lower-case in `HeaderMap`).
+fn strip_cohort_headers(up: &mut RequestHeader) {
+    loop {
+        let found = up
+            .headers
+            .keys()
+            .find(|k| k.as_str().as_bytes().starts_with(COHORT_PREFIX))
+            .cloned();
+        match found {
+            Some(name) => {
+                up.remove_header(&name);
+            }
+            None => break,
+        }
+    }
+}

@@ -1,0 +1,283 @@
+//! The routing decision (SPEC "Service matching" and "Decision order"): a pure function of
+//! the compiled [`Router`] and a [`RequestView`]. The live proxy, `cohort explain` and
+//! `GET /explain` all call [`Router::match_service`] and [`Router::decide`].
+
+use super::cohort;
+use super::key::{client_ip, find_key, KeyBytes, KeyFrom};
+use super::request::RequestView;
+use super::rules::matches;
+use crate::config::{Config, HostPattern, RuleAction, ServiceConfig};
+use ipnet::IpNet;
+use std::net::IpAddr;
+
+/// Why a request got its variant; `as_str` gives the SPEC `reason` value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    Forced,
+    /// Index of the rule that decided.
+    Rule(usize),
+    Hash,
+    Cookie,
+    NoKey,
+    /// The assigned variant had no healthy backend; `fallback` served.
+    Fallback,
+}
+
+/// A fresh anonymous id: 128 random bits as 32 lowercase hex digits.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct CookieId([u8; 32]);
+
+impl CookieId {
+    pub fn random() -> CookieId {
+        let bits: u128 = rand::random();
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            let nibble = ((bits >> (124 - 4 * i)) & 0xf) as usize;
+            *b = b"0123456789abcdef"[nibble];
+        }
+        CookieId(out)
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only ASCII hex digits are ever stored.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for CookieId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The outcome for one request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decision {
+    pub variant: usize,
+    pub reason: Reason,
+    /// Where the hashed key came from (`None`: forced, pinned by a rule without a key,
+    /// no key, or a freshly minted cookie id).
+    pub key_from: Option<KeyFrom>,
+    /// Set when a new anonymous id was minted: send it in `Set-Cookie`.
+    pub new_cookie: Option<CookieId>,
+    /// Rule whose `weights` were hashed (`None`: the variants' own weights).
+    pub weights_rule: Option<usize>,
+    /// Stable per-user hash for `balance = "consistent"` inside the pool.
+    pub pool_key: u64,
+}
+
+/// One compiled service: config plus precomputed seeds and labels.
+#[derive(Debug)]
+pub struct Service {
+    pub cfg: ServiceConfig,
+    pub seeds: Vec<u64>,
+    pub weights: Vec<f64>,
+    /// `rule:<name>` per rule, for headers and metric labels.
+    pub rule_labels: Vec<String>,
+}
+
+impl Service {
+    fn new(cfg: ServiceConfig) -> Service {
+        let seeds = cfg
+            .variants
+            .iter()
+            .map(|v| cohort::variant_seed(&cfg.salt, &v.name))
+            .collect();
+        let weights = cfg.variants.iter().map(|v| v.weight).collect();
+        let rule_labels = cfg
+            .rules
+            .iter()
+            .map(|r| format!("rule:{}", r.name))
+            .collect();
+        Service {
+            cfg,
+            seeds,
+            weights,
+            rule_labels,
+        }
+    }
+
+    /// The SPEC `reason` text.
+    pub fn reason_str(&self, r: Reason) -> &str {
+        match r {
+            Reason::Forced => "forced",
+            Reason::Rule(i) => self.rule_labels.get(i).map_or("rule", String::as_str),
+            Reason::Hash => "hash",
+            Reason::Cookie => "cookie",
+            Reason::NoKey => "no_key",
+            Reason::Fallback => "fallback",
+        }
+    }
+
+    pub fn variant_name(&self, i: usize) -> &str {
+        self.cfg.variants.get(i).map_or("", |v| v.name.as_str())
+    }
+
+    fn variant_by_name(&self, name: &[u8]) -> Option<usize> {
+        self.cfg
+            .variants
+            .iter()
+            .position(|v| v.name.as_bytes() == name)
+    }
+
+    /// Steps 3–6 with `weights` (the variants' own, or a rule's).
+    fn hashed(
+        &self,
+        key: Option<(KeyBytes<'_>, KeyFrom)>,
+        weights: &[f64],
+        rule: Option<usize>,
+    ) -> Decision {
+        let (variant, reason, key_from, new_cookie, pool_key) = match key {
+            Some((k, from)) => {
+                let bytes = k.as_bytes();
+                let reason = match from {
+                    KeyFrom::AssignedCookie => Reason::Cookie,
+                    KeyFrom::Source(_) => Reason::Hash,
+                };
+                let v = cohort::assign(bytes, &self.seeds, weights);
+                (v, reason, Some(from), None, pool_hash(bytes))
+            }
+            None if self.cfg.assign_cookie.is_some() => {
+                let id = CookieId::random();
+                let v = cohort::assign(id.as_str().as_bytes(), &self.seeds, weights);
+                (
+                    v,
+                    Reason::Cookie,
+                    None,
+                    Some(id),
+                    pool_hash(id.as_str().as_bytes()),
+                )
+            }
+            None => (
+                cohort::first_positive(weights),
+                Reason::NoKey,
+                None,
+                None,
+                rand::random(),
+            ),
+        };
+        Decision {
+            // Validation guarantees a positive weight sum, so `variant` is always Some.
+            variant: variant.unwrap_or(0),
+            reason: rule.map_or(reason, Reason::Rule),
+            key_from,
+            new_cookie,
+            weights_rule: rule,
+            pool_key,
+        }
+    }
+}
+
+fn pool_hash(key: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(key)
+}
+
+/// The pure routing state compiled from a [`Config`] (no I/O).
+#[derive(Debug)]
+pub struct Router {
+    pub services: Vec<Service>,
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl Router {
+    pub fn new(config: &Config) -> Router {
+        Router {
+            services: config.services.iter().cloned().map(Service::new).collect(),
+            trusted_proxies: config.server.trusted_proxies.clone(),
+        }
+    }
+
+    pub fn service_by_name(&self, name: &str) -> Option<usize> {
+        self.services.iter().position(|s| s.cfg.name == name)
+    }
+
+    /// Among services whose `hosts` match (case-insensitive, port ignored; no `hosts` =
+    /// any host), the longest `path_prefix` wins; on a tie exact host > wildcard > any
+    /// host; then config order.
+    pub fn match_service(&self, req: &RequestView<'_>) -> Option<usize> {
+        let host = req.host().unwrap_or_default();
+        let path = req.path();
+        let mut best: Option<(usize, (usize, u8))> = None;
+        for (i, s) in self.services.iter().enumerate() {
+            if !path.starts_with(s.cfg.path_prefix.as_bytes()) {
+                continue;
+            }
+            let Some(rank) = host_rank(&s.cfg.hosts, host) else {
+                continue;
+            };
+            let score = (s.cfg.path_prefix.len(), rank);
+            if best.is_none_or(|(_, b)| score > b) {
+                best = Some((i, score));
+            }
+        }
+        best.map(|(i, _)| i)
+    }
+
+    /// The client IP as routing sees it (after trusted `X-Forwarded-For`).
+    pub fn client_ip(&self, req: &RequestView<'_>) -> Option<IpAddr> {
+        client_ip(req, &self.trusted_proxies)
+    }
+
+    /// SPEC "Decision order" for service `svc` (an index from [`Self::match_service`]).
+    pub fn decide(&self, svc: usize, req: &RequestView<'_>) -> Decision {
+        let s = &self.services[svc];
+        let ip = self.client_ip(req);
+        if let Some(f) = &s.cfg.force {
+            if let Some(v) = req.header(&f.name) {
+                let trusted = ip.is_some_and(|ip| f.from.iter().any(|n| n.contains(&ip)));
+                if let (true, Some(variant)) = (trusted, s.variant_by_name(v)) {
+                    return Decision {
+                        variant,
+                        reason: Reason::Forced,
+                        key_from: None,
+                        new_cookie: None,
+                        weights_rule: None,
+                        pool_key: rand::random(),
+                    };
+                }
+            }
+        }
+        let key = find_key(&s.cfg.keys, s.cfg.assign_cookie.as_deref(), req, ip);
+        for (ri, rule) in s.cfg.rules.iter().enumerate() {
+            if !matches(rule, req, ip, key.as_ref().map(|(k, _)| k.as_bytes())) {
+                continue;
+            }
+            return match &rule.action {
+                RuleAction::Variant(v) => Decision {
+                    variant: *v,
+                    reason: Reason::Rule(ri),
+                    key_from: key.as_ref().map(|(_, f)| *f),
+                    new_cookie: None,
+                    weights_rule: None,
+                    pool_key: key
+                        .as_ref()
+                        .map_or_else(rand::random, |(k, _)| pool_hash(k.as_bytes())),
+                },
+                RuleAction::Weights(w) => s.hashed(key, w, Some(ri)),
+            };
+        }
+        s.hashed(key, &s.weights, None)
+    }
+}
+
+/// 2 = exact host, 1 = wildcard, 0 = service without `hosts`; `None` = no match.
+fn host_rank(patterns: &[HostPattern], host: &[u8]) -> Option<u8> {
+    if patterns.is_empty() {
+        return Some(0);
+    }
+    let mut rank = None;
+    for p in patterns {
+        match p {
+            HostPattern::Exact(h) if host.eq_ignore_ascii_case(h.as_bytes()) => return Some(2),
+            HostPattern::Wildcard(suffix)
+                if host.len() > suffix.len()
+                    && host[host.len() - suffix.len()..]
+                        .eq_ignore_ascii_case(suffix.as_bytes()) =>
+            {
+                rank = Some(1)
+            }
+            _ => {}
+        }
+    }
+    rank
+}
