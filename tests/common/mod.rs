@@ -1,0 +1,408 @@
+//! Integration-test harness: real HTTP backends and the real `cohort` binary on 127.0.0.1
+//! with ephemeral ports, and a small blocking HTTP/1.1 client with keep-alive.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use cohort::demo::EchoBackend;
+
+/// The `cohort` binary under test.
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_cohort")
+}
+
+/// A free TCP port on 127.0.0.1 (bound then released).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("bind an ephemeral port")
+}
+
+/// An address on 127.0.0.1 that refuses connections.
+pub fn closed_addr() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], free_port()))
+}
+
+pub fn backend(name: &str) -> EchoBackend {
+    EchoBackend::spawn(name, "127.0.0.1:0").expect("start echo backend")
+}
+
+/// A running `cohort run` process; killed on drop.
+pub struct Cohort {
+    pub child: Child,
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+}
+
+impl Cohort {
+    /// Starts cohort with `config`, in which `@LISTEN@` and `@ADMIN@` are replaced by
+    /// fresh ports (and `@DIR@` by a private temp dir). Waits until both listen.
+    pub fn start(config: &str) -> Cohort {
+        Self::start_with_args(config, &[])
+    }
+
+    pub fn start_with_args(config: &str, extra: &[&str]) -> Cohort {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+        let text = render(config, addr, admin, dir.path());
+        let config_path = dir.path().join("cohort.toml");
+        std::fs::write(&config_path, text).expect("write config");
+        let child = spawn_run(&config_path, dir.path(), extra);
+        let mut c = Cohort {
+            child,
+            addr,
+            admin,
+            dir,
+            config_path,
+        };
+        c.wait_ready();
+        c
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("cohort exited early with {status}: {}", self.stderr());
+            }
+            if TcpStream::connect(self.addr).is_ok() && TcpStream::connect(self.admin).is_ok() {
+                return;
+            }
+            assert!(Instant::now() < deadline, "cohort did not start: {}", self.stderr());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// What the process wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(self.addr)
+    }
+
+    pub fn admin_client(&self) -> Client {
+        Client::new(self.admin)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends a signal to the process.
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{sig}"), &self.pid().to_string()])
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Waits for the process to exit; returns its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return status.code();
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        None
+    }
+}
+
+impl Drop for Cohort {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn render(config: &str, addr: SocketAddr, admin: SocketAddr, dir: &Path) -> String {
+    config
+        .replace("@LISTEN@", &addr.to_string())
+        .replace("@ADMIN@", &admin.to_string())
+        .replace("@DIR@", &dir.display().to_string())
+}
+
+/// Spawns `cohort run -c path` with stderr captured in `dir/stderr.log`.
+pub fn spawn_run(config_path: &Path, dir: &Path, extra: &[&str]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("stderr.log"))
+        .expect("stderr log");
+    Command::new(bin())
+        .arg("run")
+        .arg("-c")
+        .arg(config_path)
+        .args(extra)
+        .env("RUST_LOG", "info")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn cohort")
+}
+
+/// Runs `cohort <args>`; returns (exit code, stdout, stderr).
+pub fn cohort_cmd(args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(bin()).args(args).output().expect("run cohort");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// A response.
+#[derive(Debug, Clone)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    /// First header value by (case-insensitive) name.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn header_all(&self, name: &str) -> Vec<&str> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+            .collect()
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    /// The echo backend's JSON answer.
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): status {} {:?}", self.status, self.text()))
+    }
+
+    /// Name of the echo backend that answered.
+    pub fn backend(&self) -> String {
+        self.json()["backend"].as_str().unwrap_or("").to_string()
+    }
+
+    /// A request header as the backend received it.
+    pub fn upstream_header(&self, name: &str) -> Option<String> {
+        self.json()["headers"][name].as_str().map(str::to_string)
+    }
+}
+
+/// A blocking HTTP/1.1 client on one keep-alive connection (reconnects when closed).
+pub struct Client {
+    addr: SocketAddr,
+    conn: Option<BufReader<TcpStream>>,
+}
+
+impl Client {
+    pub fn new(addr: SocketAddr) -> Client {
+        Client { addr, conn: None }
+    }
+
+    pub fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Response {
+        self.request("GET", path, headers, b"")
+    }
+
+    pub fn request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> Response {
+        self.try_request(method, path, headers, body)
+            .unwrap_or_else(|e| panic!("{method} {path} to {}: {e}", self.addr))
+    }
+
+    pub fn try_request(
+        &mut self,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &[u8],
+    ) -> std::io::Result<Response> {
+        let mut req = format!("{method} {path} HTTP/1.1\r\n");
+        if !headers.iter().any(|(k, _)| k.eq_ignore_ascii_case("host")) {
+            req += &format!("Host: {}\r\n", self.addr);
+        }
+        for (k, v) in headers {
+            req += &format!("{k}: {v}\r\n");
+        }
+        if !body.is_empty() || method == "POST" {
+            req += &format!("Content-Length: {}\r\n", body.len());
+        }
+        req += "\r\n";
+        let mut bytes = req.into_bytes();
+        bytes.extend_from_slice(body);
+        // A pooled connection may have been closed by the server: retry once on a new one
+        // only if nothing of the answer arrived.
+        for attempt in 0..2 {
+            let reused = self.conn.is_some();
+            let conn = match self.conn.as_mut() {
+                Some(c) => c,
+                None => {
+                    let s = TcpStream::connect(self.addr)?;
+                    s.set_read_timeout(Some(Duration::from_secs(30)))?;
+                    s.set_nodelay(true)?;
+                    self.conn.insert(BufReader::new(s))
+                }
+            };
+            let sent = conn.get_mut().write_all(&bytes);
+            let result = sent.and_then(|_| read_response(conn, method == "HEAD"));
+            match result {
+                Ok((resp, keep)) => {
+                    if !keep {
+                        self.conn = None;
+                    }
+                    return Ok(resp);
+                }
+                Err(e) if reused && attempt == 0 && e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    self.conn = None;
+                }
+                Err(e) => {
+                    self.conn = None;
+                    return Err(e);
+                }
+            }
+        }
+        Err(std::io::Error::other("unreachable"))
+    }
+}
+
+fn eof() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed")
+}
+
+/// Reads one response; returns it and whether the connection stays open.
+pub fn read_response(r: &mut BufReader<TcpStream>, head_only: bool) -> std::io::Result<(Response, bool)> {
+    let mut line = String::new();
+    if r.read_line(&mut line)? == 0 {
+        return Err(eof());
+    }
+    let mut parts = line.trim_end().splitn(3, ' ');
+    let version = parts.next().unwrap_or("").to_string();
+    let status: u16 = parts
+        .next()
+        .and_then(|s| s.parse().ok())
+        .ok_or_else(|| std::io::Error::other(format!("bad status line {line:?}")))?;
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        if r.read_line(&mut line)? == 0 {
+            return Err(eof());
+        }
+        let l = line.trim_end_matches(['\r', '\n']);
+        if l.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = l.split_once(':') {
+            headers.push((k.trim().to_string(), v.trim().to_string()));
+        }
+    }
+    let find = |n: &str| {
+        headers
+            .iter()
+            .find(|(k, _): &&(String, String)| k.eq_ignore_ascii_case(n))
+            .map(|(_, v)| v.clone())
+    };
+    let mut keep = version == "HTTP/1.1"
+        && !find("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+    let mut body = Vec::new();
+    if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
+    } else if find("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+        loop {
+            line.clear();
+            r.read_line(&mut line)?;
+            let size = usize::from_str_radix(line.trim().split(';').next().unwrap_or(""), 16)
+                .map_err(|_| std::io::Error::other(format!("bad chunk size {line:?}")))?;
+            if size == 0 {
+                loop {
+                    line.clear();
+                    if r.read_line(&mut line)? == 0 || line.trim().is_empty() {
+                        break;
+                    }
+                }
+                break;
+            }
+            let mut chunk = vec![0; size];
+            r.read_exact(&mut chunk)?;
+            body.extend_from_slice(&chunk);
+            line.clear();
+            r.read_line(&mut line)?;
+        }
+    } else if let Some(len) = find("content-length").and_then(|v| v.parse::<usize>().ok()) {
+        body.resize(len, 0);
+        r.read_exact(&mut body)?;
+    } else {
+        r.read_to_end(&mut body)?;
+        keep = false;
+    }
+    Ok((
+        Response {
+            status,
+            headers,
+            body,
+        },
+        keep,
+    ))
+}
+
+/// The Rust assignment for a two-or-more variant service (salt, [(name, weight)]).
+pub fn expected_variant(salt: &str, variants: &[(&str, f64)], key: &str) -> String {
+    let seeds: Vec<u64> = variants
+        .iter()
+        .map(|(n, _)| cohort::routing::cohort::variant_seed(salt, n))
+        .collect();
+    let weights: Vec<f64> = variants.iter().map(|(_, w)| *w).collect();
+    let i = cohort::routing::cohort::assign(key.as_bytes(), &seeds, &weights).expect("a winner");
+    variants[i].0.to_string()
+}
+
+/// Runs `f` on `threads` threads over disjoint chunks of `0..n`, collecting results in order.
+pub fn parallel<T: Send + 'static>(
+    n: usize,
+    threads: usize,
+    f: impl Fn(&mut Client, usize) -> T + Send + Sync + 'static,
+    addr: SocketAddr,
+) -> Vec<T> {
+    let f = std::sync::Arc::new(f);
+    let chunk = n.div_ceil(threads);
+    let handles: Vec<_> = (0..threads)
+        .map(|t| {
+            let f = f.clone();
+            std::thread::spawn(move || {
+                let mut c = Client::new(addr);
+                (t * chunk..((t + 1) * chunk).min(n))
+                    .map(|i| f(&mut c, i))
+                    .collect::<Vec<T>>()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("worker thread"))
+        .collect()
+}
