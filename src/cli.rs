@@ -1,7 +1,9 @@
 //! The command line (SPEC "Command line"): `run`, `check`, `explain`, `simulate`, `demo`.
 //! Exit codes: 0 ok, 1 invalid config or input, 2 usage error (clap).
 
-use crate::config::{Config, ConfigError, RuleAction, ServiceConfig};
+use crate::config::{
+    Config, ConfigError, KeySource, MatchOp, Matcher, RuleAction, RuleConfig, ServiceConfig,
+};
 use crate::explain::{self, ExplainInput};
 use crate::routing::{Router, RoutingTable};
 use crate::server::{self, RunOptions};
@@ -232,19 +234,28 @@ fn service_summary(s: &ServiceConfig) -> String {
             .collect::<Vec<_>>()
             .join(", ")
     };
-    let keys: Vec<String> = s.keys.iter().map(|k| k.to_string()).collect();
+    let mut chain: Vec<String> = s
+        .keys
+        .iter()
+        .filter(|k| **k != KeySource::Ip)
+        .map(|k| k.to_string())
+        .collect();
+    let has_ip = s.keys.contains(&KeySource::Ip);
+    match (&s.assign_cookie, has_ip) {
+        (Some(c), true) => chain.push(format!("cookie:{c} (assigned; ip is never reached)")),
+        (Some(c), false) => chain.push(format!("cookie:{c} (assigned)")),
+        (None, true) => chain.push("ip".to_string()),
+        (None, false) => {}
+    }
     let mut out = format!(
-        "\nservice {} ({hosts}, prefix {})\n  key     {}{}\n  salt    {}\n",
+        "\nservice {} ({hosts}, prefix {})\n  key     {}\n  salt    {}\n",
         s.name,
         s.path_prefix,
-        if keys.is_empty() {
-            "(none)".to_string()
+        if chain.is_empty() {
+            "(none: every request goes to the first variant)".to_string()
         } else {
-            keys.join(" > ")
+            chain.join(" > ")
         },
-        s.assign_cookie
-            .as_ref()
-            .map_or(String::new(), |c| format!(" > new id in cookie {c}")),
         s.salt
     );
     let total: f64 = s.variants.iter().map(|v| v.weight).sum();
@@ -277,9 +288,44 @@ fn service_summary(s: &ServiceConfig) -> String {
                 format!("-> split {}", parts.join(" "))
             }
         };
-        out += &format!("  rule    {:<12} {action}\n", r.name);
+        out += &format!("  rule    {:<12} {} {action}\n", r.name, conditions(r));
     }
     out
+}
+
+fn conditions(r: &RuleConfig) -> String {
+    fn op<N: std::fmt::Display>(kind: &str, m: &Matcher<N>) -> String {
+        let show = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
+        let o = match &m.op {
+            MatchOp::Equals(v) => format!("= {:?}", show(v)),
+            MatchOp::In(list) => format!(
+                "in [{}]",
+                list.iter().map(|v| show(v)).collect::<Vec<_>>().join(", ")
+            ),
+            MatchOp::Present(true) => "present".to_string(),
+            MatchOp::Present(false) => "absent".to_string(),
+            MatchOp::Prefix(p) => format!("starts with {:?}", show(p)),
+        };
+        format!("{kind} {} {o}", m.name)
+    }
+    let mut parts = Vec::new();
+    if !r.client_cidr.is_empty() {
+        let nets: Vec<String> = r.client_cidr.iter().map(|n| n.to_string()).collect();
+        parts.push(format!("client in {}", nets.join(", ")));
+    }
+    if let Some(m) = &r.header {
+        parts.push(op("header", m));
+    }
+    if let Some(m) = &r.cookie {
+        parts.push(op("cookie", m));
+    }
+    if let Some(m) = &r.query {
+        parts.push(op("query", m));
+    }
+    if let Some(k) = &r.key_in {
+        parts.push(format!("key in list of {}", k.len()));
+    }
+    parts.join(" and ")
 }
 
 fn explain_cmd(path: &std::path::Path, input: &ExplainInput, json: bool) -> i32 {

@@ -4,7 +4,13 @@
 mod common;
 use common::*;
 
-fn two_variant_config(stable: &EchoBackend, canary: &EchoBackend, sw: f64, cw: f64, extra: &str) -> String {
+fn two_variant_config(
+    stable: &EchoBackend,
+    canary: &EchoBackend,
+    sw: f64,
+    cw: f64,
+    extra: &str,
+) -> String {
     format!(
         r#"
 [server]
@@ -53,7 +59,10 @@ fn users_are_sticky_and_match_the_normative_function() {
     );
     for (key, vs) in seen {
         let want = expected_variant("api", &[("stable", 90.0), ("canary", 10.0)], &key);
-        assert!(vs.iter().all(|v| *v == want), "{key}: got {vs:?}, want {want}");
+        assert!(
+            vs.iter().all(|v| *v == want),
+            "{key}: got {vs:?}, want {want}"
+        );
     }
 }
 
@@ -86,20 +95,35 @@ fn share_test(variants: &[(&str, f64)], n: usize) {
         "[server]\nlisten = [\"@LISTEN@\"]\nadmin = \"@ADMIN@\"\nthreads = 2\n\n[[service]]\nname = \"api\"\nkey = [\"header:x-user-id\"]\n",
     );
     for ((name, w), b) in variants.iter().zip(&backends) {
-        cfg += &format!("\n[[service.variant]]\nname = \"{name}\"\nweight = {w}\nbackends = [\"{}\"]\n", b.addr);
+        cfg += &format!(
+            "\n[[service.variant]]\nname = \"{name}\"\nweight = {w}\nbackends = [\"{}\"]\n",
+            b.addr
+        );
     }
     let px = Cohort::start(&cfg);
-    let got = parallel(n, 4, |cl, i| cl.get("/", &[("x-user-id", &format!("k{i}"))]).backend(), px.addr);
+    let got = parallel(
+        n,
+        4,
+        |cl, i| cl.get("/", &[("x-user-id", &format!("k{i}"))]).backend(),
+        px.addr,
+    );
     let total: f64 = variants.iter().map(|(_, w)| w).sum();
     for (name, w) in variants {
         let count = got.iter().filter(|b| b == name).count();
         let share = count as f64 / n as f64 * 100.0;
         let want = w / total * 100.0;
-        assert!((share - want).abs() <= 1.5, "{name}: {share:.2}% vs {want:.2}% ({count}/{n})");
+        assert!(
+            (share - want).abs() <= 1.5,
+            "{name}: {share:.2}% vs {want:.2}% ({count}/{n})"
+        );
     }
     // and every single request agrees with the normative function
     for (i, b) in got.iter().enumerate() {
-        assert_eq!(*b, expected_variant("api", variants, &format!("k{i}")), "key k{i}");
+        assert_eq!(
+            *b,
+            expected_variant("api", variants, &format!("k{i}")),
+            "key k{i}"
+        );
     }
 }
 
@@ -110,7 +134,10 @@ fn shares_90_10_within_1_5_points_over_20000_keys() {
 
 #[test]
 fn shares_70_20_10_within_1_5_points_over_20000_keys() {
-    share_test(&[("stable", 70.0), ("canary", 20.0), ("beta", 10.0)], 20_000);
+    share_test(
+        &[("stable", 70.0), ("canary", 20.0), ("beta", 10.0)],
+        20_000,
+    );
 }
 
 #[test]
@@ -124,10 +151,19 @@ fn key_chain_is_header_then_cookie_then_query_then_ip() {
         .map(|i| (format!("a{i}"), format!("b{i}")))
         .find(|(a, b)| v(a) != v(b))
         .unwrap();
-    let r = cl.get("/", &[("x-user-id", &a), ("cookie", &format!("session={b}"))]);
+    let r = cl.get(
+        "/",
+        &[("x-user-id", &a), ("cookie", &format!("session={b}"))],
+    );
     assert_eq!(r.backend(), v(&a), "header beats cookie");
-    assert_eq!(r.upstream_header("x-cohort-reason").as_deref(), Some("hash"));
-    let r = cl.get(&format!("/?uid={a}"), &[("cookie", &format!("session={b}"))]);
+    assert_eq!(
+        r.upstream_header("x-cohort-reason").as_deref(),
+        Some("hash")
+    );
+    let r = cl.get(
+        &format!("/?uid={a}"),
+        &[("cookie", &format!("session={b}"))],
+    );
     assert_eq!(r.backend(), v(&b), "cookie beats query");
     let r = cl.get(&format!("/?uid={a}"), &[("x-user-id", "   ")]);
     assert_eq!(r.backend(), v(&a), "blank header is absent; query used");
@@ -135,7 +171,10 @@ fn key_chain_is_header_then_cookie_then_query_then_ip() {
     assert_eq!(r.backend(), v("ab"), "query value is percent-decoded");
     let r = cl.get("/", &[]);
     assert_eq!(r.backend(), v("127.0.0.1"), "ip is the last resort");
-    assert_eq!(r.upstream_header("x-cohort-reason").as_deref(), Some("hash"));
+    assert_eq!(
+        r.upstream_header("x-cohort-reason").as_deref(),
+        Some("hash")
+    );
 }
 
 #[test]
@@ -168,7 +207,10 @@ backends = ["{}"]
     let px = Cohort::start(&cfg);
     let r = px.client().get("/", &[]);
     assert_eq!(r.backend(), "canary");
-    assert_eq!(r.upstream_header("x-cohort-reason").as_deref(), Some("no_key"));
+    assert_eq!(
+        r.upstream_header("x-cohort-reason").as_deref(),
+        Some("no_key")
+    );
 }
 
 #[test]
@@ -189,22 +231,37 @@ fn client_cohort_headers_are_replaced_and_forwarding_headers_set() {
     let j = r.json();
     assert_eq!(j["backend"], "stable");
     assert_eq!(j["target"], "/p?q=1");
-    assert_eq!(r.upstream_header("x-cohort-variant").as_deref(), Some("stable"));
-    assert_eq!(r.upstream_header("x-cohort-reason").as_deref(), Some("hash"));
+    assert_eq!(
+        r.upstream_header("x-cohort-variant").as_deref(),
+        Some("stable")
+    );
+    assert_eq!(
+        r.upstream_header("x-cohort-reason").as_deref(),
+        Some("hash")
+    );
     assert_eq!(r.upstream_header("x-cohort-anything"), None);
     assert_eq!(
         r.upstream_header("x-forwarded-for").as_deref(),
         Some("198.51.100.1, 127.0.0.1")
     );
-    assert_eq!(r.upstream_header("x-forwarded-proto").as_deref(), Some("http"));
+    assert_eq!(
+        r.upstream_header("x-forwarded-proto").as_deref(),
+        Some("http")
+    );
     assert_eq!(r.header("x-cohort-variant"), Some("stable"));
 }
 
 #[test]
 fn anonymous_users_get_a_sticky_cookie() {
     let (s, c) = (backend("stable"), backend("canary"));
-    let cfg = two_variant_config(&s, &c, 50.0, 50.0, "assign_cookie = \"cohort_id\"\ncookie_max_age_secs = 3600")
-        .replace("\"query:uid\", \"ip\"", "\"query:uid\"");
+    let cfg = two_variant_config(
+        &s,
+        &c,
+        50.0,
+        50.0,
+        "assign_cookie = \"cohort_id\"\ncookie_max_age_secs = 3600",
+    )
+    .replace("\"query:uid\", \"ip\"", "\"query:uid\"");
     let px = Cohort::start(&cfg);
     let mut cl = px.client();
     let mut variants = std::collections::HashSet::new();
@@ -217,19 +274,40 @@ fn anonymous_users_get_a_sticky_cookie() {
         assert_eq!(id.len(), 32);
         assert!(id.bytes().all(|b| b.is_ascii_hexdigit()));
         let first = r.backend();
-        assert_eq!(first, expected_variant("api", &[("stable", 50.0), ("canary", 50.0)], id));
-        assert_eq!(r.upstream_header("x-cohort-reason").as_deref(), Some("cookie"));
+        assert_eq!(
+            first,
+            expected_variant("api", &[("stable", 50.0), ("canary", 50.0)], id)
+        );
+        assert_eq!(
+            r.upstream_header("x-cohort-reason").as_deref(),
+            Some("cookie")
+        );
         variants.insert(first.clone());
         for _ in 0..3 {
             let again = cl.get("/", &[("cookie", &format!("other=1; cohort_id={id}"))]);
             assert_eq!(again.backend(), first);
-            assert_eq!(again.header("set-cookie"), None, "no new cookie when one is sent");
-            assert_eq!(again.upstream_header("x-cohort-reason").as_deref(), Some("cookie"));
+            assert_eq!(
+                again.header("set-cookie"),
+                None,
+                "no new cookie when one is sent"
+            );
+            assert_eq!(
+                again.upstream_header("x-cohort-reason").as_deref(),
+                Some("cookie")
+            );
         }
     }
-    assert_eq!(variants.len(), 2, "40 random ids land on both 50/50 variants");
+    assert_eq!(
+        variants.len(),
+        2,
+        "40 random ids land on both 50/50 variants"
+    );
     let keyed = cl.get("/", &[("x-user-id", "alice")]);
-    assert_eq!(keyed.header("set-cookie"), None, "never for a request that has a key");
+    assert_eq!(
+        keyed.header("set-cookie"),
+        None,
+        "never for a request that has a key"
+    );
 }
 
 #[test]
@@ -242,17 +320,43 @@ fn force_header_honoured_only_from_force_from_and_always_stripped() {
         0.0,
         "force_header = \"x-force\"\nforce_from = [\"192.0.2.0/24\"]",
     )
-    .replace("threads = 2", "threads = 2\ntrusted_proxies = [\"127.0.0.1/32\"]");
+    .replace(
+        "threads = 2",
+        "threads = 2\ntrusted_proxies = [\"127.0.0.1/32\"]",
+    );
     let px = Cohort::start(&cfg);
     let mut cl = px.client();
-    let r = cl.get("/", &[("x-force", "canary"), ("x-forwarded-for", "192.0.2.10")]);
+    let r = cl.get(
+        "/",
+        &[("x-force", "canary"), ("x-forwarded-for", "192.0.2.10")],
+    );
     assert_eq!(r.backend(), "canary");
-    assert_eq!(r.upstream_header("x-cohort-reason").as_deref(), Some("forced"));
-    assert_eq!(r.upstream_header("x-force"), None, "stripped before proxying");
-    let r = cl.get("/", &[("x-force", "canary"), ("x-forwarded-for", "203.0.113.5")]);
+    assert_eq!(
+        r.upstream_header("x-cohort-reason").as_deref(),
+        Some("forced")
+    );
+    assert_eq!(
+        r.upstream_header("x-force"),
+        None,
+        "stripped before proxying"
+    );
+    let r = cl.get(
+        "/",
+        &[("x-force", "canary"), ("x-forwarded-for", "203.0.113.5")],
+    );
     assert_eq!(r.backend(), "stable", "untrusted client cannot force");
-    assert_eq!(r.upstream_header("x-force"), None, "stripped even when not honoured");
-    let r = cl.get("/", &[("x-force", "nonexistent"), ("x-forwarded-for", "192.0.2.10")]);
+    assert_eq!(
+        r.upstream_header("x-force"),
+        None,
+        "stripped even when not honoured"
+    );
+    let r = cl.get(
+        "/",
+        &[
+            ("x-force", "nonexistent"),
+            ("x-forwarded-for", "192.0.2.10"),
+        ],
+    );
     assert_eq!(r.backend(), "stable", "unknown variant names are ignored");
 }
 
@@ -271,7 +375,11 @@ fn consistent_balance_keeps_a_key_on_its_backend() {
         let key = format!("user-{i}");
         let first = cl.get("/", &[("x-user-id", &key)]).backend();
         for _ in 0..4 {
-            assert_eq!(cl.get("/", &[("x-user-id", &key)]).backend(), first, "{key}");
+            assert_eq!(
+                cl.get("/", &[("x-user-id", &key)]).backend(),
+                first,
+                "{key}"
+            );
         }
         used.insert(first);
     }
@@ -315,8 +423,18 @@ fn two_instances_agree_on_every_key() {
         s.addr, c.addr, b.addr
     );
     let (p1, p2) = (Cohort::start(&cfg), Cohort::start(&cfg));
-    let one = parallel(2000, 2, |cl, i| cl.get("/", &[("x-user-id", &format!("id-{i}"))]).backend(), p1.addr);
-    let two = parallel(2000, 2, |cl, i| cl.get("/", &[("x-user-id", &format!("id-{i}"))]).backend(), p2.addr);
+    let one = parallel(
+        2000,
+        2,
+        |cl, i| cl.get("/", &[("x-user-id", &format!("id-{i}"))]).backend(),
+        p1.addr,
+    );
+    let two = parallel(
+        2000,
+        2,
+        |cl, i| cl.get("/", &[("x-user-id", &format!("id-{i}"))]).backend(),
+        p2.addr,
+    );
     let differ = one.iter().zip(&two).filter(|(a, b)| a != b).count();
     assert_eq!(differ, 0, "instances disagree on {differ} of 2000 keys");
     assert!(one.iter().any(|v| v == "beta") && one.iter().any(|v| v == "canary"));

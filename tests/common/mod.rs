@@ -76,7 +76,11 @@ impl Cohort {
             if TcpStream::connect(self.addr).is_ok() && TcpStream::connect(self.admin).is_ok() {
                 return;
             }
-            assert!(Instant::now() < deadline, "cohort did not start: {}", self.stderr());
+            assert!(
+                Instant::now() < deadline,
+                "cohort did not start: {}",
+                self.stderr()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -279,7 +283,9 @@ impl Client {
                     }
                     return Ok(resp);
                 }
-                Err(e) if reused && attempt == 0 && e.kind() == std::io::ErrorKind::UnexpectedEof => {
+                Err(e)
+                    if reused && attempt == 0 && e.kind() == std::io::ErrorKind::UnexpectedEof =>
+                {
                     self.conn = None;
                 }
                 Err(e) => {
@@ -297,7 +303,10 @@ fn eof() -> std::io::Error {
 }
 
 /// Reads one response; returns it and whether the connection stays open.
-pub fn read_response(r: &mut BufReader<TcpStream>, head_only: bool) -> std::io::Result<(Response, bool)> {
+pub fn read_response(
+    r: &mut BufReader<TcpStream>,
+    head_only: bool,
+) -> std::io::Result<(Response, bool)> {
     let mut line = String::new();
     if r.read_line(&mut line)? == 0 {
         return Err(eof());
@@ -332,7 +341,8 @@ pub fn read_response(r: &mut BufReader<TcpStream>, head_only: bool) -> std::io::
         && !find("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
     let mut body = Vec::new();
     if head_only || status == 204 || status == 304 || (100..200).contains(&status) {
-    } else if find("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked")) {
+    } else if find("transfer-encoding").is_some_and(|v| v.to_ascii_lowercase().contains("chunked"))
+    {
         loop {
             line.clear();
             r.read_line(&mut line)?;
