@@ -1,6 +1,7 @@
 //! The admin HTTP service on `server.admin`: health, readiness and status. It runs as a
 //! Pingora listening service, so a binary upgrade hands its socket over like the proxy's.
 
+use crate::reload::{Outcome, Reloader};
 use crate::state::State;
 use async_trait::async_trait;
 use http::{Method, Response, StatusCode};
@@ -11,7 +12,10 @@ use std::sync::Arc;
 
 /// The admin API.
 pub struct Admin {
-    pub state: Arc<State>,
+    state: Arc<State>,
+    reloader: Option<Arc<Reloader>>,
+    /// Bearer token for POST calls (from `server.admin_token_env` at start).
+    token: Option<String>,
 }
 
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -42,6 +46,100 @@ pub fn json_reply(status: StatusCode, v: &Value) -> Response<Vec<u8>> {
 }
 
 impl Admin {
+    pub fn new(state: Arc<State>, reloader: Option<Arc<Reloader>>) -> Admin {
+        let token = state.running.admin_token_env.as_ref().map(|var| {
+            let t = std::env::var(var).unwrap_or_default();
+            if t.is_empty() {
+                log::warn!(
+                    "server.admin_token_env names {var}, which is unset or empty: every POST admin call will be refused"
+                );
+            }
+            t
+        });
+        Admin {
+            state,
+            reloader,
+            token,
+        }
+    }
+
+    /// SPEC: with `admin_token_env`, POST needs `Authorization: Bearer <token>`; without
+    /// it, POST is accepted from loopback peers only.
+    fn authorize(&self, session: &ServerSession) -> Result<(), Response<Vec<u8>>> {
+        match &self.token {
+            Some(token) => {
+                let given = session
+                    .req_header()
+                    .headers
+                    .get(http::header::AUTHORIZATION)
+                    .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
+                    .unwrap_or_default();
+                if !token.is_empty() && constant_time_eq(given, token.as_bytes()) {
+                    Ok(())
+                } else {
+                    let mut r = text(
+                        StatusCode::UNAUTHORIZED,
+                        "unauthorized: bearer token required\n",
+                    );
+                    r.headers_mut().insert(
+                        http::header::WWW_AUTHENTICATE,
+                        http::HeaderValue::from_static("Bearer"),
+                    );
+                    Err(r)
+                }
+            }
+            None => {
+                let loopback = session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .is_some_and(|a| a.ip().to_canonical().is_loopback());
+                if loopback {
+                    Ok(())
+                } else {
+                    Err(text(
+                        StatusCode::FORBIDDEN,
+                        "forbidden: POST admin calls are accepted from loopback only (set server.admin_token_env)\n",
+                    ))
+                }
+            }
+        }
+    }
+
+    async fn reload(&self, session: &ServerSession) -> Response<Vec<u8>> {
+        if let Err(denied) = self.authorize(session) {
+            return denied;
+        }
+        let Some(r) = self.reloader.clone() else {
+            return json_reply(
+                StatusCode::NOT_FOUND,
+                &json!({"result": "rejected", "errors": ["this instance has no config file to reload"]}),
+            );
+        };
+        let outcome = match tokio::task::spawn_blocking(move || r.reload("POST /reload")).await {
+            Ok(o) => o,
+            Err(e) => Outcome::Rejected {
+                errors: vec![format!("reload task failed: {e}")],
+            },
+        };
+        match outcome {
+            Outcome::Applied {
+                version,
+                needs_upgrade,
+            } => json_reply(
+                StatusCode::OK,
+                &json!({"result": "applied", "version": version, "needs_upgrade": needs_upgrade}),
+            ),
+            Outcome::Unchanged { version } => json_reply(
+                StatusCode::OK,
+                &json!({"result": "unchanged", "version": version}),
+            ),
+            Outcome::Rejected { errors } => json_reply(
+                StatusCode::BAD_REQUEST,
+                &json!({"result": "rejected", "errors": errors}),
+            ),
+        }
+    }
+
     fn status(&self) -> Value {
         let table = self.state.table();
         let services: Vec<Value> = table
@@ -76,7 +174,13 @@ impl Admin {
         json!({
             "version": table.config.version,
             "loaded_at": humantime::format_rfc3339_seconds(table.loaded_at).to_string(),
-            "last_reload": Value::Null,
+            "last_reload": self.state.last_reload().map(|r| json!({
+                "result": r.result,
+                "at": humantime::format_rfc3339_seconds(r.at).to_string(),
+                "errors": r.errors,
+                "needs_upgrade": r.needs_upgrade,
+                "trigger": r.trigger,
+            })),
             "draining": self.state.is_draining(),
             "services": services,
         })
@@ -108,10 +212,34 @@ impl ServeHttp for Admin {
                 }
             }
             (Method::GET | Method::HEAD, "/status") => json_reply(StatusCode::OK, &self.status()),
-            (_, "/healthz" | "/readyz" | "/status") => {
+            (Method::GET | Method::HEAD, "/metrics") => reply(
+                StatusCode::OK,
+                "text/plain; version=0.0.4",
+                crate::metrics::render(),
+            ),
+            (Method::POST, "/reload") => {
+                // Drain any request body so the connection stays usable (bounded).
+                let mut read = 0usize;
+                while let Ok(Some(chunk)) = session.read_request_body().await {
+                    read += chunk.len();
+                    if read > 64 * 1024 {
+                        return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
+                    }
+                }
+                self.reload(session).await
+            }
+            (_, "/healthz" | "/readyz" | "/status" | "/metrics" | "/reload") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
+}
+
+/// Compares secrets in time independent of where they differ.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    if a.len() != b.len() {
+        return false;
+    }
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }

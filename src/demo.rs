@@ -150,7 +150,7 @@ pub fn run(listen: &str, admin: &str) -> Result<(), ConfigError> {
     let config = Config::parse(&text)?;
     let table = RoutingTable::build(config)?;
     println!("{}", instructions(listen, admin, stable.addr, canary.addr));
-    server::run_table(table, &RunOptions::default())
+    server::run_table(table, &RunOptions::default(), false)
 }
 
 fn instructions(listen: &str, admin: &str, stable: SocketAddr, canary: SocketAddr) -> String {

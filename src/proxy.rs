@@ -3,7 +3,7 @@
 //! retry) sees the same config even if a reload lands mid-request.
 
 use crate::routing::{Decision, Reason, RequestView, RoutingTable};
-use crate::state::State;
+use crate::state::{InFlight, State};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header;
@@ -27,8 +27,9 @@ pub struct CohortProxy {
 }
 
 /// Per-request state.
-#[derive(Default)]
 pub struct Ctx {
+    /// Counts this request as in flight (graceful shutdown waits for it).
+    _in_flight: InFlight,
     table: Option<Arc<RoutingTable>>,
     service: Option<usize>,
     decision: Option<Decision>,
@@ -76,7 +77,16 @@ impl ProxyHttp for CohortProxy {
     type CTX = Ctx;
 
     fn new_ctx(&self) -> Ctx {
-        Ctx::default()
+        Ctx {
+            _in_flight: self.state.request_started(),
+            table: None,
+            service: None,
+            decision: None,
+            served: 0,
+            reason: None,
+            failed: None,
+            retried: false,
+        }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {

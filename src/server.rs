@@ -5,15 +5,20 @@
 
 use crate::admin::Admin;
 use crate::config::{Config, ConfigError, ServerConfig};
+use crate::metrics::METRICS;
 use crate::proxy::CohortProxy;
+use crate::reload::{ReloadTriggers, Reloader};
 use crate::routing::RoutingTable;
 use crate::state::State;
 use async_trait::async_trait;
 use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::ExecutionPhase;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
@@ -37,7 +42,7 @@ pub fn load_config(opts: &RunOptions) -> Result<Config, ConfigError> {
     Ok(config)
 }
 
-fn apply_overrides(server: &mut ServerConfig, opts: &RunOptions) {
+pub fn apply_overrides(server: &mut ServerConfig, opts: &RunOptions) {
     if !opts.listen.is_empty() {
         server.listen = opts.listen.clone();
     }
@@ -67,13 +72,26 @@ fn server_conf(s: &ServerConfig, daemon: bool) -> ServerConf {
 pub fn run(opts: RunOptions) -> Result<(), ConfigError> {
     let config = load_config(&opts)?;
     let table = RoutingTable::build(config)?;
-    run_table(table, &opts)
+    run_table(table, &opts, true)
 }
 
-/// Runs the proxy on an already compiled table (also used by `cohort demo`).
-pub fn run_table(table: RoutingTable, opts: &RunOptions) -> Result<(), ConfigError> {
+/// Runs the proxy on an already compiled table (also used by `cohort demo`, which has no
+/// config file to reload: `reloadable = false`).
+pub fn run_table(
+    table: RoutingTable,
+    opts: &RunOptions,
+    reloadable: bool,
+) -> Result<(), ConfigError> {
+    // SIGHUP's default action kills the process: claim it before anything else, so a
+    // SIGHUP that arrives before the reload task listens is harmless.
+    let _ = signal_hook::flag::register(
+        signal_hook::consts::SIGHUP,
+        Arc::new(AtomicBool::new(false)),
+    );
     let server_cfg = table.config.server.clone();
+    METRICS.set_config_version(None, &table.config.version);
     let state = Arc::new(State::new(table));
+    let reloader = reloadable.then(|| Arc::new(Reloader::new(state.clone(), opts.clone())));
     let opt = Opt {
         upgrade: opts.upgrade,
         daemon: opts.daemon,
@@ -99,14 +117,27 @@ pub fn run_table(table: RoutingTable, opts: &RunOptions) -> Result<(), ConfigErr
     if let Some(addr) = server_cfg.admin {
         let mut admin = Service::new(
             "cohort admin".to_string(),
-            Admin {
-                state: state.clone(),
-            },
+            Admin::new(state.clone(), reloader.clone()),
         );
         admin.threads = Some(1);
         admin.add_tcp(&addr.to_string());
         server.add_service(admin);
     }
+
+    if let Some(r) = &reloader {
+        server.add_service(background_service(
+            "cohort reload",
+            ReloadTriggers {
+                reloader: r.clone(),
+            },
+        ));
+    }
+    if let Some(pid_file) = &server_cfg.pid_file {
+        if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
+            log::warn!("cannot write pid_file {pid_file}: {e}");
+        }
+    }
+    exit_when_idle_after_shutdown(&server, state.clone());
 
     log::info!(
         "cohort {} serving on {:?} (admin {:?}), config version {}",
@@ -122,6 +153,39 @@ pub fn run_table(table: RoutingTable, opts: &RunOptions) -> Result<(), ConfigErr
         }),
     });
     Ok(())
+}
+
+/// Once Pingora stops accepting (SIGTERM after the drain delay, or SIGQUIT after the
+/// hand-over), exit as soon as no request is in flight instead of sleeping the whole
+/// `shutdown_timeout_secs`; Pingora still enforces that limit for slow requests.
+fn exit_when_idle_after_shutdown(server: &Server, state: Arc<State>) {
+    let mut phases = server.watch_execution_phase();
+    let spawned = std::thread::Builder::new()
+        .name("cohort-exit".to_string())
+        .spawn(move || loop {
+            match phases.blocking_recv() {
+                Ok(ExecutionPhase::ShutdownGracePeriod) => {
+                    // Let connections that were mid-request register before counting.
+                    std::thread::sleep(Duration::from_millis(100));
+                    let mut idle_polls = 0;
+                    while idle_polls < 3 {
+                        std::thread::sleep(Duration::from_millis(50));
+                        idle_polls = if state.in_flight() == 0 {
+                            idle_polls + 1
+                        } else {
+                            0
+                        };
+                    }
+                    log::info!("no request in flight: exiting");
+                    std::process::exit(0);
+                }
+                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+                Err(_) => return,
+            }
+        });
+    if let Err(e) = spawned {
+        log::warn!("cannot start the idle-exit watcher: {e}");
+    }
 }
 
 /// Maps Unix signals to Pingora's shutdown kinds, with the SIGTERM drain delay first.

@@ -1,23 +1,45 @@
 //! Process-wide state shared by the proxy, the admin API and background work: the one
-//! `ArcSwap` holding the routing table, and the drain flag.
+//! `ArcSwap` holding the routing table, the listener settings the process actually runs
+//! with, the last reload's outcome, the drain flag and the in-flight request count.
 
+use crate::config::ServerConfig;
 use crate::routing::RoutingTable;
 use arc_swap::ArcSwap;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+/// What the last reload did (for `/status`).
+#[derive(Debug, Clone)]
+pub struct ReloadRecord {
+    /// `applied`, `unchanged` or `error`.
+    pub result: &'static str,
+    pub at: SystemTime,
+    pub errors: Vec<String>,
+    /// Changed settings that only a `cohort run --upgrade` applies.
+    pub needs_upgrade: Vec<String>,
+    pub trigger: String,
+}
 
 /// Shared state. The table is replaced whole by [`State::swap`]; readers take one
 /// snapshot per request with [`State::table`].
 pub struct State {
     table: ArcSwap<RoutingTable>,
+    /// Listener settings bound at start (a reload cannot change them).
+    pub running: ServerConfig,
     draining: AtomicBool,
+    in_flight: AtomicUsize,
+    last_reload: Mutex<Option<ReloadRecord>>,
 }
 
 impl State {
     pub fn new(table: RoutingTable) -> State {
         State {
+            running: table.config.server.clone(),
             table: ArcSwap::from_pointee(table),
             draining: AtomicBool::new(false),
+            in_flight: AtomicUsize::new(0),
+            last_reload: Mutex::new(None),
         }
     }
 
@@ -38,5 +60,34 @@ impl State {
 
     pub fn is_draining(&self) -> bool {
         self.draining.load(Ordering::SeqCst)
+    }
+
+    pub fn set_last_reload(&self, r: ReloadRecord) {
+        if let Ok(mut g) = self.last_reload.lock() {
+            *g = Some(r);
+        }
+    }
+
+    pub fn last_reload(&self) -> Option<ReloadRecord> {
+        self.last_reload.lock().ok().and_then(|g| g.clone())
+    }
+
+    /// Counts a request until the returned guard drops.
+    pub fn request_started(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+
+    pub fn in_flight(&self) -> usize {
+        self.in_flight.load(Ordering::SeqCst)
+    }
+}
+
+/// Decrements the in-flight count on drop.
+pub struct InFlight(Arc<State>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
     }
 }

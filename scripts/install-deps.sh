@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Installs what building and testing cohort needs on a fresh Debian/Ubuntu machine:
+# cmake (libz-ng-sys), libssl-dev + pkg-config (OpenSSL linked from the system), python3
+# with the xxhash module (the offline reference implementation scripts/cohort_assign.py).
+# Idempotent: installs only what is missing. Needs root (or sudo) for apt-get.
+set -euo pipefail
+
+SUDO=""
+if [ "$(id -u)" != 0 ]; then SUDO="sudo"; fi
+
+if ! command -v cargo >/dev/null 2>&1; then
+  echo "cargo not found: install the Rust toolchain first (https://rustup.rs), then re-run." >&2
+  exit 1
+fi
+
+pkgs=()
+command -v cmake >/dev/null 2>&1 || pkgs+=(cmake)
+command -v pkg-config >/dev/null 2>&1 || pkgs+=(pkg-config)
+command -v cc >/dev/null 2>&1 || pkgs+=(build-essential)
+command -v python3 >/dev/null 2>&1 || pkgs+=(python3 python3-pip)
+if ! pkg-config --exists openssl 2>/dev/null; then pkgs+=(libssl-dev); fi
+if [ ${#pkgs[@]} -gt 0 ]; then
+  echo "[install-deps] apt-get install ${pkgs[*]}" >&2
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+fi
+
+if ! python3 -c 'import xxhash' >/dev/null 2>&1; then
+  echo "[install-deps] installing the python3 xxhash module" >&2
+  python3 -m pip install -q xxhash 2>/dev/null \
+    || python3 -m pip install -q --break-system-packages xxhash 2>/dev/null \
+    || { $SUDO apt-get update -qq && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq python3-xxhash >/dev/null; }
+  python3 -c 'import xxhash' || { echo "could not install the python3 xxhash module" >&2; exit 1; }
+fi

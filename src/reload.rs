@@ -1,0 +1,240 @@
+//! Hot reload: SIGHUP, `POST /reload` and the file watcher all call [`Reloader::reload`],
+//! which reads, parses, validates and compiles a complete new [`RoutingTable`] (pools,
+//! resolved addresses) *before* one atomic swap. A failed reload changes nothing and is
+//! recorded for `/status`, the log and `cohort_config_reloads_total{result="error"}`.
+
+use crate::config::{version_of, Config, ConfigError, ServerConfig};
+use crate::metrics::{ReloadResult, METRICS};
+use crate::routing::RoutingTable;
+use crate::server::RunOptions;
+use crate::state::{ReloadRecord, State};
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime};
+
+/// What a reload did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// The new table serves. `needs_upgrade` lists changed settings that only a process
+    /// upgrade (`cohort run --upgrade`) applies.
+    Applied {
+        version: String,
+        needs_upgrade: Vec<String>,
+    },
+    /// The file is byte-for-byte the version already serving.
+    Unchanged { version: String },
+    /// Nothing changed; every error is listed.
+    Rejected { errors: Vec<String> },
+}
+
+impl Outcome {
+    pub fn result(&self) -> ReloadResult {
+        match self {
+            Outcome::Applied { .. } => ReloadResult::Applied,
+            Outcome::Unchanged { .. } => ReloadResult::Unchanged,
+            Outcome::Rejected { .. } => ReloadResult::Error,
+        }
+    }
+}
+
+/// Reloads the config file the process was started with.
+pub struct Reloader {
+    state: Arc<State>,
+    opts: RunOptions,
+    /// One reload at a time.
+    lock: Mutex<()>,
+}
+
+impl Reloader {
+    pub fn new(state: Arc<State>, opts: RunOptions) -> Reloader {
+        Reloader {
+            state,
+            opts,
+            lock: Mutex::new(()),
+        }
+    }
+
+    /// Runs one reload (blocking: file I/O and DNS). `trigger` names the cause for logs.
+    pub fn reload(&self, trigger: &str) -> Outcome {
+        let _one_at_a_time = self.lock.lock();
+        let outcome = self.try_reload();
+        let result = outcome.result();
+        METRICS.record_reload(result);
+        let (errors, needs_upgrade) = match &outcome {
+            Outcome::Applied {
+                version,
+                needs_upgrade,
+            } => {
+                log::info!("reload ({trigger}): applied version {version}");
+                if !needs_upgrade.is_empty() {
+                    log::warn!(
+                        "reload ({trigger}): changed {} need a process upgrade (cohort run --upgrade); the rest is applied",
+                        needs_upgrade.join(", ")
+                    );
+                }
+                (Vec::new(), needs_upgrade.clone())
+            }
+            Outcome::Unchanged { version } => {
+                log::info!("reload ({trigger}): unchanged (version {version})");
+                (Vec::new(), Vec::new())
+            }
+            Outcome::Rejected { errors } => {
+                log::error!(
+                    "reload ({trigger}): rejected, still serving the previous config: {}",
+                    errors.join("; ")
+                );
+                (errors.clone(), Vec::new())
+            }
+        };
+        self.state.set_last_reload(ReloadRecord {
+            result: result.as_str(),
+            at: SystemTime::now(),
+            errors,
+            needs_upgrade,
+            trigger: trigger.to_string(),
+        });
+        outcome
+    }
+
+    fn try_reload(&self) -> Outcome {
+        let path = &self.opts.config;
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(source) => {
+                let e = ConfigError::Io {
+                    path: path.display().to_string(),
+                    source,
+                };
+                return Outcome::Rejected { errors: e.lines() };
+            }
+        };
+        let current = self.state.table();
+        let version = version_of(text.as_bytes());
+        if version == current.config.version {
+            return Outcome::Unchanged { version };
+        }
+        let mut config = match Config::parse(&text) {
+            Ok(c) => c,
+            Err(e) => return Outcome::Rejected { errors: e.lines() },
+        };
+        crate::server::apply_overrides(&mut config.server, &self.opts);
+        let needs_upgrade = upgrade_only_changes(&self.state.running, &config.server);
+        let table = match RoutingTable::build(config) {
+            Ok(t) => t,
+            Err(e) => return Outcome::Rejected { errors: e.lines() },
+        };
+        let previous = self.state.swap(table);
+        METRICS.set_config_version(Some(&previous.config.version), &version);
+        Outcome::Applied {
+            version,
+            needs_upgrade,
+        }
+    }
+}
+
+/// Settings bound at process start that a reload cannot change.
+pub fn upgrade_only_changes(running: &ServerConfig, new: &ServerConfig) -> Vec<String> {
+    let mut out = Vec::new();
+    if running.listen != new.listen {
+        out.push("server.listen".to_string());
+    }
+    if running.admin != new.admin {
+        out.push("server.admin".to_string());
+    }
+    if running.threads != new.threads {
+        out.push("server.threads".to_string());
+    }
+    if running.upgrade_sock != new.upgrade_sock {
+        out.push("server.upgrade_sock".to_string());
+    }
+    if running.pid_file != new.pid_file {
+        out.push("server.pid_file".to_string());
+    }
+    if running.shutdown_timeout != new.shutdown_timeout {
+        out.push("server.shutdown_timeout_secs".to_string());
+    }
+    out
+}
+
+/// Background work that triggers reloads: SIGHUP, and the file watcher when the loaded
+/// config has `watch = true`. Stops with the server.
+pub struct ReloadTriggers {
+    pub reloader: Arc<Reloader>,
+}
+
+/// How often the watcher looks at the file.
+const WATCH_INTERVAL: Duration = Duration::from_millis(250);
+
+/// What the watcher compares between polls: a change must be seen stable on two polls
+/// in a row before it triggers a reload, so a half-written file is never read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct FileStamp {
+    modified: Option<SystemTime>,
+    len: u64,
+    ino: u64,
+}
+
+fn stamp(path: &std::path::Path) -> Option<FileStamp> {
+    use std::os::unix::fs::MetadataExt;
+    let m = std::fs::metadata(path).ok()?;
+    Some(FileStamp {
+        modified: m.modified().ok(),
+        len: m.len(),
+        ino: m.ino(),
+    })
+}
+
+#[async_trait]
+impl BackgroundService for ReloadTriggers {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                log::error!("cannot listen for SIGHUP: {e}");
+                None
+            }
+        };
+        let path = self.reloader.opts.config.clone();
+        let mut last = stamp(&path);
+        let mut pending: Option<FileStamp> = None;
+        let mut tick = tokio::time::interval(WATCH_INTERVAL);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => {
+                    self.run("SIGHUP").await;
+                    last = stamp(&path);
+                    pending = None;
+                }
+                _ = tick.tick() => {
+                    if !self.reloader.state.table().config.server.watch {
+                        last = stamp(&path);
+                        continue;
+                    }
+                    let now = stamp(&path);
+                    if now == last {
+                        pending = None;
+                    } else if now.is_some() && pending == now {
+                        // Stable for a whole interval: the write is complete.
+                        self.run("file watch").await;
+                        last = now;
+                        pending = None;
+                    } else {
+                        pending = now;
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl ReloadTriggers {
+    async fn run(&self, trigger: &'static str) {
+        let r = self.reloader.clone();
+        if let Err(e) = tokio::task::spawn_blocking(move || r.reload(trigger)).await {
+            log::error!("reload task failed: {e}");
+        }
+    }
+}
