@@ -69,6 +69,10 @@ fn serve(stream: TcpStream, name: &str, addr: SocketAddr) {
         let mut parts = line.split(' ');
         let method = parts.next().unwrap_or("");
         let target = parts.next().unwrap_or("");
+        // `?sleep_ms=N` delays the answer (tests use it for slow upstreams).
+        if let Some(ms) = query_param(target, "sleep_ms").and_then(|v| v.parse::<u64>().ok()) {
+            thread::sleep(std::time::Duration::from_millis(ms.min(60_000)));
+        }
         let mut hmap = Map::new();
         for (k, v) in &headers {
             let joined = match hmap.get(k) {
@@ -95,6 +99,14 @@ fn serve(stream: TcpStream, name: &str, addr: SocketAddr) {
             return;
         }
     }
+}
+
+fn query_param<'a>(target: &'a str, name: &str) -> Option<&'a str> {
+    let (_, q) = target.split_once('?')?;
+    q.split('&')
+        .filter_map(|p| p.split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
 }
 
 /// Reads a request line and headers (names lower-cased); `None` on EOF or garbage.

@@ -56,10 +56,7 @@ fn server_conf(s: &ServerConfig, daemon: bool) -> ServerConf {
     ServerConf {
         threads: s.threads,
         daemon,
-        pid_file: s
-            .pid_file
-            .clone()
-            .unwrap_or_else(|| s.upgrade_sock.replace(".sock", ".pid")),
+        pid_file: s.pid_file.clone(),
         upgrade_sock: s.upgrade_sock.clone(),
         // In-flight requests get shutdown_timeout_secs after accepting stops.
         grace_period_seconds: Some(s.shutdown_timeout.as_secs()),
@@ -132,9 +129,10 @@ pub fn run_table(
             },
         ));
     }
-    if let Some(pid_file) = &server_cfg.pid_file {
-        if let Err(e) = std::fs::write(pid_file, format!("{}\n", std::process::id())) {
-            log::warn!("cannot write pid_file {pid_file}: {e}");
+    // With --daemon, Pingora writes the pid file after forking.
+    if !opts.daemon {
+        if let Err(e) = std::fs::write(&server_cfg.pid_file, format!("{}\n", std::process::id())) {
+            log::warn!("cannot write pid_file {}: {e}", server_cfg.pid_file);
         }
     }
     exit_when_idle_after_shutdown(&server, state.clone());

@@ -38,7 +38,8 @@ pub struct ServerConfig {
     pub drain_delay: Duration,
     pub shutdown_timeout: Duration,
     pub upgrade_sock: String,
-    pub pid_file: Option<String>,
+    /// Where the process writes its pid (default `/tmp/cohort-<first listen port>.pid`).
+    pub pid_file: String,
 }
 
 /// One `[[service]]`.

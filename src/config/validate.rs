@@ -92,7 +92,11 @@ fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
         drain_delay: Duration::from_secs(f.drain_delay_secs.unwrap_or(5)),
         shutdown_timeout: Duration::from_secs(f.shutdown_timeout_secs.unwrap_or(30)),
         upgrade_sock,
-        pid_file: f.pid_file.clone().filter(|s| !s.is_empty()),
+        pid_file: f
+            .pid_file
+            .clone()
+            .filter(|s| !s.is_empty())
+            .unwrap_or_else(|| format!("/tmp/cohort-{port}.pid")),
     }
 }
 

@@ -85,6 +85,32 @@ impl Cohort {
         }
     }
 
+    /// Replaces the config file (same ports and dir) by writing a temp file and renaming
+    /// it into place, as editors and config management do.
+    pub fn rewrite(&self, config: &str) {
+        let text = render(config, self.addr, self.admin, self.dir.path());
+        let tmp = self.dir.path().join(".cohort.toml.tmp");
+        std::fs::write(&tmp, text).expect("write temp config");
+        std::fs::rename(&tmp, &self.config_path).expect("rename config into place");
+    }
+
+    /// `POST /reload` on the admin API; returns (status, JSON body).
+    pub fn post_reload(&self) -> (u16, serde_json::Value) {
+        let r = self.admin_client().request("POST", "/reload", &[], b"");
+        let v = serde_json::from_slice(&r.body).unwrap_or(serde_json::Value::Null);
+        (r.status, v)
+    }
+
+    /// `GET /status` as JSON.
+    pub fn status(&self) -> serde_json::Value {
+        self.admin_client().get("/status", &[]).json()
+    }
+
+    /// `GET /metrics` text.
+    pub fn metrics(&self) -> String {
+        self.admin_client().get("/metrics", &[]).text()
+    }
+
     /// What the process wrote to stderr so far.
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
