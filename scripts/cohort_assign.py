@@ -161,6 +161,14 @@ def check(path: str) -> int:
     return 1 if bad else 0
 
 
+def to_json(variants: list, key: bytes, winner, scored: list) -> dict:
+    """One key's result. u_repr round-trips exactly; score is null for weight 0 and -inf."""
+    return {"key_hex": key.hex(), "key": display(key), "winner": winner, "variants": [
+        {"name": name, "weight": w, "seed": f"0x{seed:016x}", "u": u, "u_repr": repr(u),
+         "score": None if s is None or s == -math.inf else s}
+        for (name, w), (seed, u, s) in zip(variants, scored)]}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -185,13 +193,8 @@ def main() -> int:
     for key in a.keys + a.hex_key:
         win, scored = evaluate(a.salt, variants, key)
         out.append((key, None if win is None else variants[win][0], scored))
-    if a.json:  # u_repr round-trips exactly; score is null for weight 0 and for -inf
-        print(json.dumps([{"key_hex": key.hex(), "key": display(key), "winner": winner,
-                           "variants": [{"name": name, "weight": w, "seed": f"0x{seed:016x}",
-                                         "u": u, "u_repr": repr(u),
-                                         "score": s if s is not None and s > -math.inf else None}
-                                        for (name, w), (seed, u, s) in zip(variants, scored)]}
-                          for key, winner, scored in out], indent=1))
+    if a.json:
+        print(json.dumps([to_json(variants, *result) for result in out], indent=1))
         return 0
     print("\t".join(["key", "winner"] + [f"{c}_{n}" for n, _ in variants for c in ("u", "score")]))
     for key, winner, scored in out:

@@ -65,7 +65,7 @@ impl Admin {
 
     /// SPEC: with `admin_token_env`, POST needs `Authorization: Bearer <token>`; without
     /// it, POST is accepted from loopback peers only.
-    fn authorize(&self, session: &ServerSession) -> Result<(), Response<Vec<u8>>> {
+    fn authorize(&self, session: &ServerSession) -> Result<(), Box<Response<Vec<u8>>>> {
         match &self.token {
             Some(token) => {
                 let given = session
@@ -85,7 +85,7 @@ impl Admin {
                         http::header::WWW_AUTHENTICATE,
                         http::HeaderValue::from_static("Bearer"),
                     );
-                    Err(r)
+                    Err(Box::new(r))
                 }
             }
             None => {
@@ -96,10 +96,10 @@ impl Admin {
                 if loopback {
                     Ok(())
                 } else {
-                    Err(text(
+                    Err(Box::new(text(
                         StatusCode::FORBIDDEN,
                         "forbidden: POST admin calls are accepted from loopback only (set server.admin_token_env)\n",
-                    ))
+                    )))
                 }
             }
         }
@@ -107,7 +107,7 @@ impl Admin {
 
     async fn reload(&self, session: &ServerSession) -> Response<Vec<u8>> {
         if let Err(denied) = self.authorize(session) {
-            return denied;
+            return *denied;
         }
         let Some(r) = self.reloader.clone() else {
             return json_reply(

@@ -159,6 +159,12 @@ pub fn dispatch(cli: Cli) -> i32 {
     }
 }
 
+/// Writes to stdout, ignoring a closed pipe (`cohort check ... | head`).
+fn out(s: &str) {
+    use std::io::Write;
+    let _ = std::io::stdout().write_all(s.as_bytes());
+}
+
 fn report(r: Result<(), ConfigError>) -> i32 {
     match r {
         Ok(()) => 0,
@@ -196,8 +202,8 @@ fn check(path: &std::path::Path, no_resolve: bool) -> i32 {
             return 1;
         }
     }
-    print!("{summary}");
-    println!("{}: ok", path.display());
+    out(&summary);
+    out(&format!("{}: ok\n", path.display()));
     0
 }
 
@@ -205,7 +211,7 @@ fn check(path: &std::path::Path, no_resolve: bool) -> i32 {
 pub fn summary(c: &Config) -> String {
     let s = &c.server;
     let mut out = format!(
-        "version {}\nlisten  {}\nadmin   {}\nthreads {}\n",
+        "version {}\nlisten  {}\nadmin   {}\nthreads {}\npid_file {}\nupgrade_sock {}\n",
         c.version,
         s.listen
             .iter()
@@ -213,7 +219,9 @@ pub fn summary(c: &Config) -> String {
             .collect::<Vec<_>>()
             .join(", "),
         s.admin.map_or("off".to_string(), |a| a.to_string()),
-        s.threads
+        s.threads,
+        s.pid_file,
+        s.upgrade_sock
     );
     for svc in &c.services {
         out += &service_summary(svc);
@@ -336,14 +344,14 @@ fn explain_cmd(path: &std::path::Path, input: &ExplainInput, json: bool) -> i32 
     let router = Router::new(&config);
     match explain::explain(&router, input) {
         Ok(e) if json => {
-            println!(
-                "{}",
+            out(&format!(
+                "{}\n",
                 serde_json::to_string_pretty(&e.to_json()).unwrap_or_default()
-            );
+            ));
             0
         }
         Ok(e) => {
-            print!("{}", e.to_text());
+            out(&e.to_text());
             0
         }
         Err(msg) => {
@@ -361,10 +369,10 @@ fn simulate_cmd(path: &std::path::Path, against: Option<&std::path::Path>, users
     match against {
         None => {
             for s in &a.services {
-                println!(
-                    "{}",
+                out(&format!(
+                    "{}\n",
                     simulate::shares_text(&s.name, &simulate::shares(s, users), users)
-                );
+                ));
             }
         }
         Some(p) => {
@@ -373,11 +381,15 @@ fn simulate_cmd(path: &std::path::Path, against: Option<&std::path::Path>, users
                 Err(code) => return code,
             };
             for t in simulate::transitions(&a, &b, users) {
-                println!("{}", simulate::transition_text(&t));
+                out(&format!("{}\n", simulate::transition_text(&t)));
             }
             for s in &a.services {
                 if !b.services.iter().any(|x| x.name == s.name) {
-                    println!("service {}: absent from {}", s.name, p.display());
+                    out(&format!(
+                        "service {}: absent from {}\n",
+                        s.name,
+                        p.display()
+                    ));
                 }
             }
         }

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Properties of the normative assignment function (SPEC "Assignment algorithm"), proven
 //! over many keys and random weight vectors: determinism, exact shares, monotonic ramps,
 //! minimal disruption, and that rule `weights` run the same function.

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! End-to-end routing through the real binary with real backends on 127.0.0.1:
 //! stickiness, shares, golden agreement, key chain, rules, cookies, forcing, headers.
 

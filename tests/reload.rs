@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)]
 //! Hot reload through the real binary: every trigger, rejected files, pool changes,
 //! in-flight requests, listener changes, and 20 reloads under load with zero failures.
 
@@ -363,11 +364,11 @@ fn twenty_reloads_under_load_fail_no_request_and_keep_assignments() {
     };
     let px = Cohort::start(&cfg_for(0));
     // windows[k] = (applied_at, next_started_at) during which config k alone serves
-    let windows: Arc<Mutex<Vec<(Instant, Option<Instant>)>>> =
-        Arc::new(Mutex::new(vec![(Instant::now(), None)]));
+    type Windows = Arc<Mutex<Vec<(Instant, Option<Instant>)>>>;
+    let windows: Windows = Arc::new(Mutex::new(vec![(Instant::now(), None)]));
     let stop = Arc::new(AtomicBool::new(false));
     type Obs = (Instant, Instant, u32, String);
-    let workers: Vec<_> = (0..8)
+    let workers: Vec<_> = (0..8u32)
         .map(|t| {
             let stop = stop.clone();
             let target = px.addr;
@@ -377,7 +378,7 @@ fn twenty_reloads_under_load_fail_no_request_and_keep_assignments() {
                 let mut failures = Vec::new();
                 let mut i = 0u32;
                 while !stop.load(Ordering::Relaxed) {
-                    let user = (t * 1000 + i % 250) as u32;
+                    let user = t * 1000 + i % 250;
                     let t0 = Instant::now();
                     match cl.try_request("GET", "/", &[("x-user-id", &format!("user-{user}"))], b"")
                     {

@@ -200,7 +200,14 @@ pub fn parse_file(text: &str) -> Result<file::FileConfig, ConfigError> {
             line,
             column,
             path,
-            message: inner.message().trim().to_string(),
+            // One error per line: fold the parser's multi-line messages.
+            message: inner
+                .message()
+                .lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty())
+                .collect::<Vec<_>>()
+                .join("; "),
         }
     })
 }

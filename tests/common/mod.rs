@@ -1,6 +1,6 @@
 //! Integration-test harness: real HTTP backends and the real `cohort` binary on 127.0.0.1
 //! with ephemeral ports, and a small blocking HTTP/1.1 client with keep-alive.
-#![allow(dead_code)]
+#![allow(dead_code, clippy::unwrap_used)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -300,7 +300,13 @@ impl Client {
                     self.conn.insert(BufReader::new(s))
                 }
             };
-            let sent = conn.get_mut().write_all(&bytes);
+            let sent = conn
+                .get_mut()
+                .write_all(&bytes)
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset => eof(),
+                    _ => e,
+                });
             let result = sent.and_then(|_| read_response(conn, method == "HEAD"));
             match result {
                 Ok((resp, keep)) => {
@@ -334,8 +340,13 @@ pub fn read_response(
     head_only: bool,
 ) -> std::io::Result<(Response, bool)> {
     let mut line = String::new();
-    if r.read_line(&mut line)? == 0 {
-        return Err(eof());
+    // Closed or reset before any byte of the answer: report as UnexpectedEof, the one
+    // case a client may retry on a reused keep-alive connection.
+    match r.read_line(&mut line) {
+        Ok(0) => return Err(eof()),
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return Err(eof()),
+        Err(e) => return Err(e),
     }
     let mut parts = line.trim_end().splitn(3, ' ');
     let version = parts.next().unwrap_or("").to_string();

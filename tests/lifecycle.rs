@@ -1,0 +1,168 @@
+#![allow(clippy::unwrap_used)]
+//! Process lifecycle through the real binary: SIGTERM drain step by step, and a binary
+//! upgrade (scripts/upgrade.sh: `--upgrade` + SIGQUIT) under load with no failed request.
+
+mod common;
+use common::*;
+use std::net::TcpStream;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+fn config(b: &EchoBackend, drain: u64, shutdown: u64) -> String {
+    format!(
+        "[server]\nlisten = [\"@LISTEN@\"]\nadmin = \"@ADMIN@\"\nthreads = 2\ndrain_delay_secs = {drain}\nshutdown_timeout_secs = {shutdown}\n\n[[service]]\nname = \"api\"\nkey = [\"header:x-user-id\"]\n[[service.variant]]\nname = \"stable\"\nweight = 1\nbackends = [\"{}\"]\n",
+        b.addr
+    )
+}
+
+#[test]
+fn sigterm_drains_then_stops_accepting_then_finishes_in_flight_and_exits_0() {
+    let b = backend("stable");
+    let mut px = Cohort::start(&config(&b, 2, 10));
+    assert_eq!(px.admin_client().get("/readyz", &[]).status, 200);
+    let target = px.addr;
+    let slow = std::thread::spawn(move || Client::new(target).get("/?sleep_ms=3500", &[]));
+    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    px.signal("TERM");
+
+    // 1. readiness fails at once, liveness holds
+    std::thread::sleep(Duration::from_millis(150));
+    assert_eq!(px.admin_client().get("/readyz", &[]).status, 503);
+    assert_eq!(px.admin_client().get("/healthz", &[]).status, 200);
+    // 2. new connections are still served inside the drain delay
+    for at in [500, 1500] {
+        while t0.elapsed() < Duration::from_millis(at) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let r = Client::new(px.addr).get("/", &[("x-user-id", "u")]);
+        assert_eq!(r.status, 200, "new connection at {at} ms");
+    }
+    // 3. after the drain delay, accepting stops
+    let mut refused_at = None;
+    while t0.elapsed() < Duration::from_millis(3300) {
+        if TcpStream::connect(px.addr).is_err() {
+            refused_at = Some(t0.elapsed());
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let refused_at = refused_at.expect("listener closed after the drain delay");
+    assert!(
+        refused_at >= Duration::from_millis(1900),
+        "closed too early: {refused_at:?}"
+    );
+    // 4. the request in flight completes
+    let r = slow.join().unwrap();
+    assert_eq!(r.status, 200, "in-flight request finished");
+    // 5. exit code 0, soon after the last request (not after the whole shutdown timeout)
+    let code = px.wait_exit(Duration::from_secs(8));
+    assert_eq!(code, Some(0), "{}", px.stderr());
+    assert!(
+        t0.elapsed() < Duration::from_secs(6),
+        "exited at {:?}",
+        t0.elapsed()
+    );
+}
+
+struct KillOnDrop(Option<u32>);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if let Some(pid) = self.0 {
+            let _ = std::process::Command::new("kill")
+                .args(["-9", &pid.to_string()])
+                .status();
+        }
+    }
+}
+
+#[test]
+fn upgrade_script_hands_over_under_load_with_no_failed_or_refused_request() {
+    let b = backend("stable");
+    let mut old = Cohort::start(&config(&b, 0, 2));
+    let old_pid = old.pid();
+    let stop = Arc::new(AtomicBool::new(false));
+    // 6 keep-alive clients and 2 that open a new connection per request
+    let workers: Vec<_> = (0..8)
+        .map(|t| {
+            let stop = stop.clone();
+            let target = old.addr;
+            std::thread::spawn(move || {
+                let mut ok = 0u32;
+                let mut failures = Vec::new();
+                let mut cl = Client::new(target);
+                while !stop.load(Ordering::Relaxed) {
+                    if t >= 6 {
+                        cl = Client::new(target);
+                    }
+                    match cl.try_request("GET", "/", &[("x-user-id", &format!("u{t}-{ok}"))], b"") {
+                        Ok(r) if r.status == 200 => ok += 1,
+                        Ok(r) => failures.push(format!("status {}", r.status)),
+                        Err(e) => failures.push(format!("{e}")),
+                    }
+                }
+                (ok, failures)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/upgrade.sh");
+    let log = old.dir.path().join("upgrade.log");
+    let out = std::process::Command::new(script)
+        .args([
+            "-c",
+            old.config_path.to_str().unwrap(),
+            "--bin",
+            bin(),
+            "--timeout",
+            "30",
+        ])
+        .args(["--log", log.to_str().unwrap()])
+        .output()
+        .unwrap();
+    let new_pid: Option<u32> = String::from_utf8_lossy(&out.stdout).trim().parse().ok();
+    let _guard = KillOnDrop(new_pid.or_else(|| {
+        // upgrade.sh failed: find the new process through the pid file to clean it up
+        std::fs::read_to_string(format!("/tmp/cohort-{}.pid", old.addr.port()))
+            .ok()
+            .and_then(|p| p.trim().parse().ok())
+            .filter(|p| *p != old_pid)
+    }));
+    if !out.status.success() {
+        stop.store(true, Ordering::Relaxed);
+    }
+    assert!(
+        out.status.success(),
+        "upgrade.sh failed: {}\nnew log: {}\nold log: {}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(&log).unwrap_or_default(),
+        old.stderr()
+    );
+    let new_pid = new_pid.expect("upgrade.sh prints the new pid");
+    assert_ne!(new_pid, old_pid);
+    assert_eq!(
+        old.wait_exit(Duration::from_secs(1)),
+        Some(0),
+        "old process exited cleanly"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, Ordering::Relaxed);
+    let mut total = 0;
+    for w in workers {
+        let (ok, failures) = w.join().unwrap();
+        assert!(
+            failures.is_empty(),
+            "failed or refused: {:?}",
+            &failures[..failures.len().min(5)]
+        );
+        total += ok;
+    }
+    assert!(total > 500, "traffic flowed through the hand-over: {total}");
+    // the new process serves both listeners (the admin listener moved too)
+    assert_eq!(Client::new(old.addr).get("/", &[]).status, 200);
+    assert_eq!(Client::new(old.admin).get("/readyz", &[]).status, 200);
+    let pid_file = std::fs::read_to_string(format!("/tmp/cohort-{}.pid", old.addr.port())).unwrap();
+    assert_eq!(pid_file.trim(), new_pid.to_string());
+}
