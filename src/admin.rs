@@ -1,6 +1,7 @@
 //! The admin HTTP service on `server.admin`: health, readiness and status. It runs as a
 //! Pingora listening service, so a binary upgrade hands its socket over like the proxy's.
 
+use crate::explain::ExplainInput;
 use crate::reload::{Outcome, Reloader};
 use crate::state::State;
 use async_trait::async_trait;
@@ -63,45 +64,30 @@ impl Admin {
         }
     }
 
-    /// SPEC: with `admin_token_env`, POST needs `Authorization: Bearer <token>`; without
-    /// it, POST is accepted from loopback peers only.
     fn authorize(&self, session: &ServerSession) -> Result<(), Box<Response<Vec<u8>>>> {
-        match &self.token {
-            Some(token) => {
-                let given = session
-                    .req_header()
-                    .headers
-                    .get(http::header::AUTHORIZATION)
-                    .and_then(|v| v.as_bytes().strip_prefix(b"Bearer "))
-                    .unwrap_or_default();
-                if !token.is_empty() && constant_time_eq(given, token.as_bytes()) {
-                    Ok(())
-                } else {
-                    let mut r = text(
-                        StatusCode::UNAUTHORIZED,
-                        "unauthorized: bearer token required\n",
-                    );
-                    r.headers_mut().insert(
-                        http::header::WWW_AUTHENTICATE,
-                        http::HeaderValue::from_static("Bearer"),
-                    );
-                    Err(Box::new(r))
-                }
+        let header = session
+            .req_header()
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes());
+        let peer = session
+            .client_addr()
+            .and_then(|a| a.as_inet())
+            .map(|a| a.ip());
+        match authorize_post(self.token.as_deref(), header, peer) {
+            Ok(()) => Ok(()),
+            Err(Denied::Unauthorized) => {
+                let mut r = text(StatusCode::UNAUTHORIZED, "unauthorized: bearer token required\n");
+                r.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer"),
+                );
+                Err(Box::new(r))
             }
-            None => {
-                let loopback = session
-                    .client_addr()
-                    .and_then(|a| a.as_inet())
-                    .is_some_and(|a| a.ip().to_canonical().is_loopback());
-                if loopback {
-                    Ok(())
-                } else {
-                    Err(Box::new(text(
-                        StatusCode::FORBIDDEN,
-                        "forbidden: POST admin calls are accepted from loopback only (set server.admin_token_env)\n",
-                    )))
-                }
-            }
+            Err(Denied::NotLoopback) => Err(Box::new(text(
+                StatusCode::FORBIDDEN,
+                "forbidden: POST admin calls are accepted from loopback only (set server.admin_token_env)\n",
+            ))),
         }
     }
 
@@ -137,6 +123,36 @@ impl Admin {
                 StatusCode::BAD_REQUEST,
                 &json!({"result": "rejected", "errors": errors}),
             ),
+        }
+    }
+
+    /// `GET /explain?service=S&key=K&ip=A&header=N:v&cookie=n=v&host=H&path=P`: the same
+    /// decision code as the proxy, on the live table.
+    fn explain(&self, query: Option<&str>) -> Response<Vec<u8>> {
+        let mut input = ExplainInput::default();
+        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+            let v = percent_encoding::percent_decode_str(&v.replace('+', " "))
+                .decode_utf8_lossy()
+                .into_owned();
+            match k {
+                "service" => input.service = Some(v),
+                "key" => input.key = Some(v),
+                "ip" => match v.parse() {
+                    Ok(ip) => input.ip = Some(ip),
+                    Err(_) => return bad_request(&format!("ip: {v:?} is not an IP address")),
+                },
+                "header" => input.headers.push(v),
+                "cookie" => input.cookies.push(v),
+                "host" => input.host = Some(v),
+                "path" => input.path = Some(v),
+                other => return bad_request(&format!("unknown parameter {other:?}")),
+            }
+        }
+        let table = self.state.table();
+        match crate::explain::explain(&table.router, &input) {
+            Ok(e) => json_reply(StatusCode::OK, &e.to_json()),
+            Err(msg) => bad_request(&msg),
         }
     }
 
@@ -212,11 +228,15 @@ impl ServeHttp for Admin {
                 }
             }
             (Method::GET | Method::HEAD, "/status") => json_reply(StatusCode::OK, &self.status()),
-            (Method::GET | Method::HEAD, "/metrics") => reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4",
-                crate::metrics::render(),
-            ),
+            (Method::GET | Method::HEAD, "/metrics") => {
+                self.state.table().refresh_backend_up();
+                reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4",
+                    crate::metrics::render(),
+                )
+            }
+            (Method::GET, "/explain") => self.explain(session.req_header().uri.query()),
             (Method::POST, "/reload") => {
                 // Drain any request body so the connection stays usable (bounded).
                 let mut read = 0usize;
@@ -228,11 +248,48 @@ impl ServeHttp for Admin {
                 }
                 self.reload(session).await
             }
-            (_, "/healthz" | "/readyz" | "/status" | "/metrics" | "/reload") => {
+            (_, "/healthz" | "/readyz" | "/status" | "/metrics" | "/reload" | "/explain") => {
                 text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
             }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
+    }
+}
+
+fn bad_request(msg: &str) -> Response<Vec<u8>> {
+    json_reply(StatusCode::BAD_REQUEST, &json!({ "error": msg }))
+}
+
+/// Why a POST admin call was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Denied {
+    /// A token is configured and the request did not present it (401).
+    Unauthorized,
+    /// No token is configured and the peer is not loopback (403).
+    NotLoopback,
+}
+
+/// SPEC: with `admin_token_env` set, POST calls need `Authorization: Bearer <token>`
+/// (an empty configured token refuses everything); without it, POST calls are accepted
+/// from loopback peers only.
+pub fn authorize_post(
+    token: Option<&str>,
+    authorization: Option<&[u8]>,
+    peer: Option<std::net::IpAddr>,
+) -> Result<(), Denied> {
+    match token {
+        Some(token) => {
+            let given = authorization
+                .and_then(|v| v.strip_prefix(b"Bearer "))
+                .unwrap_or_default();
+            if !token.is_empty() && constant_time_eq(given, token.as_bytes()) {
+                Ok(())
+            } else {
+                Err(Denied::Unauthorized)
+            }
+        }
+        None if peer.is_some_and(|ip| ip.to_canonical().is_loopback()) => Ok(()),
+        None => Err(Denied::NotLoopback),
     }
 }
 
@@ -242,4 +299,63 @@ pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
         return false;
     }
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn post_without_token_is_loopback_only() {
+        let lo = Some("127.0.0.1".parse().unwrap());
+        let lo6 = Some("::1".parse().unwrap());
+        let mapped = Some("::ffff:127.0.0.1".parse().unwrap());
+        let remote = Some("10.0.0.5".parse().unwrap());
+        assert_eq!(authorize_post(None, None, lo), Ok(()));
+        assert_eq!(authorize_post(None, None, lo6), Ok(()));
+        assert_eq!(authorize_post(None, None, mapped), Ok(()));
+        assert_eq!(authorize_post(None, None, remote), Err(Denied::NotLoopback));
+        assert_eq!(authorize_post(None, None, None), Err(Denied::NotLoopback));
+    }
+
+    #[test]
+    fn post_with_token_needs_the_exact_bearer_token_from_any_peer() {
+        let remote = Some("10.0.0.5".parse().unwrap());
+        let lo = Some("127.0.0.1".parse().unwrap());
+        let t = Some("s3cret");
+        assert_eq!(authorize_post(t, Some(b"Bearer s3cret"), remote), Ok(()));
+        assert_eq!(
+            authorize_post(t, None, lo),
+            Err(Denied::Unauthorized),
+            "loopback is not enough"
+        );
+        assert_eq!(
+            authorize_post(t, Some(b"Bearer s3cre"), remote),
+            Err(Denied::Unauthorized)
+        );
+        assert_eq!(
+            authorize_post(t, Some(b"Bearer s3cretX"), remote),
+            Err(Denied::Unauthorized)
+        );
+        assert_eq!(
+            authorize_post(t, Some(b"bearer s3cret"), remote),
+            Err(Denied::Unauthorized)
+        );
+        assert_eq!(
+            authorize_post(t, Some(b"s3cret"), remote),
+            Err(Denied::Unauthorized)
+        );
+        assert_eq!(
+            authorize_post(Some(""), Some(b"Bearer "), lo),
+            Err(Denied::Unauthorized)
+        );
+    }
+
+    #[test]
+    fn constant_time_eq_compares_whole_values() {
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
+        assert!(constant_time_eq(b"", b""));
+    }
 }

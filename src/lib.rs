@@ -13,6 +13,7 @@
 //!
 //! The assignment function ([`routing::cohort`]) is normative: SPEC "Assignment algorithm".
 
+pub mod access_log;
 pub mod admin;
 pub mod cli;
 pub mod config;

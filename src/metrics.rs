@@ -1,15 +1,59 @@
-//! Metrics in one place (SPEC "Metrics"): names as constants, one [`Metrics`] type with
-//! `record_*` methods, registered in prometheus' default registry (which `/metrics` on the
-//! admin listener serves). Label values come from config names only, never from requests.
+//! Metrics in one place (SPEC "Metrics"): names as constants, the metric families in
+//! [`Metrics`], registered in prometheus' default registry (served by `GET /metrics`).
+//!
+//! Hot path: every series a request can touch is resolved to an atomic handle once per
+//! table build ([`TableMetrics`]); a request never looks labels up by string and takes no
+//! lock. Status-code counters are resolved lazily, once per (variant, code), through a
+//! lock-free `OnceLock` slot. Label values come from config names only, never from requests.
 
-use prometheus::{IntCounterVec, IntGaugeVec, Opts};
-use std::sync::LazyLock;
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
+};
+use std::sync::{LazyLock, OnceLock};
 
+pub const REQUESTS_TOTAL: &str = "cohort_requests_total";
+pub const REQUEST_DURATION: &str = "cohort_request_duration_seconds";
+pub const UPSTREAM_DURATION: &str = "cohort_upstream_duration_seconds";
+pub const ASSIGNMENTS_TOTAL: &str = "cohort_assignments_total";
+pub const UPSTREAM_ERRORS_TOTAL: &str = "cohort_upstream_errors_total";
+pub const BACKEND_UP: &str = "cohort_backend_up";
+pub const VARIANT_WEIGHT: &str = "cohort_variant_weight";
 pub const CONFIG_RELOADS_TOTAL: &str = "cohort_config_reloads_total";
 pub const CONFIG_INFO: &str = "cohort_config_info";
 
+/// Label value for requests that match no service.
+pub const NONE: &str = "_none";
+
+/// Upstream error kinds (the `kind` label).
+pub const ERROR_KINDS: [&str; 5] = ["connect", "timeout", "reset", "protocol", "other"];
+
+/// Histogram buckets: 0.5 ms to 10 s, each 20% above the last, so any quantile read by
+/// interpolation is within ±10% of the true value.
+pub fn duration_buckets() -> Vec<f64> {
+    let mut b = Vec::new();
+    let mut v = 0.0005f64;
+    while v < 10.0 {
+        // Rounded to 4 significant digits (readable `le` labels), never more than 20%
+        // above the previous bound.
+        let digits = 3 - v.log10().floor() as i32;
+        let scale = 10f64.powi(digits);
+        let rounded = (v * scale).floor() / scale;
+        b.push(rounded);
+        v = rounded * 1.2;
+    }
+    b.push(10.0);
+    b
+}
+
 /// Process-wide metric families.
 pub struct Metrics {
+    pub requests: IntCounterVec,
+    pub duration: HistogramVec,
+    pub upstream: HistogramVec,
+    pub assignments: IntCounterVec,
+    pub upstream_errors: IntCounterVec,
+    pub backend_up: IntGaugeVec,
+    pub weight: prometheus::GaugeVec,
     reloads: IntCounterVec,
     config_info: IntGaugeVec,
 }
@@ -17,19 +61,25 @@ pub struct Metrics {
 /// The one instance, registered on first use.
 pub static METRICS: LazyLock<Metrics> = LazyLock::new(Metrics::register);
 
-fn counter_vec(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
-    let c = IntCounterVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    // Registration fails only for a duplicate name, which would be a programming error.
-    let _ = prometheus::register(Box::new(c.clone()));
+fn reg<C: prometheus::core::Collector + Clone + 'static>(c: C) -> C {
+    // Registration fails only for a duplicate name: a programming error caught by tests.
+    if let Err(e) = prometheus::register(Box::new(c.clone())) {
+        log::error!("metric registration: {e}");
+    }
     c
 }
 
-fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
-    let g = IntGaugeVec::new(Opts::new(name, help), labels)
-        .unwrap_or_else(|e| panic!("metric {name}: {e}"));
-    let _ = prometheus::register(Box::new(g.clone()));
-    g
+fn counters(name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    reg(IntCounterVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("{name}: {e}")))
+}
+
+fn histograms(name: &str, help: &str) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(duration_buckets());
+    reg(HistogramVec::new(opts, &["service", "variant"]).unwrap_or_else(|e| panic!("{name}: {e}")))
+}
+
+fn gauges(name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    reg(IntGaugeVec::new(Opts::new(name, help), labels).unwrap_or_else(|e| panic!("{name}: {e}")))
 }
 
 /// Outcome of a reload attempt, as the `result` label.
@@ -53,12 +103,45 @@ impl ReloadResult {
 impl Metrics {
     fn register() -> Metrics {
         let m = Metrics {
-            reloads: counter_vec(
+            requests: counters(
+                REQUESTS_TOTAL,
+                "Requests by service, variant served and status code sent.",
+                &["service", "variant", "code"],
+            ),
+            duration: histograms(
+                REQUEST_DURATION,
+                "Time from request header received to response finished.",
+            ),
+            upstream: histograms(
+                UPSTREAM_DURATION,
+                "Time from sending the request upstream to the upstream's response header.",
+            ),
+            assignments: counters(
+                ASSIGNMENTS_TOTAL,
+                "Requests by the variant that served them and why it was chosen.",
+                &["service", "variant", "reason"],
+            ),
+            upstream_errors: counters(
+                UPSTREAM_ERRORS_TOTAL,
+                "Upstream failures by kind.",
+                &["service", "variant", "kind"],
+            ),
+            backend_up: gauges(
+                BACKEND_UP,
+                "1 if the backend is considered healthy, else 0.",
+                &["service", "variant", "backend"],
+            ),
+            weight: reg(prometheus::GaugeVec::new(
+                Opts::new(VARIANT_WEIGHT, "Configured weight of the variant."),
+                &["service", "variant"],
+            )
+            .unwrap_or_else(|e| panic!("{VARIANT_WEIGHT}: {e}"))),
+            reloads: counters(
                 CONFIG_RELOADS_TOTAL,
                 "Config reload attempts by result (applied, unchanged, error).",
                 &["result"],
             ),
-            config_info: gauge_vec(
+            config_info: gauges(
                 CONFIG_INFO,
                 "Always 1; the version label is the loaded config's version.",
                 &["version"],
@@ -84,6 +167,219 @@ impl Metrics {
             let _ = self.config_info.remove_label_values(&[p]);
         }
         self.config_info.with_label_values(&[version]).set(1);
+    }
+}
+
+/// Status codes 100..=599 map to one slot each (anything else is clamped into range).
+const CODE_SLOTS: usize = 500;
+
+/// Handles for one (service, variant), resolved at table build.
+pub struct VariantMetrics {
+    service: String,
+    variant: String,
+    codes: Box<[OnceLock<IntCounter>]>,
+    pub duration: Histogram,
+    pub upstream: Histogram,
+    /// By [`reason_slot`]: forced, hash, cookie, no_key, fallback, then one per rule.
+    assignments: Vec<IntCounter>,
+    reasons: Vec<String>,
+    errors: Vec<IntCounter>,
+}
+
+impl VariantMetrics {
+    /// Requests that match no service: only `requests_total` and the request duration
+    /// are exported (there is no upstream, assignment or backend).
+    fn unmatched() -> VariantMetrics {
+        let detached = HistogramOpts::new("unmatched_upstream", "not exported");
+        VariantMetrics {
+            service: NONE.to_string(),
+            variant: NONE.to_string(),
+            codes: (0..CODE_SLOTS).map(|_| OnceLock::new()).collect(),
+            duration: METRICS.duration.with_label_values(&[NONE, NONE]),
+            upstream: Histogram::with_opts(detached)
+                .unwrap_or_else(|_| METRICS.upstream.with_label_values(&[NONE, NONE])),
+            assignments: Vec::new(),
+            reasons: Vec::new(),
+            errors: Vec::new(),
+        }
+    }
+
+    fn new(service: &str, variant: &str, reasons: &[String]) -> VariantMetrics {
+        let m = &*METRICS;
+        VariantMetrics {
+            service: service.to_string(),
+            variant: variant.to_string(),
+            codes: (0..CODE_SLOTS).map(|_| OnceLock::new()).collect(),
+            duration: m.duration.with_label_values(&[service, variant]),
+            upstream: m.upstream.with_label_values(&[service, variant]),
+            assignments: reasons
+                .iter()
+                .map(|r| m.assignments.with_label_values(&[service, variant, r]))
+                .collect(),
+            reasons: reasons.to_vec(),
+            errors: ERROR_KINDS
+                .iter()
+                .map(|k| m.upstream_errors.with_label_values(&[service, variant, k]))
+                .collect(),
+        }
+    }
+
+    /// Counts one response with status `code`.
+    #[inline]
+    pub fn record_status(&self, code: u16) {
+        let slot = (code.clamp(100, 599) - 100) as usize;
+        if let Some(cell) = self.codes.get(slot) {
+            cell.get_or_init(|| {
+                let c = (slot + 100).to_string();
+                METRICS
+                    .requests
+                    .with_label_values(&[&self.service, &self.variant, &c])
+            })
+            .inc();
+        }
+    }
+
+    #[inline]
+    pub fn record_assignment(&self, reason_slot: usize) {
+        if let Some(c) = self.assignments.get(reason_slot) {
+            c.inc();
+        }
+    }
+
+    /// `kind` indexes [`ERROR_KINDS`].
+    #[inline]
+    pub fn record_upstream_error(&self, kind: usize) {
+        if let Some(c) = self.errors.get(kind) {
+            c.inc();
+        }
+    }
+}
+
+/// Index of a reason in [`VariantMetrics`]'s assignment handles.
+pub fn reason_slot(r: crate::routing::Reason) -> usize {
+    use crate::routing::Reason;
+    match r {
+        Reason::Forced => 0,
+        Reason::Hash => 1,
+        Reason::Cookie => 2,
+        Reason::NoKey => 3,
+        Reason::Fallback => 4,
+        Reason::Rule(i) => 5 + i,
+    }
+}
+
+/// Every handle a table's requests record into.
+pub struct TableMetrics {
+    /// `[service][variant]`.
+    pub variants: Vec<Vec<VariantMetrics>>,
+    /// Requests that matched no service.
+    pub unmatched: VariantMetrics,
+    /// `(service, variant, backend address)` of every pool member.
+    backends: Vec<[String; 3]>,
+}
+
+impl std::fmt::Debug for TableMetrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TableMetrics")
+    }
+}
+
+impl TableMetrics {
+    /// Resolves every series of the table's services and sets the weight gauges.
+    /// `backends[service][variant]` lists each pool's addresses.
+    pub fn new(router: &crate::routing::Router, backends: &[Vec<Vec<String>>]) -> TableMetrics {
+        let mut members = Vec::new();
+        let variants = router
+            .services
+            .iter()
+            .enumerate()
+            .map(|(si, s)| {
+                let mut reasons: Vec<String> = ["forced", "hash", "cookie", "no_key", "fallback"]
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect();
+                reasons.extend(s.rule_labels.iter().cloned());
+                s.cfg
+                    .variants
+                    .iter()
+                    .enumerate()
+                    .map(|(vi, v)| {
+                        METRICS
+                            .weight
+                            .with_label_values(&[&s.cfg.name, &v.name])
+                            .set(v.weight);
+                        for addr in backends
+                            .get(si)
+                            .and_then(|b| b.get(vi))
+                            .into_iter()
+                            .flatten()
+                        {
+                            members.push([s.cfg.name.clone(), v.name.clone(), addr.clone()]);
+                        }
+                        VariantMetrics::new(&s.cfg.name, &v.name, &reasons)
+                    })
+                    .collect()
+            })
+            .collect();
+        TableMetrics {
+            variants,
+            unmatched: VariantMetrics::unmatched(),
+            backends: members,
+        }
+    }
+
+    /// Sets `cohort_backend_up` for every pool member; `healthy[i]` follows the order of
+    /// the `backends` given to [`TableMetrics::new`].
+    pub fn set_backend_up(&self, healthy: &[bool]) {
+        for (b, up) in self.backends.iter().zip(healthy) {
+            METRICS
+                .backend_up
+                .with_label_values(&[&b[0], &b[1], &b[2]])
+                .set(i64::from(*up));
+        }
+    }
+
+    /// After a swap: deletes the series that `self` (the old table) had and `new` has
+    /// not (removed variants, rules and backends).
+    pub fn retire(&self, new: &TableMetrics) {
+        let m = &*METRICS;
+        let find = |v: &VariantMetrics| {
+            new.variants
+                .iter()
+                .flatten()
+                .find(|n| n.service == v.service && n.variant == v.variant)
+        };
+        for v in self.variants.iter().flatten() {
+            let (s, n) = (v.service.as_str(), v.variant.as_str());
+            match find(v) {
+                Some(kept) => {
+                    for r in v.reasons.iter().filter(|r| !kept.reasons.contains(r)) {
+                        let _ = m.assignments.remove_label_values(&[s, n, r]);
+                    }
+                }
+                None => {
+                    for (slot, cell) in v.codes.iter().enumerate() {
+                        if cell.get().is_some() {
+                            let _ =
+                                m.requests
+                                    .remove_label_values(&[s, n, &(slot + 100).to_string()]);
+                        }
+                    }
+                    for r in &v.reasons {
+                        let _ = m.assignments.remove_label_values(&[s, n, r]);
+                    }
+                    for k in ERROR_KINDS {
+                        let _ = m.upstream_errors.remove_label_values(&[s, n, k]);
+                    }
+                    let _ = m.duration.remove_label_values(&[s, n]);
+                    let _ = m.upstream.remove_label_values(&[s, n]);
+                    let _ = m.weight.remove_label_values(&[s, n]);
+                }
+            }
+        }
+        for b in self.backends.iter().filter(|b| !new.backends.contains(b)) {
+            let _ = m.backend_up.remove_label_values(&[&b[0], &b[1], &b[2]]);
+        }
     }
 }
 

@@ -2,6 +2,7 @@
 //! selection. One table snapshot per request lives in [`Ctx`], so every hook (and the
 //! retry) sees the same config even if a reload lands mid-request.
 
+use crate::metrics::VariantMetrics;
 use crate::routing::{Decision, Reason, RequestView, RoutingTable};
 use crate::state::{InFlight, State};
 use async_trait::async_trait;
@@ -13,6 +14,7 @@ use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
+use std::time::Instant;
 
 /// Headers cohort sets towards the upstream (client copies are removed first).
 pub const VARIANT_HEADER: &str = "x-cohort-variant";
@@ -39,6 +41,13 @@ pub struct Ctx {
     /// Backend whose connect failed (the retry avoids it).
     failed: Option<SocketAddr>,
     retried: bool,
+    /// Request header received (new_ctx runs right after it is read).
+    start: Instant,
+    /// When the current attempt's request went upstream.
+    upstream_start: Option<Instant>,
+    upstream_addr: Option<SocketAddr>,
+    /// The cohort key, kept only when the access log includes keys.
+    key: Option<String>,
 }
 
 fn peer_ip(session: &Session) -> Option<IpAddr> {
@@ -86,6 +95,10 @@ impl ProxyHttp for CohortProxy {
             reason: None,
             failed: None,
             retried: false,
+            start: Instant::now(),
+            upstream_start: None,
+            upstream_addr: None,
+            key: None,
         }
     }
 
@@ -98,6 +111,7 @@ impl ProxyHttp for CohortProxy {
             peer: peer_ip(session),
         };
         let Some(svc) = table.router.match_service(&view) else {
+            ctx.table = Some(table);
             respond(
                 session,
                 404,
@@ -107,6 +121,14 @@ impl ProxyHttp for CohortProxy {
             return Ok(true);
         };
         let decision = table.router.decide(svc, &view);
+        if self
+            .state
+            .access_log
+            .as_ref()
+            .is_some_and(|l| l.include_keys)
+        {
+            ctx.key = access_log_key(&table, svc, &view, &decision);
+        }
         ctx.served = decision.variant;
         ctx.reason = Some(decision.reason);
         ctx.service = Some(svc);
@@ -122,6 +144,7 @@ impl ProxyHttp for CohortProxy {
         let pools = &table.pools[svc];
         let pool = &pools[ctx.served];
         if let Some(addr) = pool.select(d.pool_key, ctx.failed) {
+            ctx.upstream_addr = Some(addr);
             return Ok(Box::new(pool.peer(addr)));
         }
         if ctx.retried {
@@ -134,6 +157,7 @@ impl ProxyHttp for CohortProxy {
         let fallback = table.router.services[svc].cfg.fallback;
         if let Some(f) = fallback.filter(|f| *f != ctx.served) {
             if let Some(addr) = pools[f].select(d.pool_key, None) {
+                ctx.upstream_addr = Some(addr);
                 ctx.served = f;
                 ctx.reason = Some(Reason::Fallback);
                 return Ok(Box::new(pools[f].peer(addr)));
@@ -149,12 +173,81 @@ impl ProxyHttp for CohortProxy {
         ctx: &mut Ctx,
         mut e: Box<Error>,
     ) -> Box<Error> {
+        let kind = if matches!(e.etype(), ErrorType::ConnectTimedout) {
+            KIND_TIMEOUT
+        } else {
+            KIND_CONNECT
+        };
+        if let Some(m) = variant_metrics(ctx) {
+            m.record_upstream_error(kind);
+        }
         if !ctx.retried {
             ctx.retried = true;
             ctx.failed = peer._address.as_inet().copied();
             e.set_retry(true);
         }
         e
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        if e.esource() == &pingora_core::ErrorSource::Upstream {
+            if let Some(m) = variant_metrics(ctx) {
+                m.record_upstream_error(error_kind(&e));
+            }
+        }
+        // Pingora's default policy: retry only idempotent requests on reused connections.
+        let mut e = e.more_context(format!("Peer: {peer}"));
+        if !session.req_header().method.is_idempotent() || session.as_ref().retry_buffer_truncated()
+        {
+            e.set_retry(false);
+        } else {
+            e.retry.decide_reuse(client_reused);
+        }
+        e
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        _resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(t), Some(m)) = (ctx.upstream_start.take(), variant_metrics(ctx)) {
+            m.upstream.observe(t.elapsed().as_secs_f64());
+        }
+        Ok(())
+    }
+
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut Ctx) {
+        // 499: the client went away before any response was written (NGINX's convention).
+        let code = session
+            .response_written()
+            .map_or(499, |r| r.status.as_u16());
+        let elapsed = ctx.start.elapsed().as_secs_f64();
+        let Some(table) = ctx.table.as_ref() else {
+            return;
+        };
+        let m = match variant_metrics(ctx) {
+            Some(m) => {
+                if let Some(r) = ctx.reason {
+                    m.record_assignment(crate::metrics::reason_slot(r));
+                }
+                m
+            }
+            None => &table.metrics.unmatched,
+        };
+        m.record_status(code);
+        m.duration.observe(elapsed);
+        if let Some(log) = &self.state.access_log {
+            log.write(access_line(session, ctx, code, elapsed));
+        }
     }
 
     async fn upstream_request_filter(
@@ -167,6 +260,7 @@ impl ProxyHttp for CohortProxy {
             return Ok(());
         };
         let service = &table.router.services[svc];
+        ctx.upstream_start = Some(Instant::now());
         strip_cohort_headers(up);
         if let Some(f) = &service.cfg.force {
             up.remove_header(&f.name);
@@ -229,6 +323,79 @@ impl ProxyHttp for CohortProxy {
             error_code: code,
             can_reuse_downstream: false,
         }
+    }
+}
+
+/// One access log line (JSON). The path is logged without its query string, which can
+/// carry a cohort key.
+fn access_line(session: &Session, ctx: &Ctx, code: u16, elapsed: f64) -> String {
+    let req = session.req_header();
+    let (service, variant, reason) = match (&ctx.table, ctx.service) {
+        (Some(t), Some(svc)) => {
+            let s = &t.router.services[svc];
+            (
+                s.cfg.name.as_str(),
+                s.variant_name(ctx.served),
+                ctx.reason.map_or("", |r| s.reason_str(r)),
+            )
+        }
+        _ => (crate::metrics::NONE, crate::metrics::NONE, ""),
+    };
+    let mut v = serde_json::json!({
+        "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+        "service": service,
+        "variant": variant,
+        "reason": reason,
+        "method": req.method.as_str(),
+        "path": req.uri.path(),
+        "status": code,
+        "duration_ms": (elapsed * 1e6).round() / 1e3,
+        "upstream": ctx.upstream_addr.map(|a| a.to_string()),
+        "bytes": session.as_downstream().body_bytes_sent(),
+    });
+    if let Some(k) = &ctx.key {
+        v["key"] = serde_json::Value::String(k.clone());
+    }
+    let mut line = v.to_string();
+    line.push('\n');
+    line
+}
+
+/// The key the decision hashed (or the minted cookie id), as text, for the access log.
+fn access_log_key(
+    table: &RoutingTable,
+    svc: usize,
+    view: &RequestView<'_>,
+    d: &Decision,
+) -> Option<String> {
+    if let Some(id) = &d.new_cookie {
+        return Some(id.as_str().to_string());
+    }
+    let s = &table.router.services[svc];
+    let ip = table.router.client_ip(view);
+    crate::routing::key::find_key(&s.cfg.keys, s.cfg.assign_cookie.as_deref(), view, ip)
+        .map(|(k, _)| String::from_utf8_lossy(k.as_bytes()).into_owned())
+}
+
+const KIND_CONNECT: usize = 0;
+const KIND_TIMEOUT: usize = 1;
+
+/// The metric handles of the variant serving this request.
+fn variant_metrics(ctx: &Ctx) -> Option<&VariantMetrics> {
+    let table = ctx.table.as_ref()?;
+    table.metrics.variants.get(ctx.service?)?.get(ctx.served)
+}
+
+/// Index into [`crate::metrics::ERROR_KINDS`] for an upstream error.
+fn error_kind(e: &Error) -> usize {
+    match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            KIND_TIMEOUT
+        }
+        ErrorType::ConnectionClosed | ErrorType::ConnectRefused => 2,
+        ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::H2Error => 3,
+        ErrorType::ReadError | ErrorType::WriteError => 2,
+        _ => 4,
     }
 }
 

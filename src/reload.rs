@@ -126,6 +126,7 @@ impl Reloader {
             Err(e) => return Outcome::Rejected { errors: e.lines() },
         };
         let previous = self.state.swap(table);
+        previous.metrics.retire(&self.state.table().metrics);
         METRICS.set_config_version(Some(&previous.config.version), &version);
         Outcome::Applied {
             version,
@@ -151,6 +152,12 @@ pub fn upgrade_only_changes(running: &ServerConfig, new: &ServerConfig) -> Vec<S
     }
     if running.pid_file != new.pid_file {
         out.push("server.pid_file".to_string());
+    }
+    if running.access_log != new.access_log {
+        out.push("server.access_log".to_string());
+    }
+    if running.access_log_keys != new.access_log_keys {
+        out.push("server.access_log_keys".to_string());
     }
     if running.shutdown_timeout != new.shutdown_timeout {
         out.push("server.shutdown_timeout_secs".to_string());

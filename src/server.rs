@@ -3,6 +3,7 @@
 //! for `drain_delay_secs` while still accepting, then a graceful stop), SIGQUIT hands the
 //! sockets to a `--upgrade` process, SIGINT stops at once.
 
+use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::config::{Config, ConfigError, ServerConfig};
 use crate::metrics::METRICS;
@@ -87,7 +88,14 @@ pub fn run_table(
     );
     let server_cfg = table.config.server.clone();
     METRICS.set_config_version(None, &table.config.version);
-    let state = Arc::new(State::new(table));
+    let access_log =
+        AccessLog::open(&server_cfg.access_log, server_cfg.access_log_keys).map_err(|source| {
+            ConfigError::Io {
+                path: format!("server.access_log {:?}", server_cfg.access_log),
+                source,
+            }
+        })?;
+    let state = Arc::new(State::with_access_log(table, access_log));
     let reloader = reloadable.then(|| Arc::new(Reloader::new(state.clone(), opts.clone())));
     let opt = Opt {
         upgrade: opts.upgrade,

@@ -2,6 +2,7 @@
 //! `ArcSwap` holding the routing table, the listener settings the process actually runs
 //! with, the last reload's outcome, the drain flag and the in-flight request count.
 
+use crate::access_log::AccessLog;
 use crate::config::ServerConfig;
 use crate::routing::RoutingTable;
 use arc_swap::ArcSwap;
@@ -30,11 +31,18 @@ pub struct State {
     draining: AtomicBool,
     in_flight: AtomicUsize,
     last_reload: Mutex<Option<ReloadRecord>>,
+    /// The access log, opened at start (`None` = off).
+    pub access_log: Option<AccessLog>,
 }
 
 impl State {
     pub fn new(table: RoutingTable) -> State {
+        Self::with_access_log(table, None)
+    }
+
+    pub fn with_access_log(table: RoutingTable, access_log: Option<AccessLog>) -> State {
         State {
+            access_log,
             running: table.config.server.clone(),
             table: ArcSwap::from_pointee(table),
             draining: AtomicBool::new(false),

@@ -30,6 +30,8 @@ pub struct ServerFile {
     pub shutdown_timeout_secs: Option<u64>,
     pub upgrade_sock: Option<String>,
     pub pid_file: Option<String>,
+    pub access_log: Option<String>,
+    pub access_log_keys: Option<bool>,
 }
 
 /// `[[service]]`.

@@ -40,6 +40,9 @@ pub struct ServerConfig {
     pub upgrade_sock: String,
     /// Where the process writes its pid (default `/tmp/cohort-<first listen port>.pid`).
     pub pid_file: String,
+    pub access_log: crate::access_log::Target,
+    /// Include the cohort key in access log lines.
+    pub access_log_keys: bool,
 }
 
 /// One `[[service]]`.

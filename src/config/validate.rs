@@ -97,6 +97,8 @@ fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
             .clone()
             .filter(|s| !s.is_empty())
             .unwrap_or_else(|| format!("/tmp/cohort-{port}.pid")),
+        access_log: crate::access_log::Target::parse(f.access_log.as_deref().unwrap_or("off")),
+        access_log_keys: f.access_log_keys.unwrap_or(false),
     }
 }
 

@@ -4,6 +4,7 @@
 
 use super::router::Router;
 use crate::config::{Config, ConfigError};
+use crate::metrics::TableMetrics;
 use crate::upstream::{self, Pool};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -15,6 +16,8 @@ pub struct RoutingTable {
     pub router: Router,
     /// `pools[service][variant]`.
     pub pools: Vec<Vec<Pool>>,
+    /// Metric handles for this table's services and variants.
+    pub metrics: TableMetrics,
     pub loaded_at: SystemTime,
 }
 
@@ -36,11 +39,35 @@ impl RoutingTable {
         if !errs.is_empty() {
             return Err(ConfigError::Invalid(errs));
         }
-        Ok(RoutingTable {
-            router: Router::new(&config),
+        let router = Router::new(&config);
+        let addrs: Vec<Vec<Vec<String>>> = pools
+            .iter()
+            .map(|vp| {
+                vp.iter()
+                    .map(|p| p.addrs.iter().map(|a| a.to_string()).collect())
+                    .collect()
+            })
+            .collect();
+        let metrics = TableMetrics::new(&router, &addrs);
+        let table = RoutingTable {
+            router,
             config: Arc::new(config),
             pools,
+            metrics,
             loaded_at: SystemTime::now(),
-        })
+        };
+        table.refresh_backend_up();
+        Ok(table)
+    }
+
+    /// Publishes every backend's current health in `cohort_backend_up`.
+    pub fn refresh_backend_up(&self) {
+        let healthy: Vec<bool> = self
+            .pools
+            .iter()
+            .flatten()
+            .flat_map(|p| p.health().into_iter().map(|(_, h)| h))
+            .collect();
+        self.metrics.set_backend_up(&healthy);
     }
 }
