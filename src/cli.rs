@@ -98,6 +98,16 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = 100_000)]
         users: u64,
     },
+    /// Probe a running instance: exit 0 if GET /readyz on its admin API answers 200
+    /// (for container HEALTHCHECKs in images without curl).
+    Health {
+        /// Admin API address.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+        admin: SocketAddr,
+        /// Give up after this long.
+        #[arg(long, value_name = "N", default_value_t = 2000)]
+        timeout_ms: u64,
+    },
     /// Start two demo backends and the proxy on localhost; print curl lines to try.
     Demo {
         /// Proxy address.
@@ -153,6 +163,7 @@ pub fn dispatch(cli: Cli) -> i32 {
             against,
             users,
         } => simulate_cmd(&config, against.as_deref(), users),
+        Command::Health { admin, timeout_ms } => health(admin, timeout_ms),
         Command::Demo { listen, admin } => {
             report(crate::demo::run(&listen.to_string(), &admin.to_string()))
         }
@@ -299,6 +310,38 @@ fn service_summary(s: &ServiceConfig) -> String {
         out += &format!("  rule    {:<12} {} {action}\n", r.name, conditions(r));
     }
     out
+}
+
+/// `GET /readyz` over a plain TCP connection: 0 on 200, 1 otherwise.
+fn health(admin: SocketAddr, timeout_ms: u64) -> i32 {
+    use std::io::{Read, Write};
+    let timeout = std::time::Duration::from_millis(timeout_ms.max(1));
+    let probe = || -> std::io::Result<String> {
+        let mut s = std::net::TcpStream::connect_timeout(&admin, timeout)?;
+        s.set_read_timeout(Some(timeout))?;
+        s.set_write_timeout(Some(timeout))?;
+        s.write_all(
+            format!("GET /readyz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n")
+                .as_bytes(),
+        )?;
+        let mut buf = [0u8; 64];
+        let n = s.read(&mut buf)?;
+        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
+    };
+    match probe() {
+        Ok(head) if head.starts_with("HTTP/1.1 200") => {
+            out("ready\n");
+            0
+        }
+        Ok(head) => {
+            eprintln!("not ready: {}", head.lines().next().unwrap_or(""));
+            1
+        }
+        Err(e) => {
+            eprintln!("cannot reach {admin}: {e}");
+            1
+        }
+    }
 }
 
 fn conditions(r: &RuleConfig) -> String {

@@ -178,8 +178,8 @@ pub struct VariantMetrics {
     service: String,
     variant: String,
     codes: Box<[OnceLock<IntCounter>]>,
-    pub duration: Histogram,
-    pub upstream: Histogram,
+    duration: Histogram,
+    upstream: Histogram,
     /// By [`reason_slot`]: forced, hash, cookie, no_key, fallback, then one per rule.
     assignments: Vec<IntCounter>,
     reasons: Vec<String>,
@@ -224,9 +224,31 @@ impl VariantMetrics {
         }
     }
 
+    /// Records one finished request: its status, its duration and why its variant was
+    /// chosen (`reason_slot`, see [`reason_slot`]; `None` for unmatched requests).
+    #[inline]
+    pub fn record_request(&self, code: u16, seconds: f64, reason_slot: Option<usize>) {
+        if !cfg!(feature = "metrics") {
+            return;
+        }
+        self.record_status(code);
+        self.duration.observe(seconds);
+        if let Some(r) = reason_slot {
+            self.record_assignment(r);
+        }
+    }
+
+    /// Records the time to the upstream's response header.
+    #[inline]
+    pub fn record_upstream(&self, seconds: f64) {
+        if cfg!(feature = "metrics") {
+            self.upstream.observe(seconds);
+        }
+    }
+
     /// Counts one response with status `code`.
     #[inline]
-    pub fn record_status(&self, code: u16) {
+    fn record_status(&self, code: u16) {
         let slot = (code.clamp(100, 599) - 100) as usize;
         if let Some(cell) = self.codes.get(slot) {
             cell.get_or_init(|| {
@@ -240,7 +262,7 @@ impl VariantMetrics {
     }
 
     #[inline]
-    pub fn record_assignment(&self, reason_slot: usize) {
+    fn record_assignment(&self, reason_slot: usize) {
         if let Some(c) = self.assignments.get(reason_slot) {
             c.inc();
         }
@@ -249,6 +271,9 @@ impl VariantMetrics {
     /// `kind` indexes [`ERROR_KINDS`].
     #[inline]
     pub fn record_upstream_error(&self, kind: usize) {
+        if !cfg!(feature = "metrics") {
+            return;
+        }
         if let Some(c) = self.errors.get(kind) {
             c.inc();
         }

@@ -220,7 +220,7 @@ impl ProxyHttp for CohortProxy {
         ctx: &mut Ctx,
     ) -> Result<()> {
         if let (Some(t), Some(m)) = (ctx.upstream_start.take(), variant_metrics(ctx)) {
-            m.upstream.observe(t.elapsed().as_secs_f64());
+            m.record_upstream(t.elapsed().as_secs_f64());
         }
         Ok(())
     }
@@ -234,17 +234,10 @@ impl ProxyHttp for CohortProxy {
         let Some(table) = ctx.table.as_ref() else {
             return;
         };
-        let m = match variant_metrics(ctx) {
-            Some(m) => {
-                if let Some(r) = ctx.reason {
-                    m.record_assignment(crate::metrics::reason_slot(r));
-                }
-                m
-            }
-            None => &table.metrics.unmatched,
-        };
-        m.record_status(code);
-        m.duration.observe(elapsed);
+        match variant_metrics(ctx) {
+            Some(m) => m.record_request(code, elapsed, ctx.reason.map(crate::metrics::reason_slot)),
+            None => table.metrics.unmatched.record_request(code, elapsed, None),
+        }
         if let Some(log) = &self.state.access_log {
             log.write(access_line(session, ctx, code, elapsed));
         }

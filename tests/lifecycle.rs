@@ -21,6 +21,12 @@ fn sigterm_drains_then_stops_accepting_then_finishes_in_flight_and_exits_0() {
     let b = backend("stable");
     let mut px = Cohort::start(&config(&b, 2, 10));
     assert_eq!(px.admin_client().get("/readyz", &[]).status, 200);
+    let admin = px.admin.to_string();
+    assert_eq!(
+        cohort_cmd(&["health", "--admin", &admin]).0,
+        0,
+        "health: ready"
+    );
     let target = px.addr;
     let slow = std::thread::spawn(move || Client::new(target).get("/?sleep_ms=3500", &[]));
     std::thread::sleep(Duration::from_millis(200));
@@ -31,6 +37,9 @@ fn sigterm_drains_then_stops_accepting_then_finishes_in_flight_and_exits_0() {
     std::thread::sleep(Duration::from_millis(150));
     assert_eq!(px.admin_client().get("/readyz", &[]).status, 503);
     assert_eq!(px.admin_client().get("/healthz", &[]).status, 200);
+    let (code, _, err) = cohort_cmd(&["health", "--admin", &admin]);
+    assert_eq!(code, 1, "health: draining is not ready");
+    assert!(err.contains("503"), "{err}");
     // 2. new connections are still served inside the drain delay
     for at in [500, 1500] {
         while t0.elapsed() < Duration::from_millis(at) {
@@ -59,6 +68,9 @@ fn sigterm_drains_then_stops_accepting_then_finishes_in_flight_and_exits_0() {
     // 5. exit code 0, soon after the last request (not after the whole shutdown timeout)
     let code = px.wait_exit(Duration::from_secs(8));
     assert_eq!(code, Some(0), "{}", px.stderr());
+    let (code, _, err) = cohort_cmd(&["health", "--admin", &admin, "--timeout-ms", "500"]);
+    assert_eq!(code, 1, "health: gone");
+    assert!(err.contains("cannot reach"), "{err}");
     assert!(
         t0.elapsed() < Duration::from_secs(6),
         "exited at {:?}",

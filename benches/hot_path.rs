@@ -1,0 +1,168 @@
+//! Criterion benches of the per-request hot path and of table compilation:
+//! - `assign/*`: the normative hash alone (2 and 3 variants);
+//! - `decide/*`: the full routing decision on a realistic request (service match, key
+//!   extraction from a 12-header map, 4 rules evaluated, 3 variants hashed);
+//! - `record/request`: per-request metric recording (status, histogram, reason);
+//! - `compile/10x3x10`: parse + validate + compile 10 services × 3 variants × 10 backends.
+//!
+//! Run: `cargo bench --bench hot_path` (see BENCHMARKS.md for recorded results).
+
+use cohort::config::Config;
+use cohort::routing::cohort::{assign, variant_seed};
+use cohort::routing::{RequestView, RoutingTable};
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use http::{HeaderMap, HeaderValue, Uri};
+
+const SERVICE: &str = r#"
+[[service]]
+name = "api"
+hosts = ["api.example.com"]
+path_prefix = "/"
+key = ["header:x-user-id", "cookie:session", "query:uid", "ip"]
+
+[[service.variant]]
+name = "stable"
+weight = 80
+backends = ["127.0.0.1:9001"]
+
+[[service.variant]]
+name = "canary"
+weight = 15
+backends = ["127.0.0.1:9002"]
+
+[[service.variant]]
+name = "beta"
+weight = 5
+backends = ["127.0.0.1:9003"]
+
+[[service.rule]]
+name = "staff"
+client_cidr = ["10.20.0.0/16"]
+variant = "canary"
+
+[[service.rule]]
+name = "beta-opt-in"
+cookie = { name = "beta", equals = "1" }
+variant = "beta"
+
+[[service.rule]]
+name = "eu"
+header = { name = "cloudfront-viewer-country", in = ["DE", "FR", "NL"] }
+weights = { stable = 50, canary = 50 }
+
+[[service.rule]]
+name = "partners"
+key_in = ["partner-acme", "partner-globex"]
+variant = "canary"
+"#;
+
+fn realistic_headers(user: &str) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let mut put = |k: &'static str, v: &str| {
+        h.insert(k, HeaderValue::from_str(v).expect("valid header"));
+    };
+    put("host", "api.example.com");
+    put("user-agent", "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/120.0 Safari/537.36");
+    put("accept", "application/json, text/plain, */*");
+    put("accept-language", "en-US,en;q=0.9");
+    put("accept-encoding", "gzip, deflate, br");
+    put(
+        "cookie",
+        "_ga=GA1.2.1234567890.1700000000; theme=dark; session=abcdef0123456789",
+    );
+    put("x-request-id", "6f1c1f8e-2b7a-4a7e-9d1e-1c2b3a4d5e6f");
+    put("x-forwarded-for", "198.51.100.23");
+    put("cloudfront-viewer-country", "US");
+    put(
+        "authorization",
+        "Bearer eyJhbGciOiJIUzI1NiJ9.payload.signature",
+    );
+    put("content-type", "application/json");
+    put("x-user-id", user);
+    h
+}
+
+fn bench_assign(c: &mut Criterion) {
+    let seeds2 = [variant_seed("api", "stable"), variant_seed("api", "canary")];
+    let seeds3 = [seeds2[0], seeds2[1], variant_seed("api", "beta")];
+    c.bench_function("assign/2-variants", |b| {
+        b.iter(|| assign(black_box(b"user-123456"), &seeds2, &[95.0, 5.0]))
+    });
+    c.bench_function("assign/3-variants", |b| {
+        b.iter(|| assign(black_box(b"user-123456"), &seeds3, &[80.0, 15.0, 5.0]))
+    });
+}
+
+fn bench_decide(c: &mut Criterion) {
+    let cfg = Config::parse(&format!(
+        "[server]\nlisten = [\"127.0.0.1:8080\"]\n{SERVICE}"
+    ))
+    .expect("config");
+    let table = RoutingTable::build(cfg).expect("table");
+    let headers = realistic_headers("user-123456");
+    let uri: Uri = "/v1/orders?page=2".parse().expect("uri");
+    let peer = Some("203.0.113.9".parse().expect("ip"));
+    c.bench_function("decide/match+key+4rules+3variants", |b| {
+        b.iter(|| {
+            let view = RequestView {
+                headers: black_box(&headers),
+                uri: &uri,
+                peer,
+            };
+            let svc = table.router.match_service(&view).expect("service");
+            black_box(table.router.decide(svc, &view))
+        })
+    });
+}
+
+fn bench_record(c: &mut Criterion) {
+    let cfg = Config::parse(&format!(
+        "[server]\nlisten = [\"127.0.0.1:8080\"]\n{SERVICE}"
+    ))
+    .expect("config");
+    let table = RoutingTable::build(cfg).expect("table");
+    let m = &table.metrics.variants[0][0];
+    c.bench_function("record/request", |b| {
+        b.iter(|| {
+            m.record_request(black_box(200), black_box(0.0042), Some(1));
+            m.record_upstream(black_box(0.0031));
+        })
+    });
+}
+
+fn compile_config() -> String {
+    let mut s = String::from("[server]\nlisten = [\"127.0.0.1:8080\"]\n");
+    for svc in 0..10 {
+        s += &format!("\n[[service]]\nname = \"svc{svc}\"\npath_prefix = \"/s{svc}\"\nkey = [\"header:x-user-id\", \"ip\"]\n");
+        for (v, w) in [("stable", 80), ("canary", 15), ("beta", 5)] {
+            let backends: Vec<String> = (0..10)
+                .map(|b| format!("\"10.{svc}.{}.{b}:8000\"", w % 200))
+                .collect();
+            s += &format!(
+                "\n[[service.variant]]\nname = \"{v}\"\nweight = {w}\nbackends = [{}]\n",
+                backends.join(", ")
+            );
+        }
+        s += "\n[[service.rule]]\nname = \"staff\"\nclient_cidr = [\"10.20.0.0/16\"]\nvariant = \"canary\"\n";
+    }
+    s
+}
+
+fn bench_compile(c: &mut Criterion) {
+    let text = compile_config();
+    c.bench_function("compile/10x3x10", |b| {
+        b.iter(|| {
+            let cfg = Config::parse(black_box(&text)).expect("config");
+            black_box(RoutingTable::build(cfg).expect("table"))
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    bench_assign,
+    bench_decide,
+    bench_record,
+    bench_compile
+);
+criterion_main!(benches);
