@@ -9,6 +9,8 @@ use crate::server::{self, RunOptions};
 use serde_json::{json, Map, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 
 /// The embedded demo config (`conf/demo.toml`).
@@ -18,33 +20,60 @@ pub const DEMO_CONFIG: &str = include_str!("../conf/demo.toml");
 const MAX_HEAD: usize = 64 * 1024;
 
 /// A tiny HTTP/1.1 server on a background thread (one thread per connection, keep-alive).
+/// `GET /healthz` answers 200, or 503 after [`EchoBackend::set_healthy`]`(false)`.
 pub struct EchoBackend {
     pub name: String,
     pub addr: SocketAddr,
+    flags: Arc<Flags>,
+}
+
+#[derive(Default)]
+struct Flags {
+    unhealthy: AtomicBool,
+    stopped: AtomicBool,
 }
 
 impl EchoBackend {
-    /// Binds `bind` (use port 0 for an ephemeral port) and serves forever.
+    /// Binds `bind` (use port 0 for an ephemeral port) and serves until [`Self::stop`].
     pub fn spawn(name: &str, bind: &str) -> std::io::Result<EchoBackend> {
         let listener = TcpListener::bind(bind)?;
         let addr = listener.local_addr()?;
         let owned = name.to_string();
+        let flags = Arc::new(Flags::default());
+        let f = flags.clone();
         thread::Builder::new()
             .name(format!("echo-{name}"))
             .spawn(move || {
                 for stream in listener.incoming().flatten() {
-                    let n = owned.clone();
-                    let _ = thread::Builder::new().spawn(move || serve(stream, &n, addr));
+                    if f.stopped.load(Ordering::SeqCst) {
+                        return;
+                    }
+                    let (n, f) = (owned.clone(), f.clone());
+                    let _ = thread::Builder::new().spawn(move || serve(stream, &n, addr, &f));
                 }
             })?;
         Ok(EchoBackend {
             name: name.to_string(),
             addr,
+            flags,
         })
+    }
+
+    /// Makes `GET /healthz` answer 503 (false) or 200 (true); other paths keep working.
+    pub fn set_healthy(&self, healthy: bool) {
+        self.flags.unhealthy.store(!healthy, Ordering::SeqCst);
+    }
+
+    /// Stops accepting (the port then refuses connections) and closes open connections
+    /// at their next request.
+    pub fn stop(&self) {
+        self.flags.stopped.store(true, Ordering::SeqCst);
+        // wake the accept loop so it drops the listener
+        let _ = TcpStream::connect(self.addr);
     }
 }
 
-fn serve(stream: TcpStream, name: &str, addr: SocketAddr) {
+fn serve(stream: TcpStream, name: &str, addr: SocketAddr, flags: &Flags) {
     let _ = stream.set_nodelay(true);
     let Ok(write_half) = stream.try_clone() else {
         return;
@@ -55,6 +84,9 @@ fn serve(stream: TcpStream, name: &str, addr: SocketAddr) {
         let Some((line, headers)) = read_head(&mut reader) else {
             return;
         };
+        if flags.stopped.load(Ordering::SeqCst) {
+            return;
+        }
         let len = headers
             .iter()
             .find(|(k, _)| k == "content-length")
@@ -81,6 +113,11 @@ fn serve(stream: TcpStream, name: &str, addr: SocketAddr) {
             };
             hmap.insert(k.clone(), Value::String(joined));
         }
+        let status = if target == "/healthz" && flags.unhealthy.load(Ordering::SeqCst) {
+            "503 Service Unavailable"
+        } else {
+            "200 OK"
+        };
         let body = json!({
             "backend": name,
             "addr": addr.to_string(),
@@ -91,7 +128,7 @@ fn serve(stream: TcpStream, name: &str, addr: SocketAddr) {
         .to_string()
             + "\n";
         let resp = format!(
-            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-backend: {name}\r\n{}\r\n{body}",
+            "HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-backend: {name}\r\n{}\r\n{body}",
             body.len(),
             if close { "connection: close\r\n" } else { "" }
         );

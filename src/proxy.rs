@@ -71,6 +71,21 @@ async fn respond(session: &mut Session, code: u16, body: &'static str) -> Result
         .await
 }
 
+/// A short plain-text error response (`Retry-After: 1` on 503); the connection closes.
+async fn write_error(session: &mut Session, code: u16) -> Result<()> {
+    let body = error_body(code);
+    let mut resp = ResponseHeader::build(code, Some(4))?;
+    resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
+    if code == 503 {
+        resp.insert_header(header::RETRY_AFTER, "1")?;
+    }
+    session
+        .as_downstream_mut()
+        .write_error_response(resp, Bytes::from_static(body.as_bytes()))
+        .await
+}
+
 fn error_body(code: u16) -> &'static str {
     match code {
         502 => "502 bad gateway: the upstream failed\n",
@@ -181,9 +196,13 @@ impl ProxyHttp for CohortProxy {
         if let Some(m) = variant_metrics(ctx) {
             m.record_upstream_error(kind);
         }
+        let addr = peer._address.as_inet().copied();
+        if let (Some(table), Some(svc), Some(addr)) = (&ctx.table, ctx.service, addr) {
+            table.pools[svc][ctx.served].mark_failed(addr);
+        }
         if !ctx.retried {
             ctx.retried = true;
-            ctx.failed = peer._address.as_inet().copied();
+            ctx.failed = addr;
             e.set_retry(true);
         }
         e
@@ -198,8 +217,20 @@ impl ProxyHttp for CohortProxy {
         client_reused: bool,
     ) -> Box<Error> {
         if e.esource() == &pingora_core::ErrorSource::Upstream {
+            let kind = error_kind(&e);
             if let Some(m) = variant_metrics(ctx) {
-                m.record_upstream_error(error_kind(&e));
+                m.record_upstream_error(kind);
+            }
+            // A connection reset before any answer counts against the backend's health.
+            let no_answer = session.response_written().is_none();
+            if let (KIND_RESET, true, Some(t), Some(svc), Some(addr)) = (
+                kind,
+                no_answer,
+                &ctx.table,
+                ctx.service,
+                peer._address.as_inet(),
+            ) {
+                t.pools[svc][ctx.served].mark_failed(*addr);
             }
         }
         // Pingora's default policy: retry only idempotent requests on reused connections.
@@ -305,10 +336,7 @@ impl ProxyHttp for CohortProxy {
     async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
         let code = status_for(e);
         if code > 0 {
-            if let Err(err) = session
-                .respond_error_with_body(code, Bytes::from_static(error_body(code).as_bytes()))
-                .await
-            {
+            if let Err(err) = write_error(session, code).await {
                 log::debug!("could not send the {code} error response: {err}");
             }
         }
@@ -372,6 +400,7 @@ fn access_log_key(
 
 const KIND_CONNECT: usize = 0;
 const KIND_TIMEOUT: usize = 1;
+const KIND_RESET: usize = 2;
 
 /// The metric handles of the variant serving this request.
 fn variant_metrics(ctx: &Ctx) -> Option<&VariantMetrics> {
@@ -385,9 +414,9 @@ fn error_kind(e: &Error) -> usize {
         ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
             KIND_TIMEOUT
         }
-        ErrorType::ConnectionClosed | ErrorType::ConnectRefused => 2,
+        ErrorType::ConnectionClosed | ErrorType::ConnectRefused => KIND_RESET,
         ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::H2Error => 3,
-        ErrorType::ReadError | ErrorType::WriteError => 2,
+        ErrorType::ReadError | ErrorType::WriteError => KIND_RESET,
         _ => 4,
     }
 }

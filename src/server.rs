@@ -11,6 +11,7 @@ use crate::proxy::CohortProxy;
 use crate::reload::{ReloadTriggers, Reloader};
 use crate::routing::RoutingTable;
 use crate::state::State;
+use crate::upstream::health::HealthService;
 use async_trait::async_trait;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::ExecutionPhase;
@@ -129,6 +130,12 @@ pub fn run_table(
         server.add_service(admin);
     }
 
+    server.add_service(background_service(
+        "cohort health",
+        HealthService {
+            state: state.clone(),
+        },
+    ));
     if let Some(r) = &reloader {
         server.add_service(background_service(
             "cohort reload",

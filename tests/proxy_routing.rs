@@ -405,7 +405,7 @@ fn connect_failure_retries_once_on_another_backend_of_the_variant() {
 }
 
 #[test]
-fn single_dead_backend_gives_502_with_short_body() {
+fn dead_only_backend_gives_502_then_is_ejected_with_503_and_retry_after() {
     let dead = closed_addr();
     let cfg = format!(
         "[server]\nlisten = [\"@LISTEN@\"]\nadmin = \"@ADMIN@\"\nthreads = 1\n[[service]]\nname = \"api\"\n[[service.variant]]\nname = \"stable\"\nweight = 1\nbackends = [\"{dead}\"]\n"
@@ -414,6 +414,11 @@ fn single_dead_backend_gives_502_with_short_body() {
     let r = px.client().get("/", &[]);
     assert_eq!(r.status, 502);
     assert!(r.text().contains("bad gateway"), "{}", r.text());
+    // passively ejected for 10 s: no healthy backend, no fallback
+    let r = px.client().get("/", &[]);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(r.text().contains("no healthy backend"), "{}", r.text());
 }
 
 #[test]

@@ -69,6 +69,18 @@ pub struct VariantFile {
     pub balance: Option<String>,
     pub connect_timeout_ms: Option<u64>,
     pub read_timeout_ms: Option<u64>,
+    pub health_check: Option<HealthCheckFile>,
+}
+
+/// `health_check = { path, interval_ms, timeout_ms, unhealthy_after, healthy_after }`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckFile {
+    pub path: Option<String>,
+    pub interval_ms: Option<u64>,
+    pub timeout_ms: Option<u64>,
+    pub unhealthy_after: Option<u32>,
+    pub healthy_after: Option<u32>,
 }
 
 /// `[[service.rule]]`.

@@ -127,6 +127,21 @@ pub struct VariantConfig {
     pub balance: Balance,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// Active health checks (`None`: passive ejection only).
+    pub health_check: Option<HealthCheck>,
+}
+
+/// Active health check settings of a variant's pool.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct HealthCheck {
+    /// `GET path` expecting a 2xx; `None` = a TCP connect check.
+    pub path: Option<String>,
+    pub interval: Duration,
+    pub timeout: Duration,
+    /// Consecutive failures that mark a backend down.
+    pub unhealthy_after: u32,
+    /// Consecutive successes that bring it back.
+    pub healthy_after: u32,
 }
 
 /// What a rule's matcher tests.

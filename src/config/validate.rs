@@ -2,7 +2,9 @@
 //! problem collected with its field path (never a panic, never only the first error).
 
 use super::error::{ConfigError, Errors};
-use super::file::{FileConfig, MatcherFile, RuleFile, ServerFile, ServiceFile, VariantFile};
+use super::file::{
+    FileConfig, HealthCheckFile, MatcherFile, RuleFile, ServerFile, ServiceFile, VariantFile,
+};
 use super::*;
 use std::collections::{BTreeSet, HashMap};
 use std::net::IpAddr;
@@ -296,6 +298,10 @@ fn variants(vs: &[VariantFile], path: &str, errs: &mut Errors) -> Vec<VariantCon
                     "read_timeout_ms",
                     errs,
                 ),
+                health_check: v
+                    .health_check
+                    .as_ref()
+                    .map(|h| health_check(h, &format!("{p}.health_check"), errs)),
             }
         })
         .collect();
@@ -306,6 +312,33 @@ fn variants(vs: &[VariantFile], path: &str, errs: &mut Errors) -> Vec<VariantCon
         );
     }
     out
+}
+
+fn health_check(h: &HealthCheckFile, path: &str, errs: &mut Errors) -> HealthCheck {
+    if let Some(p) = &h.path {
+        if !p.starts_with('/') || p.bytes().any(|b| b.is_ascii_control() || b == b' ') {
+            errs.push(
+                format!("{path}.path"),
+                format!("{p:?}: must start with '/' and contain no spaces"),
+            );
+        }
+    }
+    let interval = millis(h.interval_ms, 2_000, path, "interval_ms", errs);
+    let timeout = millis(h.timeout_ms, 1_000, path, "timeout_ms", errs);
+    let threshold = |v: Option<u32>, default: u32, field: &str, errs: &mut Errors| {
+        let n = v.unwrap_or(default);
+        if n == 0 {
+            errs.push(format!("{path}.{field}"), "must be >= 1");
+        }
+        n.max(1)
+    };
+    HealthCheck {
+        path: h.path.clone(),
+        interval,
+        timeout,
+        unhealthy_after: threshold(h.unhealthy_after, 3, "unhealthy_after", errs),
+        healthy_after: threshold(h.healthy_after, 2, "healthy_after", errs),
+    }
 }
 
 fn millis(v: Option<u64>, default: u64, path: &str, field: &str, errs: &mut Errors) -> Duration {

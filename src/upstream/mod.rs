@@ -1,8 +1,14 @@
-//! Upstream pools: one Pingora [`LoadBalancer`] per variant over its resolved backends,
-//! and the [`HttpPeer`] built for each pick. DNS names are resolved when a table is
-//! compiled, never on the request path.
+//! Upstream pools: one Pingora [`LoadBalancer`] per variant over its resolved backends
+//! (the selection algorithm), our own per-address health ([`health`]), and the
+//! [`HttpPeer`] built for each pick. DNS names are resolved when a table is compiled,
+//! never on the request path.
 
-use crate::config::{Balance, FieldError, VariantConfig};
+pub mod health;
+
+use health::{BackendHealth, HEALTH};
+use std::sync::Arc;
+
+use crate::config::{Balance, FieldError, HealthCheck, VariantConfig};
 use futures::FutureExt;
 use pingora_core::protocols::l4::socket::SocketAddr as PSocketAddr;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -32,6 +38,9 @@ pub struct Pool {
     pub addrs: Vec<SocketAddr>,
     connect_timeout: Duration,
     read_timeout: Duration,
+    /// Health per address, aligned with `addrs` (shared with other tables).
+    health: Vec<Arc<BackendHealth>>,
+    check: Option<HealthCheck>,
 }
 
 impl std::fmt::Debug for Pool {
@@ -58,9 +67,34 @@ impl Pool {
         };
         Pool {
             selector,
+            health: addrs.iter().map(|a| HEALTH.entry(*a)).collect(),
             addrs,
             connect_timeout: v.connect_timeout,
             read_timeout: v.read_timeout,
+            check: v.health_check.clone(),
+        }
+    }
+
+    fn is_up(&self, addr: &SocketAddr) -> bool {
+        self.health
+            .iter()
+            .find(|h| h.addr == *addr)
+            .is_some_and(|h| h.is_up())
+    }
+
+    /// The active check settings, if any.
+    pub fn health_check(&self) -> Option<&HealthCheck> {
+        self.check.as_ref()
+    }
+
+    pub fn backend_health(&self) -> &[Arc<BackendHealth>] {
+        &self.health
+    }
+
+    /// A request failed to connect to `addr` (or it reset): passive health.
+    pub fn mark_failed(&self, addr: SocketAddr) {
+        if let Some(h) = self.health.iter().find(|h| h.addr == addr) {
+            h.passive_failure(self.check.as_ref());
         }
     }
 
@@ -68,7 +102,10 @@ impl Pool {
     /// `key` steers `consistent` pools; the others ignore it.
     pub fn select(&self, key: u64, exclude: Option<SocketAddr>) -> Option<SocketAddr> {
         let key = key.to_le_bytes();
-        let accept = |b: &Backend, healthy: bool| healthy && b.addr.as_inet() != exclude.as_ref();
+        let accept = |b: &Backend, _: bool| match b.addr.as_inet() {
+            Some(a) => Some(a) != exclude.as_ref() && self.is_up(a),
+            None => false,
+        };
         let picked = match &self.selector {
             Selector::RoundRobin(lb) => lb.select_with(&key, 256, accept),
             Selector::Random(lb) => lb.select_with(&key, 256, accept),
@@ -133,21 +170,6 @@ pub fn resolve(v: &VariantConfig, path: &str) -> Result<Vec<SocketAddr>, Vec<Fie
 impl Pool {
     /// Every backend with its current health, in config order.
     pub fn health(&self) -> Vec<(SocketAddr, bool)> {
-        let backends = match &self.selector {
-            Selector::RoundRobin(lb) => lb.backends(),
-            Selector::Random(lb) => lb.backends(),
-            Selector::Consistent(lb) => lb.backends(),
-        };
-        self.addrs
-            .iter()
-            .map(|a| {
-                let b = Backend {
-                    addr: PSocketAddr::Inet(*a),
-                    weight: 1,
-                    ext: Extensions::new(),
-                };
-                (*a, backends.ready(&b))
-            })
-            .collect()
+        self.health.iter().map(|h| (h.addr, h.is_up())).collect()
     }
 }

@@ -1,0 +1,263 @@
+//! Backend health: active checks (HTTP `GET path` expecting 2xx, or TCP connect) with
+//! `unhealthy_after` / `healthy_after` thresholds, and passive ejection on connect
+//! failures. Health is kept per backend address in one process-wide [`HealthBook`], so a
+//! reload that keeps a backend keeps its state (never sending traffic to a backend known
+//! to be down, nor marking a healthy one down). The prober ([`HealthService`]) always
+//! works from the *current* table: a table's checks start when it is swapped in and stop
+//! when it is swapped out.
+
+use crate::config::HealthCheck;
+use crate::state::State;
+use async_trait::async_trait;
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Without active checks, a backend that fails to connect is skipped this long.
+pub const PASSIVE_EJECT: Duration = Duration::from_secs(10);
+
+/// Milliseconds since process start (monotonic), for lock-free timestamps.
+fn now_ms() -> u64 {
+    static START: LazyLock<Instant> = LazyLock::new(Instant::now);
+    START.elapsed().as_millis() as u64
+}
+
+/// Health of one backend address. All fields are atomics: the request path reads
+/// [`BackendHealth::is_up`] without locking.
+#[derive(Debug)]
+pub struct BackendHealth {
+    pub addr: SocketAddr,
+    /// Verdict of the active checks (true until proven otherwise).
+    up: AtomicBool,
+    /// Passive ejection: skip until this time (ms since start; 0 = not ejected).
+    ejected_until: AtomicU64,
+    successes: AtomicU32,
+    failures: AtomicU32,
+    /// When the next active probe is due (ms since start).
+    next_probe: AtomicU64,
+    probing: AtomicBool,
+}
+
+impl BackendHealth {
+    fn new(addr: SocketAddr) -> BackendHealth {
+        BackendHealth {
+            addr,
+            up: AtomicBool::new(true),
+            ejected_until: AtomicU64::new(0),
+            successes: AtomicU32::new(0),
+            failures: AtomicU32::new(0),
+            next_probe: AtomicU64::new(0),
+            probing: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether requests may go to this backend now.
+    #[inline]
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Relaxed) && self.ejected_until.load(Ordering::Relaxed) <= now_ms()
+    }
+
+    /// Records one check result against the thresholds of `hc`.
+    pub fn record(&self, ok: bool, hc: &HealthCheck) {
+        if ok {
+            self.failures.store(0, Ordering::Relaxed);
+            let n = self.successes.fetch_add(1, Ordering::Relaxed) + 1;
+            if !self.up.load(Ordering::Relaxed) && n >= hc.healthy_after {
+                self.up.store(true, Ordering::Relaxed);
+                log::info!("backend {} is healthy again", self.addr);
+            }
+            self.ejected_until.store(0, Ordering::Relaxed);
+        } else {
+            self.successes.store(0, Ordering::Relaxed);
+            let n = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+            if self.up.load(Ordering::Relaxed) && n >= hc.unhealthy_after {
+                self.up.store(false, Ordering::Relaxed);
+                log::warn!("backend {} is down after {n} failed checks", self.addr);
+            }
+        }
+    }
+
+    /// A request could not connect (or the connection reset before any answer).
+    /// With active checks the failure counts toward `unhealthy_after`; without them the
+    /// backend is ejected for [`PASSIVE_EJECT`].
+    pub fn passive_failure(&self, hc: Option<&HealthCheck>) {
+        match hc {
+            Some(hc) => self.record(false, hc),
+            None => {
+                let until = now_ms() + PASSIVE_EJECT.as_millis() as u64;
+                if self.ejected_until.swap(until, Ordering::Relaxed) <= now_ms() {
+                    log::warn!(
+                        "backend {} ejected for {PASSIVE_EJECT:?} after a connect failure",
+                        self.addr
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// Process-wide health by backend address (shared across table versions).
+#[derive(Default)]
+pub struct HealthBook {
+    entries: Mutex<HashMap<SocketAddr, Arc<BackendHealth>>>,
+}
+
+/// The one book.
+pub static HEALTH: LazyLock<HealthBook> = LazyLock::new(HealthBook::default);
+
+impl HealthBook {
+    /// The health entry for `addr`, created healthy if new. Entries no table uses any
+    /// more are dropped here.
+    pub fn entry(&self, addr: SocketAddr) -> Arc<BackendHealth> {
+        let mut map = match self.entries.lock() {
+            Ok(m) => m,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if map.len() > 64 {
+            map.retain(|_, h| Arc::strong_count(h) > 1);
+        }
+        map.entry(addr)
+            .or_insert_with(|| Arc::new(BackendHealth::new(addr)))
+            .clone()
+    }
+}
+
+/// One active probe. HTTP: `GET path`, 2xx within the timeout. TCP: connect.
+pub async fn probe(addr: SocketAddr, hc: &HealthCheck) -> bool {
+    let attempt = async {
+        let mut s = tokio::net::TcpStream::connect(addr).await?;
+        let Some(path) = &hc.path else {
+            return Ok::<bool, std::io::Error>(true);
+        };
+        let req = format!(
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: cohort-health-check\r\nConnection: close\r\n\r\n"
+        );
+        s.write_all(req.as_bytes()).await?;
+        let mut head = [0u8; 16];
+        let mut n = 0;
+        while n < 12 {
+            let r = s.read(&mut head[n..]).await?;
+            if r == 0 {
+                break;
+            }
+            n += r;
+        }
+        Ok(head.starts_with(b"HTTP/1.") && n >= 12 && head[9] == b'2')
+    };
+    matches!(
+        tokio::time::timeout(hc.timeout, attempt).await,
+        Ok(Ok(true))
+    )
+}
+
+/// Runs the active checks of whatever table is current.
+pub struct HealthService {
+    pub state: Arc<State>,
+}
+
+const TICK: Duration = Duration::from_millis(100);
+
+#[async_trait]
+impl BackgroundService for HealthService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let mut tick = tokio::time::interval(TICK);
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                _ = tick.tick() => self.round(),
+            }
+        }
+    }
+}
+
+impl HealthService {
+    /// Starts the probes that are due (each backend at most one probe in flight).
+    fn round(&self) {
+        let table = self.state.table();
+        let now = now_ms();
+        for pool in table.pools.iter().flatten() {
+            let Some(hc) = pool.health_check() else {
+                continue;
+            };
+            for h in pool.backend_health() {
+                if h.next_probe.load(Ordering::Relaxed) > now
+                    || h.probing.swap(true, Ordering::Relaxed)
+                {
+                    continue;
+                }
+                h.next_probe
+                    .store(now + hc.interval.as_millis() as u64, Ordering::Relaxed);
+                let (h, hc) = (h.clone(), hc.clone());
+                tokio::spawn(async move {
+                    let ok = probe(h.addr, &hc).await;
+                    h.record(ok, &hc);
+                    h.probing.store(false, Ordering::Relaxed);
+                });
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn hc() -> HealthCheck {
+        HealthCheck {
+            path: None,
+            interval: Duration::from_millis(100),
+            timeout: Duration::from_millis(100),
+            unhealthy_after: 3,
+            healthy_after: 2,
+        }
+    }
+
+    #[test]
+    fn thresholds_flip_state_only_after_consecutive_results() {
+        let h = BackendHealth::new("127.0.0.1:1".parse().unwrap());
+        let hc = hc();
+        h.record(false, &hc);
+        h.record(false, &hc);
+        assert!(h.is_up(), "2 failures < unhealthy_after");
+        h.record(true, &hc);
+        h.record(false, &hc);
+        h.record(false, &hc);
+        assert!(h.is_up(), "a success resets the failure count");
+        h.record(false, &hc);
+        assert!(!h.is_up(), "3 consecutive failures");
+        h.record(true, &hc);
+        assert!(!h.is_up(), "1 success < healthy_after");
+        h.record(true, &hc);
+        assert!(h.is_up(), "2 consecutive successes");
+    }
+
+    #[test]
+    fn passive_failure_without_checks_ejects_for_a_while() {
+        let h = BackendHealth::new("127.0.0.1:1".parse().unwrap());
+        h.passive_failure(None);
+        assert!(!h.is_up());
+        let until = h.ejected_until.load(Ordering::Relaxed);
+        assert!(until >= now_ms() + PASSIVE_EJECT.as_millis() as u64 - 1000);
+    }
+
+    #[test]
+    fn the_book_shares_state_per_address() {
+        let book = HealthBook::default();
+        let a = book.entry("127.0.0.1:7".parse().unwrap());
+        a.record(
+            false,
+            &HealthCheck {
+                unhealthy_after: 1,
+                ..hc()
+            },
+        );
+        let again = book.entry("127.0.0.1:7".parse().unwrap());
+        assert!(!again.is_up(), "state carries over to the next table");
+        assert!(book.entry("127.0.0.1:8".parse().unwrap()).is_up());
+    }
+}

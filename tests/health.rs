@@ -1,0 +1,269 @@
+#![allow(clippy::unwrap_used)]
+//! Health and failover through the real binary: active checks with thresholds, fallback
+//! by variant and return, passive ejection, 503/504/502, health across reloads.
+
+mod common;
+use common::*;
+use std::io::{Read, Write};
+use std::net::TcpListener;
+use std::time::{Duration, Instant};
+
+const HC: &str = "health_check = { path = \"/healthz\", interval_ms = 200, timeout_ms = 150, unhealthy_after = 2, healthy_after = 2 }";
+
+fn cfg(stable: &[&EchoBackend], canary: &[&EchoBackend], fallback: bool, hc: &str) -> String {
+    let list = |bs: &[&EchoBackend]| {
+        bs.iter()
+            .map(|b| format!("\"{}\"", b.addr))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    format!(
+        "[server]\nlisten = [\"@LISTEN@\"]\nadmin = \"@ADMIN@\"\nthreads = 2\n\n[[service]]\nname = \"api\"\nkey = [\"header:x-user-id\"]\n{}\n\n[[service.variant]]\nname = \"stable\"\nweight = 50\nbackends = [{}]\n{hc}\n\n[[service.variant]]\nname = \"canary\"\nweight = 50\nbackends = [{}]\n{hc}\n",
+        if fallback { "fallback = \"stable\"" } else { "" },
+        list(stable),
+        list(canary)
+    )
+}
+
+/// Users (keys) assigned to `variant` at 50/50.
+fn users_of(variant: &str, n: usize) -> Vec<String> {
+    (0..)
+        .map(|i| format!("user-{i}"))
+        .filter(|k| expected_variant("api", &[("stable", 50.0), ("canary", 50.0)], k) == variant)
+        .take(n)
+        .collect()
+}
+
+fn wait_for(timeout: Duration, mut f: impl FnMut() -> bool) -> Option<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < timeout {
+        if f() {
+            return Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(25));
+    }
+    None
+}
+
+#[test]
+fn a_killed_canary_backend_is_skipped_and_its_users_stay_on_canary() {
+    let s = backend("stable");
+    let (c1, c2) = (backend("canary-1"), backend("canary-2"));
+    let px = Cohort::start(&cfg(&[&s], &[&c1, &c2], true, HC));
+    let users = users_of("canary", 20);
+    c1.stop();
+    // after the first failed checks (2 × 200 ms) no request may fail
+    std::thread::sleep(Duration::from_millis(2 * 200 + 300));
+    let mut cl = px.client();
+    for round in 0..3 {
+        for u in &users {
+            let r = cl.get("/", &[("x-user-id", u)]);
+            assert_eq!(r.status, 200, "{u} round {round}: {}", r.text());
+            assert_eq!(
+                r.backend(),
+                "canary-2",
+                "still on canary, on the live backend"
+            );
+        }
+    }
+    let st = px.status();
+    let backends = &st["services"][0]["variants"][1]["backends"];
+    assert_eq!(backends[0]["healthy"], false);
+    assert_eq!(backends[1]["healthy"], true);
+    let m = px.metrics();
+    assert!(
+        m.contains(&format!(
+            "cohort_backend_up{{backend=\"{}\",service=\"api\",variant=\"canary\"}} 0",
+            c1.addr
+        )),
+        "{m}"
+    );
+}
+
+#[test]
+fn unhealthy_canary_falls_back_to_stable_and_users_return_after_recovery() {
+    let s = backend("stable");
+    let c = backend("canary");
+    let px = Cohort::start(&cfg(&[&s], &[&c], true, HC));
+    let users = users_of("canary", 10);
+    let mut cl = px.client();
+    let on = |cl: &mut Client, want: &str, reason: &str| {
+        users.iter().all(|u| {
+            let r = cl.get("/", &[("x-user-id", u)]);
+            r.status == 200
+                && r.backend() == want
+                && r.upstream_header("x-cohort-reason").as_deref() == Some(reason)
+        })
+    };
+    assert!(on(&mut cl, "canary", "hash"));
+    c.set_healthy(false);
+    let took =
+        wait_for(Duration::from_secs(3), || on(&mut cl, "stable", "fallback")).expect("fell back");
+    // interval × unhealthy_after + 1 s
+    assert!(
+        took <= Duration::from_millis(200 * 2 + 1000),
+        "fallback took {took:?}"
+    );
+    let r = cl.get("/", &[("x-user-id", &users[0])]);
+    assert_eq!(
+        r.header("x-cohort-variant"),
+        None,
+        "no expose_header configured"
+    );
+    c.set_healthy(true);
+    let took =
+        wait_for(Duration::from_secs(3), || on(&mut cl, "canary", "hash")).expect("returned");
+    assert!(
+        took <= Duration::from_millis(200 * 2 + 1000),
+        "return took {took:?}"
+    );
+    let m = px.metrics();
+    assert!(m.contains(
+        "cohort_assignments_total{reason=\"fallback\",service=\"api\",variant=\"stable\"}"
+    ));
+}
+
+#[test]
+fn no_healthy_backend_and_no_fallback_gives_503_with_retry_after() {
+    let s = backend("stable");
+    let c = backend("canary");
+    let px = Cohort::start(&cfg(&[&s], &[&c], false, HC));
+    let u = &users_of("canary", 1)[0];
+    c.set_healthy(false);
+    let mut cl = px.client();
+    let got = wait_for(Duration::from_secs(3), || {
+        cl.get("/", &[("x-user-id", u)]).status == 503
+    });
+    assert!(got.is_some());
+    let r = cl.get("/", &[("x-user-id", u)]);
+    assert_eq!(r.status, 503);
+    assert_eq!(r.header("retry-after"), Some("1"));
+    assert!(r.text().len() < 100 && r.text().contains("no healthy backend"));
+    assert_eq!(
+        cl.get("/", &[("x-user-id", &users_of("stable", 1)[0])])
+            .status,
+        200,
+        "stable unaffected"
+    );
+}
+
+#[test]
+fn tcp_checks_mark_a_closed_port_down() {
+    let s = backend("stable");
+    let (c1, c2) = (backend("canary-1"), backend("canary-2"));
+    let tcp = "health_check = { interval_ms = 200, timeout_ms = 150, unhealthy_after = 1, healthy_after = 1 }";
+    let px = Cohort::start(&cfg(&[&s], &[&c1, &c2], true, tcp));
+    c2.stop();
+    let down = wait_for(Duration::from_secs(3), || {
+        px.status()["services"][0]["variants"][1]["backends"][1]["healthy"] == false
+    });
+    assert!(down.is_some(), "TCP check saw the closed port");
+    assert_eq!(
+        px.status()["services"][0]["variants"][1]["backends"][0]["healthy"],
+        true
+    );
+}
+
+#[test]
+fn without_checks_a_connect_failure_ejects_the_backend_passively() {
+    let s = backend("stable");
+    let c1 = backend("canary-1");
+    let c2 = backend("canary-2");
+    let px = Cohort::start(&cfg(&[&s], &[&c1, &c2], true, ""));
+    c1.stop();
+    let mut cl = px.client();
+    for u in users_of("canary", 30) {
+        let r = cl.get("/", &[("x-user-id", &u)]);
+        assert_eq!(r.status, 200, "retried on the other canary backend");
+        assert_eq!(r.backend(), "canary-2");
+    }
+    let m = px.metrics();
+    // only the first request tried the dead backend; it is then ejected for 10 s
+    assert!(
+        m.contains(
+            "cohort_upstream_errors_total{kind=\"connect\",service=\"api\",variant=\"canary\"} 1"
+        ),
+        "{m}"
+    );
+    assert_eq!(
+        px.status()["services"][0]["variants"][1]["backends"][0]["healthy"],
+        false
+    );
+}
+
+#[test]
+fn slow_upstream_gives_504() {
+    let s = backend("stable");
+    let cfg = format!(
+        "[server]\nlisten = [\"@LISTEN@\"]\nadmin = \"@ADMIN@\"\nthreads = 1\n[[service]]\nname = \"api\"\n[[service.variant]]\nname = \"stable\"\nweight = 1\nread_timeout_ms = 300\nbackends = [\"{}\"]\n",
+        s.addr
+    );
+    let px = Cohort::start(&cfg);
+    let r = px.client().get("/?sleep_ms=1500", &[]);
+    assert_eq!(r.status, 504, "{}", r.text());
+    assert!(r.text().contains("timeout"));
+    assert_eq!(px.client().get("/", &[]).status, 200);
+    assert!(px.metrics().contains(
+        "cohort_upstream_errors_total{kind=\"timeout\",service=\"api\",variant=\"stable\"} 1"
+    ));
+}
+
+#[test]
+fn broken_upstream_response_gives_502() {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for mut s in l.incoming().flatten() {
+            let mut buf = [0u8; 4096];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(b"HTTP/1.1 abc nonsense\r\n\x00\x01garbage\r\n\r\n");
+        }
+    });
+    let cfg = format!(
+        "[server]\nlisten = [\"@LISTEN@\"]\nadmin = \"@ADMIN@\"\nthreads = 1\n[[service]]\nname = \"api\"\n[[service.variant]]\nname = \"stable\"\nweight = 1\nbackends = [\"{addr}\"]\n"
+    );
+    let px = Cohort::start(&cfg);
+    let r = px.client().get("/", &[]);
+    assert_eq!(r.status, 502, "{}", r.text());
+    assert!(r.text().contains("bad gateway"));
+}
+
+#[test]
+fn health_state_carries_over_a_reload() {
+    let s = backend("stable");
+    let (c1, c2) = (backend("canary-1"), backend("canary-2"));
+    let slow_hc = "health_check = { path = \"/healthz\", interval_ms = 200, timeout_ms = 150, unhealthy_after = 1, healthy_after = 50 }";
+    let px = Cohort::start(&cfg(&[&s], &[&c1, &c2], true, HC));
+    c1.set_healthy(false);
+    let down = wait_for(Duration::from_secs(3), || {
+        px.status()["services"][0]["variants"][1]["backends"][0]["healthy"] == false
+    });
+    assert!(down.is_some());
+    c1.set_healthy(true);
+    // canary-1 answers its checks again, but the reloaded config needs 50 successes
+    // (10 s) to bring it back: only carried-over state keeps it down. A fresh start
+    // would call it healthy.
+    px.rewrite(
+        &cfg(&[&s], &[&c1, &c2], true, slow_hc)
+            .replace("weight = 50\nbackends = [\"", "weight = 49\nbackends = [\""),
+    );
+    assert_eq!(px.post_reload().1["result"], "applied");
+    let st = px.status();
+    let b = &st["services"][0]["variants"][1]["backends"];
+    assert_eq!(
+        b[0]["healthy"], false,
+        "known-down backend stays down across the reload"
+    );
+    assert_eq!(b[1]["healthy"], true, "healthy backend stays healthy");
+    let mut cl = px.client();
+    for u in users_of("canary", 10) {
+        let r = cl.get("/", &[("x-user-id", &u)]);
+        if r.upstream_header("x-cohort-variant").as_deref() == Some("canary") {
+            assert_eq!(
+                r.backend(),
+                "canary-2",
+                "no traffic to the known-down backend"
+            );
+        }
+    }
+}
