@@ -26,4 +26,5 @@ pub mod routing;
 pub mod server;
 pub mod simulate;
 pub mod state;
+pub mod tls;
 pub mod upstream;

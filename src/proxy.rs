@@ -21,11 +21,9 @@ pub const VARIANT_HEADER: &str = "x-cohort-variant";
 pub const REASON_HEADER: &str = "x-cohort-reason";
 const COHORT_PREFIX: &[u8] = b"x-cohort-";
 
-/// The proxy service. `tls` marks the listener kind it serves (for cookies and
-/// `X-Forwarded-Proto`).
+/// The proxy service (plaintext and TLS listeners alike).
 pub struct CohortProxy {
     pub state: Arc<State>,
-    pub tls: bool,
 }
 
 /// Per-request state.
@@ -41,6 +39,8 @@ pub struct Ctx {
     /// Backend whose connect failed (the retry avoids it).
     failed: Option<SocketAddr>,
     retried: bool,
+    /// The request came over TLS (cookies get `Secure`, `X-Forwarded-Proto: https`).
+    tls: bool,
     /// Request header received (new_ctx runs right after it is read).
     start: Instant,
     /// When the current attempt's request went upstream.
@@ -110,6 +110,7 @@ impl ProxyHttp for CohortProxy {
             reason: None,
             failed: None,
             retried: false,
+            tls: false,
             start: Instant::now(),
             upstream_start: None,
             upstream_addr: None,
@@ -119,6 +120,7 @@ impl ProxyHttp for CohortProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let table = self.state.table();
+        ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let req = session.req_header();
         let view = RequestView {
             headers: &req.headers,
@@ -303,7 +305,7 @@ impl ProxyHttp for CohortProxy {
         let peer_trusted =
             peer.is_some_and(|ip| table.router.trusted_proxies.iter().any(|n| n.contains(&ip)));
         if !(peer_trusted && up.headers.contains_key("x-forwarded-proto")) {
-            up.insert_header("x-forwarded-proto", if self.tls { "https" } else { "http" })?;
+            up.insert_header("x-forwarded-proto", if ctx.tls { "https" } else { "http" })?;
         }
         Ok(())
     }
@@ -322,7 +324,7 @@ impl ProxyHttp for CohortProxy {
             resp.insert_header(h.clone(), service.variant_name(ctx.served))?;
         }
         if let (Some(id), Some(name)) = (&d.new_cookie, &service.cfg.assign_cookie) {
-            let secure = if self.tls { "; Secure" } else { "" };
+            let secure = if ctx.tls { "; Secure" } else { "" };
             let cookie = format!(
                 "{name}={}; Path=/; Max-Age={}; HttpOnly; SameSite=Lax{secure}",
                 id.as_str(),

@@ -112,7 +112,9 @@ impl Reloader {
         };
         let current = self.state.table();
         let version = version_of(text.as_bytes());
-        if version == current.config.version {
+        let certs_unchanged =
+            crate::tls::files_digest(&current.config.server.tls) == current.certs.digest;
+        if version == current.config.version && certs_unchanged {
             return Outcome::Unchanged { version };
         }
         let mut config = match Config::parse(&text) {
@@ -152,6 +154,10 @@ pub fn upgrade_only_changes(running: &ServerConfig, new: &ServerConfig) -> Vec<S
     }
     if running.pid_file != new.pid_file {
         out.push("server.pid_file".to_string());
+    }
+    let tls_addrs = |s: &ServerConfig| s.tls.iter().map(|t| t.listen).collect::<Vec<_>>();
+    if tls_addrs(running) != tls_addrs(new) {
+        out.push("server.tls.listen".to_string());
     }
     if running.access_log != new.access_log {
         out.push("server.access_log".to_string());

@@ -11,8 +11,10 @@ use crate::proxy::CohortProxy;
 use crate::reload::{ReloadTriggers, Reloader};
 use crate::routing::RoutingTable;
 use crate::state::State;
+use crate::tls::CertResolver;
 use crate::upstream::health::HealthService;
 use async_trait::async_trait;
+use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::ExecutionPhase;
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
@@ -111,12 +113,24 @@ pub fn run_table(
         &server.configuration,
         CohortProxy {
             state: state.clone(),
-            tls: false,
         },
         "cohort proxy",
     );
     for addr in &server_cfg.listen {
         proxy.add_tcp(&addr.to_string());
+    }
+    for t in &server_cfg.tls {
+        let resolver = CertResolver {
+            state: state.clone(),
+            listen: t.listen,
+        };
+        let mut settings =
+            TlsSettings::with_callbacks(Box::new(resolver)).map_err(|e| ConfigError::Io {
+                path: format!("server.tls {}", t.listen),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+        settings.enable_h2();
+        proxy.add_tls_with_settings(&t.listen.to_string(), None, settings);
     }
     server.add_service(proxy);
 

@@ -32,6 +32,17 @@ pub struct ServerFile {
     pub pid_file: Option<String>,
     pub access_log: Option<String>,
     pub access_log_keys: Option<bool>,
+    #[serde(default)]
+    pub tls: Vec<TlsFile>,
+}
+
+/// `[[server.tls]]`: a TLS listener.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFile {
+    pub listen: String,
+    pub cert: String,
+    pub key: String,
 }
 
 /// `[[service]]`.

@@ -43,6 +43,17 @@ pub struct ServerConfig {
     pub access_log: crate::access_log::Target,
     /// Include the cohort key in access log lines.
     pub access_log_keys: bool,
+    /// TLS listeners (HTTP/1.1 and HTTP/2 via ALPN).
+    pub tls: Vec<TlsListener>,
+}
+
+/// A `[[server.tls]]` listener; the PEM files are read when the table is compiled (at
+/// start and on every reload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsListener {
+    pub listen: SocketAddr,
+    pub cert: String,
+    pub key: String,
 }
 
 /// One `[[service]]`.

@@ -101,6 +101,24 @@ fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
             .unwrap_or_else(|| format!("/tmp/cohort-{port}.pid")),
         access_log: crate::access_log::Target::parse(f.access_log.as_deref().unwrap_or("off")),
         access_log_keys: f.access_log_keys.unwrap_or(false),
+        tls: f
+            .tls
+            .iter()
+            .enumerate()
+            .filter_map(|(i, t)| {
+                let p = format!("server.tls[{i}]");
+                for (field, v) in [("cert", &t.cert), ("key", &t.key)] {
+                    if v.is_empty() {
+                        errs.push(format!("{p}.{field}"), "must name a PEM file");
+                    }
+                }
+                socket_addr(&t.listen, &format!("{p}.listen"), errs).map(|listen| TlsListener {
+                    listen,
+                    cert: t.cert.clone(),
+                    key: t.key.clone(),
+                })
+            })
+            .collect(),
     }
 }
 

@@ -5,6 +5,7 @@
 use super::router::Router;
 use crate::config::{Config, ConfigError};
 use crate::metrics::TableMetrics;
+use crate::tls::Certificates;
 use crate::upstream::{self, Pool};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -18,6 +19,8 @@ pub struct RoutingTable {
     pub pools: Vec<Vec<Pool>>,
     /// Metric handles for this table's services and variants.
     pub metrics: TableMetrics,
+    /// Certificates of the TLS listeners, read from disk for this table.
+    pub certs: Certificates,
     pub loaded_at: SystemTime,
 }
 
@@ -36,6 +39,13 @@ impl RoutingTable {
             }
             pools.push(vp);
         }
+        let certs = match crate::tls::load(&config.server.tls) {
+            Ok(c) => c,
+            Err(e) => {
+                errs.extend(e);
+                Certificates::default()
+            }
+        };
         if !errs.is_empty() {
             return Err(ConfigError::Invalid(errs));
         }
@@ -54,6 +64,7 @@ impl RoutingTable {
             config: Arc::new(config),
             pools,
             metrics,
+            certs,
             loaded_at: SystemTime::now(),
         };
         table.refresh_backend_up();

@@ -48,8 +48,18 @@ impl Cohort {
         Self::start_with_args(config, &[])
     }
 
+    /// Like [`Cohort::start`], after `prepare` has written files into the instance's dir.
+    pub fn start_prepared(config: &str, prepare: impl FnOnce(&Path)) -> Cohort {
+        Self::start_full(config, &[], prepare)
+    }
+
     pub fn start_with_args(config: &str, extra: &[&str]) -> Cohort {
+        Self::start_full(config, extra, |_| {})
+    }
+
+    fn start_full(config: &str, extra: &[&str], prepare: impl FnOnce(&Path)) -> Cohort {
         let dir = tempfile::tempdir().expect("tempdir");
+        prepare(dir.path());
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
         let text = render(config, addr, admin, dir.path());

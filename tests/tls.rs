@@ -1,0 +1,221 @@
+#![allow(clippy::unwrap_used)]
+//! TLS termination through the real binary: HTTP/1.1 and HTTP/2 (ALPN) with a certificate
+//! generated at test time, `Secure` cookies and `X-Forwarded-Proto: https`, certificate
+//! rotation on reload, and bad certificate files rejected with their field path.
+
+mod common;
+use common::*;
+use openssl::asn1::Asn1Time;
+use openssl::bn::BigNum;
+use openssl::hash::MessageDigest;
+use openssl::pkey::PKey;
+use openssl::rsa::Rsa;
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode};
+use openssl::x509::extension::SubjectAlternativeName;
+use openssl::x509::{X509NameBuilder, X509};
+use std::io::{BufReader, Write};
+use std::net::TcpStream;
+use std::path::Path;
+
+/// Writes a self-signed certificate for 127.0.0.1/localhost; returns its SHA-256.
+fn write_cert(dir: &Path, serial: u32) -> Vec<u8> {
+    let key = PKey::from_rsa(Rsa::generate(2048).unwrap()).unwrap();
+    let mut name = X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", &format!("cohort-test-{serial}"))
+        .unwrap();
+    let name = name.build();
+    let mut b = X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    b.set_serial_number(&BigNum::from_u32(serial).unwrap().to_asn1_integer().unwrap())
+        .unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&Asn1Time::days_from_now(2).unwrap())
+        .unwrap();
+    let san = SubjectAlternativeName::new()
+        .dns("localhost")
+        .ip("127.0.0.1")
+        .build(&b.x509v3_context(None, None))
+        .unwrap();
+    b.append_extension(san).unwrap();
+    b.sign(&key, MessageDigest::sha256()).unwrap();
+    let cert = b.build();
+    std::fs::write(dir.join("tls.crt"), cert.to_pem().unwrap()).unwrap();
+    std::fs::write(dir.join("tls.key"), key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    cert.digest(MessageDigest::sha256()).unwrap().to_vec()
+}
+
+struct Tls {
+    px: Cohort,
+    tls_port: u16,
+    _s: EchoBackend,
+}
+
+fn start() -> Tls {
+    let s = backend("stable");
+    let tls_port = free_port();
+    let cfg = format!(
+        "[server]\nlisten = [\"@LISTEN@\"]\nadmin = \"@ADMIN@\"\nthreads = 2\n[[server.tls]]\nlisten = \"127.0.0.1:{tls_port}\"\ncert = \"@DIR@/tls.crt\"\nkey = \"@DIR@/tls.key\"\n\n[[service]]\nname = \"api\"\nkey = [\"header:x-user-id\"]\nassign_cookie = \"cid\"\n[[service.variant]]\nname = \"stable\"\nweight = 1\nbackends = [\"{}\"]\n",
+        s.addr
+    );
+    // the certificate must exist in the instance's dir before it starts
+    let px = Cohort::start_prepared(&cfg, |d| {
+        write_cert(d, 1);
+    });
+    Tls {
+        px,
+        tls_port,
+        _s: s,
+    }
+}
+
+/// Connects with TLS (verifying against the test certificate); returns the stream and the
+/// served certificate's SHA-256 and the negotiated ALPN protocol.
+fn connect(t: &Tls, alpn: &[u8]) -> (openssl::ssl::SslStream<TcpStream>, Vec<u8>, Option<Vec<u8>>) {
+    let mut c = SslConnector::builder(SslMethod::tls()).unwrap();
+    c.set_verify(SslVerifyMode::NONE);
+    c.set_alpn_protos(alpn).unwrap();
+    let c = c.build();
+    let tcp = TcpStream::connect(("127.0.0.1", t.tls_port)).unwrap();
+    let s = c.connect("localhost", tcp).unwrap();
+    let fp = s
+        .ssl()
+        .peer_certificate()
+        .unwrap()
+        .digest(MessageDigest::sha256())
+        .unwrap()
+        .to_vec();
+    let proto = s.ssl().selected_alpn_protocol().map(|p| p.to_vec());
+    (s, fp, proto)
+}
+
+#[test]
+fn http1_over_tls_sets_secure_cookies_and_forwarded_proto_https() {
+    let t = start();
+    let (mut s, _, proto) = connect(&t, b"\x08http/1.1");
+    assert_eq!(proto.as_deref(), Some(&b"http/1.1"[..]));
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    let mut r = BufReader::new(s);
+    let resp = read_tls_response(&mut r);
+    assert_eq!(resp.0, 200);
+    let cookie = resp
+        .1
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("set-cookie"))
+        .map(|(_, v)| v.clone())
+        .unwrap();
+    assert!(cookie.ends_with("; Secure"), "{cookie}");
+    let body: serde_json::Value = serde_json::from_slice(&resp.2).unwrap();
+    assert_eq!(body["headers"]["x-forwarded-proto"], "https");
+    // plaintext listener: no Secure, proto http
+    let plain = t.px.client().get("/x", &[]);
+    assert!(!plain.header("set-cookie").unwrap().contains("Secure"));
+    assert_eq!(
+        plain.upstream_header("x-forwarded-proto").as_deref(),
+        Some("http")
+    );
+}
+
+fn read_tls_response<R: std::io::BufRead>(r: &mut R) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':').unwrap();
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.parse().unwrap())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    std::io::Read::read_exact(r, &mut body).unwrap();
+    (status, headers, body)
+}
+
+#[test]
+fn http2_is_negotiated_by_alpn_and_served() {
+    let t = start();
+    let (_, _, proto) = connect(&t, b"\x02h2\x08http/1.1");
+    assert_eq!(proto.as_deref(), Some(&b"h2"[..]), "h2 offered via ALPN");
+    let out = std::process::Command::new("curl")
+        .args([
+            "-sk",
+            "--http2",
+            "-H",
+            "x-user-id: alice",
+            "-w",
+            "\n%{http_version}",
+        ])
+        .arg(format!("https://127.0.0.1:{}/h2", t.tls_port))
+        .output();
+    let Ok(out) = out else {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "curl is required in CI"
+        );
+        eprintln!("curl not found: skipping the HTTP/2 request");
+        return;
+    };
+    let text = String::from_utf8_lossy(&out.stdout);
+    let (body, version) = text.rsplit_once('\n').unwrap();
+    assert_eq!(version, "2", "served over HTTP/2: {text}");
+    let v: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(v["backend"], "stable");
+    assert_eq!(v["headers"]["x-forwarded-proto"], "https");
+    assert_eq!(v["headers"]["x-cohort-reason"], "hash");
+}
+
+#[test]
+fn certificates_are_re_read_on_reload() {
+    let t = start();
+    let (_, fp1, _) = connect(&t, b"\x08http/1.1");
+    let fp2 = write_cert(t.px.dir.path(), 2);
+    assert_ne!(fp1, fp2);
+    let (code, body) = t.px.post_reload();
+    assert_eq!(
+        (code, body["result"].as_str()),
+        (200, Some("applied")),
+        "{body}"
+    );
+    let (_, served, _) = connect(&t, b"\x08http/1.1");
+    assert_eq!(served, fp2, "new handshakes get the new certificate");
+    let (_, body) = t.px.post_reload();
+    assert_eq!(body["result"], "unchanged");
+}
+
+#[test]
+fn bad_certificate_files_are_rejected_with_their_field_path() {
+    let t = start();
+    std::fs::write(t.px.dir.path().join("tls.key"), "not a key").unwrap();
+    let (code, body) = t.px.post_reload();
+    assert_eq!(code, 400);
+    let errs = body["errors"].to_string();
+    assert!(errs.contains("server.tls[0].key"), "{errs}");
+    // the old certificate keeps serving
+    let (mut s, _, _) = connect(&t, b"\x08http/1.1");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\nx-user-id: u\r\n\r\n")
+        .unwrap();
+    assert_eq!(read_tls_response(&mut BufReader::new(s)).0, 200);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("c.toml");
+    std::fs::write(&cfg, "[server]\nlisten = [\"127.0.0.1:1\"]\n[[server.tls]]\nlisten = \"127.0.0.1:2\"\ncert = \"/nonexistent.crt\"\nkey = \"/nonexistent.key\"\n[[service]]\nname = \"a\"\n[[service.variant]]\nname = \"v\"\nweight = 1\nbackends = [\"127.0.0.1:3\"]\n").unwrap();
+    let (code, _, err) = cohort_cmd(&["check", "-c", cfg.to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("server.tls[0].cert") && err.contains("server.tls[0].key"),
+        "{err}"
+    );
+}
