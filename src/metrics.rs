@@ -170,6 +170,9 @@ impl Metrics {
     }
 }
 
+/// Status codes created at 0 for every variant when a table is built.
+const PRECREATED_CODES: [u16; 5] = [200, 500, 502, 503, 504];
+
 /// Status codes 100..=599 map to one slot each (anything else is clamped into range).
 const CODE_SLOTS: usize = 500;
 
@@ -205,6 +208,27 @@ impl VariantMetrics {
     }
 
     fn new(service: &str, variant: &str, reasons: &[String]) -> VariantMetrics {
+        let v = Self::resolve(service, variant, reasons);
+        // Create the common codes at 0, so `rate()` sees the first 5xx of a variant.
+        for code in PRECREATED_CODES {
+            v.code_counter(code);
+        }
+        v
+    }
+
+    fn code_counter(&self, code: u16) -> Option<&IntCounter> {
+        let slot = (code.clamp(100, 599) - 100) as usize;
+        self.codes.get(slot).map(|cell| {
+            cell.get_or_init(|| {
+                let c = (slot + 100).to_string();
+                METRICS
+                    .requests
+                    .with_label_values(&[&self.service, &self.variant, &c])
+            })
+        })
+    }
+
+    fn resolve(service: &str, variant: &str, reasons: &[String]) -> VariantMetrics {
         let m = &*METRICS;
         VariantMetrics {
             service: service.to_string(),
@@ -249,15 +273,8 @@ impl VariantMetrics {
     /// Counts one response with status `code`.
     #[inline]
     fn record_status(&self, code: u16) {
-        let slot = (code.clamp(100, 599) - 100) as usize;
-        if let Some(cell) = self.codes.get(slot) {
-            cell.get_or_init(|| {
-                let c = (slot + 100).to_string();
-                METRICS
-                    .requests
-                    .with_label_values(&[&self.service, &self.variant, &c])
-            })
-            .inc();
+        if let Some(c) = self.code_counter(code) {
+            c.inc();
         }
     }
 

@@ -8,6 +8,7 @@ use crate::state::{InFlight, State};
 use async_trait::async_trait;
 use bytes::Bytes;
 use http::header;
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -116,6 +117,14 @@ impl ProxyHttp for CohortProxy {
             upstream_addr: None,
             key: None,
         }
+    }
+
+    async fn early_request_filter(&self, session: &mut Session, _ctx: &mut Ctx) -> Result<()> {
+        // Serve HTTP/1.1 pipelined requests in order instead of dropping them.
+        if let ServerSession::H1(h1) = session.as_downstream_mut() {
+            h1.set_pipelining_enabled(true);
+        }
+        Ok(())
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
@@ -296,10 +305,13 @@ impl ProxyHttp for CohortProxy {
         up.insert_header(REASON_HEADER, service.reason_str(reason))?;
         let peer = peer_ip(session).map(|ip| ip.to_canonical());
         if let Some(ip) = peer {
-            let xff = match up.headers.get("x-forwarded-for") {
-                Some(prev) => format!("{}, {ip}", String::from_utf8_lossy(prev.as_bytes())),
-                None => ip.to_string(),
-            };
+            // Every hop the client (or proxies before us) listed, in order, then the peer.
+            let mut xff = String::new();
+            for v in up.headers.get_all("x-forwarded-for") {
+                xff.push_str(&String::from_utf8_lossy(v.as_bytes()));
+                xff.push_str(", ");
+            }
+            xff.push_str(&ip.to_string());
             up.insert_header("x-forwarded-for", xff)?;
         }
         let peer_trusted =
@@ -445,13 +457,23 @@ fn status_for(e: &Error) -> u16 {
     }
 }
 
+/// Whether a (lower-case) header name is `x-cohort-*`, also when spelled with `_`
+/// (CGI-style servers map `x_cohort_variant` and `x-cohort-variant` to the same name).
+fn is_cohort_header(name: &str) -> bool {
+    let n = name.as_bytes();
+    n.len() >= COHORT_PREFIX.len()
+        && n.iter()
+            .zip(COHORT_PREFIX)
+            .all(|(a, b)| a == b || (*a == b'_' && *b == b'-'))
+}
+
 /// Removes every client-sent `x-cohort-*` header (names are lower-case in `HeaderMap`).
 fn strip_cohort_headers(up: &mut RequestHeader) {
     loop {
         let found = up
             .headers
             .keys()
-            .find(|k| k.as_str().as_bytes().starts_with(COHORT_PREFIX))
+            .find(|k| is_cohort_header(k.as_str()))
             .cloned();
         match found {
             Some(name) => {

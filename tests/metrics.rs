@@ -248,24 +248,35 @@ fn upstream_errors_are_counted_by_kind() {
         "[server]\nlisten = [\"@LISTEN@\"]\nadmin = \"@ADMIN@\"\nthreads = 1\n[[service]]\nname = \"api\"\n[[service.variant]]\nname = \"stable\"\nweight = 1\nbackends = [\"{dead}\"]\n"
     );
     let px = Cohort::start(&cfg);
-    for _ in 0..3 {
-        assert_eq!(px.client().get("/", &[]).status, 502);
+    assert_eq!(px.client().get("/", &[]).status, 502);
+    // the failed connect ejected the only backend: later requests get 503 without trying
+    for _ in 0..2 {
+        assert_eq!(px.client().get("/", &[]).status, 503);
     }
     let m = scrape(&px.metrics());
-    // one connect error per attempt: the request and its one retry
+    let v = |k: &str| val(&m, k);
     assert_eq!(
-        val(
-            &m,
-            r#"cohort_upstream_errors_total{kind="connect",service="api",variant="stable"}"#
-        ),
-        3.0
+        v(r#"cohort_upstream_errors_total{kind="connect",service="api",variant="stable"}"#),
+        1.0
     );
     assert_eq!(
-        val(
-            &m,
-            r#"cohort_requests_total{code="502",service="api",variant="stable"}"#
-        ),
-        3.0
+        v(r#"cohort_requests_total{code="502",service="api",variant="stable"}"#),
+        1.0
+    );
+    assert_eq!(
+        v(r#"cohort_requests_total{code="503",service="api",variant="stable"}"#),
+        2.0
+    );
+    assert_eq!(
+        v(r#"cohort_requests_total{code="504",service="api",variant="stable"}"#),
+        0.0,
+        "pre-created"
+    );
+    assert_eq!(
+        v(&format!(
+            r#"cohort_backend_up{{backend="{dead}",service="api",variant="stable"}}"#
+        )),
+        0.0
     );
 }
 
