@@ -7,7 +7,7 @@
 use std::fs::OpenOptions;
 use std::io::{BufWriter, Write};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::mpsc::{sync_channel, RecvTimeoutError, SyncSender, TrySendError};
+use std::sync::mpsc::{sync_channel, Receiver, RecvTimeoutError, SyncSender, TrySendError};
 use std::time::Duration;
 
 const QUEUE: usize = 65_536;
@@ -39,39 +39,37 @@ pub struct AccessLog {
     pub include_keys: bool,
 }
 
+/// The receiving side: drains the queue into the target. Run by [`AccessLogWriter::start`]
+/// as a background service, i.e. after Pingora daemonizes (a fork keeps no threads).
+pub struct AccessLogWriter {
+    parts: std::sync::Mutex<Option<WriterParts>>,
+}
+
+type WriterParts = (Receiver<String>, Box<dyn Write + Send>);
+
 impl AccessLog {
-    /// Opens the target and starts the writer thread; `None` for [`Target::Off`].
-    pub fn open(target: &Target, include_keys: bool) -> std::io::Result<Option<AccessLog>> {
+    /// Opens the target; `None` for [`Target::Off`]. Lines are written once the returned
+    /// writer runs.
+    pub fn open(
+        target: &Target,
+        include_keys: bool,
+    ) -> std::io::Result<Option<(AccessLog, AccessLogWriter)>> {
         let out: Box<dyn Write + Send> = match target {
             Target::Off => return Ok(None),
             Target::Stdout => Box::new(std::io::stdout()),
             Target::File(p) => Box::new(OpenOptions::new().create(true).append(true).open(p)?),
         };
         let (tx, rx) = sync_channel::<String>(QUEUE);
-        std::thread::Builder::new()
-            .name("cohort-access-log".to_string())
-            .spawn(move || {
-                let mut w = BufWriter::with_capacity(64 * 1024, out);
-                loop {
-                    match rx.recv_timeout(FLUSH_EVERY) {
-                        Ok(line) => {
-                            let _ = w.write_all(line.as_bytes());
-                        }
-                        Err(RecvTimeoutError::Timeout) => {
-                            let _ = w.flush();
-                        }
-                        Err(RecvTimeoutError::Disconnected) => {
-                            let _ = w.flush();
-                            return;
-                        }
-                    }
-                }
-            })?;
-        Ok(Some(AccessLog {
-            tx,
-            dropped: AtomicU64::new(0),
-            include_keys,
-        }))
+        Ok(Some((
+            AccessLog {
+                tx,
+                dropped: AtomicU64::new(0),
+                include_keys,
+            },
+            AccessLogWriter {
+                parts: std::sync::Mutex::new(Some((rx, out))),
+            },
+        )))
     }
 
     /// Queues one line (which must end with `\n`); never blocks.
@@ -81,6 +79,39 @@ impl AccessLog {
             if n.is_power_of_two() {
                 log::warn!("access log writer is behind: {n} lines dropped so far");
             }
+        }
+    }
+}
+
+fn drain(rx: Receiver<String>, out: Box<dyn Write + Send>) {
+    let mut w = BufWriter::with_capacity(64 * 1024, out);
+    loop {
+        match rx.recv_timeout(FLUSH_EVERY) {
+            Ok(line) => {
+                let _ = w.write_all(line.as_bytes());
+            }
+            Err(RecvTimeoutError::Timeout) => {
+                let _ = w.flush();
+            }
+            Err(RecvTimeoutError::Disconnected) => {
+                let _ = w.flush();
+                return;
+            }
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for AccessLogWriter {
+    async fn start(&self, _shutdown: pingora_core::server::ShutdownWatch) {
+        let Some((rx, out)) = self.parts.lock().ok().and_then(|mut p| p.take()) else {
+            return;
+        };
+        if let Err(e) = std::thread::Builder::new()
+            .name("cohort-access-log".to_string())
+            .spawn(move || drain(rx, out))
+        {
+            log::error!("cannot start the access log writer: {e}");
         }
     }
 }

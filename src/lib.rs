@@ -19,6 +19,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod explain;
+pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;
 pub mod reload;

@@ -6,6 +6,7 @@
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::config::{Config, ConfigError, ServerConfig};
+use crate::lifecycle::{IdleExit, Signals};
 use crate::metrics::METRICS;
 use crate::proxy::CohortProxy;
 use crate::reload::{ReloadTriggers, Reloader};
@@ -13,19 +14,15 @@ use crate::routing::RoutingTable;
 use crate::state::State;
 use crate::tls::CertResolver;
 use crate::upstream::health::HealthService;
-use async_trait::async_trait;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::server::configuration::{Opt, ServerConf};
-use pingora_core::server::ExecutionPhase;
-use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use std::time::Duration;
-use tokio::signal::unix::{signal, SignalKind};
 
 /// How `cohort run` was invoked.
 #[derive(Debug, Clone, Default)]
@@ -98,6 +95,10 @@ pub fn run_table(
                 source,
             }
         })?;
+    let (access_log, access_log_writer) = match access_log {
+        Some((log, writer)) => (Some(log), Some(writer)),
+        None => (None, None),
+    };
     let state = Arc::new(State::with_access_log(table, access_log));
     let reloader = reloadable.then(|| Arc::new(Reloader::new(state.clone(), opts.clone())));
     let opt = Opt {
@@ -164,7 +165,14 @@ pub fn run_table(
             log::warn!("cannot write pid_file {}: {e}", server_cfg.pid_file);
         }
     }
-    exit_when_idle_after_shutdown(&server, state.clone());
+    // Started by Pingora after it daemonizes (a fork keeps no other thread).
+    if let Some(w) = access_log_writer {
+        server.add_service(background_service("cohort access log", w));
+    }
+    server.add_service(background_service(
+        "cohort idle exit",
+        IdleExit::new(server.watch_execution_phase(), state.clone()),
+    ));
 
     log::info!(
         "cohort {} serving on {:?} (admin {:?}), config version {}",
@@ -180,81 +188,4 @@ pub fn run_table(
         }),
     });
     Ok(())
-}
-
-/// Once Pingora stops accepting (SIGTERM after the drain delay, or SIGQUIT after the
-/// hand-over), exit as soon as no request is in flight instead of sleeping the whole
-/// `shutdown_timeout_secs`; Pingora still enforces that limit for slow requests.
-fn exit_when_idle_after_shutdown(server: &Server, state: Arc<State>) {
-    let mut phases = server.watch_execution_phase();
-    let spawned = std::thread::Builder::new()
-        .name("cohort-exit".to_string())
-        .spawn(move || loop {
-            match phases.blocking_recv() {
-                Ok(ExecutionPhase::ShutdownGracePeriod) => {
-                    // Let connections that were mid-request register before counting.
-                    std::thread::sleep(Duration::from_millis(100));
-                    let mut idle_polls = 0;
-                    while idle_polls < 3 {
-                        std::thread::sleep(Duration::from_millis(50));
-                        idle_polls = if state.in_flight() == 0 {
-                            idle_polls + 1
-                        } else {
-                            0
-                        };
-                    }
-                    log::info!("no request in flight: exiting");
-                    std::process::exit(0);
-                }
-                Ok(_) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
-                Err(_) => return,
-            }
-        });
-    if let Err(e) = spawned {
-        log::warn!("cannot start the idle-exit watcher: {e}");
-    }
-}
-
-/// Maps Unix signals to Pingora's shutdown kinds, with the SIGTERM drain delay first.
-struct Signals {
-    state: Arc<State>,
-    drain_delay: Duration,
-}
-
-#[async_trait]
-impl ShutdownSignalWatch for Signals {
-    async fn recv(&self) -> ShutdownSignal {
-        let (Ok(mut quit), Ok(mut term), Ok(mut int)) = (
-            signal(SignalKind::quit()),
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) else {
-            log::error!("cannot install signal handlers; stopping");
-            return ShutdownSignal::FastShutdown;
-        };
-        tokio::select! {
-            _ = quit.recv() => {
-                log::info!("SIGQUIT: handing the listening sockets to the new process");
-                ShutdownSignal::GracefulUpgrade
-            }
-            _ = term.recv() => {
-                self.state.start_draining();
-                log::info!(
-                    "SIGTERM: draining; /readyz answers 503, still accepting for {:?}",
-                    self.drain_delay
-                );
-                tokio::select! {
-                    _ = tokio::time::sleep(self.drain_delay) => {
-                        log::info!("drain delay over: stopping accepting, finishing in-flight requests");
-                        ShutdownSignal::GracefulTerminate
-                    }
-                    _ = int.recv() => ShutdownSignal::FastShutdown,
-                }
-            }
-            _ = int.recv() => {
-                log::info!("SIGINT: stopping now");
-                ShutdownSignal::FastShutdown
-            }
-        }
-    }
 }

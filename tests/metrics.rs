@@ -19,6 +19,24 @@ fn scrape(text: &str) -> HashMap<String, f64> {
         .collect()
 }
 
+/// Scrapes once `cohort_requests_total` adds up to `total`: the proxy counts a request in
+/// its logging phase, just after the client has the response.
+fn settled(px: &Cohort, total: f64) -> HashMap<String, f64> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(3);
+    loop {
+        let m = scrape(&px.metrics());
+        let sum: f64 = m
+            .iter()
+            .filter(|(k, _)| k.starts_with("cohort_requests_total{"))
+            .map(|(_, v)| v)
+            .sum();
+        if sum >= total || std::time::Instant::now() > deadline {
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 fn val(m: &HashMap<String, f64>, key: &str) -> f64 {
     *m.get(key).unwrap_or_else(|| panic!("missing series {key}"))
 }
@@ -85,7 +103,7 @@ fn counters_count_exactly_what_was_sent_per_variant_code_and_reason() {
     for _ in 0..5 {
         assert_eq!(cl.get("/elsewhere", &[]).status, 404);
     }
-    let m = scrape(&px.metrics());
+    let m = settled(&px, 200.0 + 7.0 + 11.0 + 5.0);
     let h = |v: &str| f64::from(*hashed.get(v).unwrap_or(&0));
     let n = |v: &str| f64::from(*minted.get(v).unwrap_or(&0));
     assert_eq!(
@@ -253,7 +271,7 @@ fn upstream_errors_are_counted_by_kind() {
     for _ in 0..2 {
         assert_eq!(px.client().get("/", &[]).status, 503);
     }
-    let m = scrape(&px.metrics());
+    let m = settled(&px, 3.0);
     let v = |k: &str| val(&m, k);
     assert_eq!(
         v(r#"cohort_upstream_errors_total{kind="connect",service="api",variant="stable"}"#),
@@ -288,6 +306,7 @@ fn reload_updates_weights_and_deletes_series_of_removed_variants() {
     for i in 0..50 {
         cl.get("/api/", &[("x-user-id", &format!("k{i}"))]);
     }
+    settled(&px, 50.0);
     let before = px.metrics();
     assert!(before.contains(r#"variant="canary""#));
     let only_stable = format!(

@@ -1,0 +1,103 @@
+//! Process lifecycle: Unix signals mapped to Pingora's shutdown kinds (with the SIGTERM
+//! drain delay first), and the early exit once no request is in flight after shutdown.
+
+use crate::state::State;
+use async_trait::async_trait;
+use pingora_core::server::{ExecutionPhase, ShutdownSignal, ShutdownSignalWatch, ShutdownWatch};
+use pingora_core::services::background::BackgroundService;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio::sync::broadcast;
+
+/// Once Pingora stops accepting (SIGTERM after the drain delay, or SIGQUIT after the
+/// hand-over), exit as soon as no request is in flight instead of sleeping the whole
+/// `shutdown_timeout_secs`; Pingora still enforces that limit for slow requests. Runs as
+/// a background service, so it also works after `--daemon` forks.
+pub struct IdleExit {
+    phases: Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
+    state: Arc<State>,
+}
+
+impl IdleExit {
+    pub fn new(phases: broadcast::Receiver<ExecutionPhase>, state: Arc<State>) -> IdleExit {
+        IdleExit {
+            phases: Mutex::new(Some(phases)),
+            state,
+        }
+    }
+}
+
+#[async_trait]
+impl BackgroundService for IdleExit {
+    // The shutdown watch is ignored on purpose: this task must outlive the broadcast.
+    async fn start(&self, _shutdown: ShutdownWatch) {
+        let Some(mut phases) = self.phases.lock().ok().and_then(|mut p| p.take()) else {
+            return;
+        };
+        loop {
+            match phases.recv().await {
+                Ok(ExecutionPhase::ShutdownGracePeriod) => break,
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return,
+            }
+        }
+        // Let connections that were mid-request register before counting.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let mut idle_polls = 0;
+        while idle_polls < 3 {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            idle_polls = if self.state.in_flight() == 0 {
+                idle_polls + 1
+            } else {
+                0
+            };
+        }
+        log::info!("no request in flight: exiting");
+        std::process::exit(0);
+    }
+}
+
+/// Maps Unix signals to Pingora's shutdown kinds, with the SIGTERM drain delay first.
+pub struct Signals {
+    pub state: Arc<State>,
+    pub drain_delay: Duration,
+}
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        let (Ok(mut quit), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            log::error!("cannot install signal handlers; stopping");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = quit.recv() => {
+                log::info!("SIGQUIT: handing the listening sockets to the new process");
+                ShutdownSignal::GracefulUpgrade
+            }
+            _ = term.recv() => {
+                self.state.start_draining();
+                log::info!(
+                    "SIGTERM: draining; /readyz answers 503, still accepting for {:?}",
+                    self.drain_delay
+                );
+                tokio::select! {
+                    _ = tokio::time::sleep(self.drain_delay) => {
+                        log::info!("drain delay over: stopping accepting, finishing in-flight requests");
+                        ShutdownSignal::GracefulTerminate
+                    }
+                    _ = int.recv() => ShutdownSignal::FastShutdown,
+                }
+            }
+            _ = int.recv() => {
+                log::info!("SIGINT: stopping now");
+                ShutdownSignal::FastShutdown
+            }
+        }
+    }
+}
