@@ -35,8 +35,23 @@ pub enum Command {
     /// Serve: proxy on server.listen, admin API on server.admin.
     Run {
         /// Config file (TOML).
-        #[arg(short, long, value_name = "FILE")]
-        config: PathBuf,
+        #[arg(
+            short,
+            long,
+            value_name = "FILE",
+            required_unless_present = "config_url",
+            conflicts_with = "config_url"
+        )]
+        config: Option<PathBuf>,
+        /// Fleet config source: an http(s) URL polled with If-None-Match.
+        #[arg(long, value_name = "URL")]
+        config_url: Option<String>,
+        /// Poll interval of --config-url, in seconds.
+        #[arg(long, value_name = "N", default_value_t = 10)]
+        config_poll_secs: u64,
+        /// Where --config-url keeps its last good copy (default /tmp/cohort-config-<hash>.toml).
+        #[arg(long, value_name = "FILE")]
+        config_cache: Option<PathBuf>,
         /// Listen address; replaces server.listen (repeatable).
         #[arg(long, value_name = "ADDR")]
         listen: Vec<SocketAddr>,
@@ -124,12 +139,18 @@ pub fn dispatch(cli: Cli) -> i32 {
     match cli.command {
         Command::Run {
             config,
+            config_url,
+            config_poll_secs,
+            config_cache,
             listen,
             admin,
             upgrade,
             daemon,
         } => report(server::run(RunOptions {
-            config,
+            config: config.unwrap_or_default(),
+            config_url,
+            config_poll: std::time::Duration::from_secs(config_poll_secs.max(1)),
+            config_cache,
             listen,
             admin,
             upgrade,

@@ -199,7 +199,7 @@ pub fn run(listen: &str, admin: &str) -> Result<(), ConfigError> {
     let config = Config::parse(&text)?;
     let table = RoutingTable::build(config)?;
     println!("{}", instructions(listen, admin, stable.addr, canary.addr));
-    server::run_table(table, &RunOptions::default(), false)
+    server::run_table(table, &RunOptions::default(), None)
 }
 
 fn instructions(listen: &str, admin: &str, stable: SocketAddr, canary: SocketAddr) -> String {

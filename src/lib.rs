@@ -26,6 +26,7 @@ pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod simulate;
+pub mod source;
 pub mod state;
 pub mod tls;
 pub mod upstream;

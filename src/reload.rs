@@ -7,6 +7,7 @@ use crate::config::{version_of, Config, ConfigError, ServerConfig};
 use crate::metrics::{ReloadResult, METRICS};
 use crate::routing::RoutingTable;
 use crate::server::RunOptions;
+use crate::source::{Fetched, Source};
 use crate::state::{ReloadRecord, State};
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
@@ -43,15 +44,17 @@ impl Outcome {
 pub struct Reloader {
     state: Arc<State>,
     opts: RunOptions,
+    source: Source,
     /// One reload at a time.
     lock: Mutex<()>,
 }
 
 impl Reloader {
-    pub fn new(state: Arc<State>, opts: RunOptions) -> Reloader {
+    pub fn new(state: Arc<State>, opts: RunOptions, source: Source) -> Reloader {
         Reloader {
             state,
             opts,
+            source,
             lock: Mutex::new(()),
         }
     }
@@ -99,22 +102,41 @@ impl Reloader {
     }
 
     fn try_reload(&self) -> Outcome {
-        let path = &self.opts.config;
-        let text = match std::fs::read_to_string(path) {
-            Ok(t) => t,
-            Err(source) => {
-                let e = ConfigError::Io {
-                    path: path.display().to_string(),
-                    source,
-                };
-                return Outcome::Rejected { errors: e.lines() };
-            }
+        let (text, etag) = match &self.source {
+            Source::File(path) => match std::fs::read_to_string(path) {
+                Ok(t) => (t, None),
+                Err(source) => {
+                    let e = ConfigError::Io {
+                        path: path.display().to_string(),
+                        source,
+                    };
+                    return Outcome::Rejected { errors: e.lines() };
+                }
+            },
+            Source::Url(u) => match u.fetch(true) {
+                Ok(Fetched::Body(body, etag)) => (body, etag),
+                Ok(Fetched::NotModified) => {
+                    return Outcome::Unchanged {
+                        version: self.state.table().config.version.clone(),
+                    }
+                }
+                Err(e) => {
+                    return Outcome::Rejected {
+                        errors: vec![format!(
+                            "fetch failed (still serving the last good config): {e}"
+                        )],
+                    }
+                }
+            },
         };
         let current = self.state.table();
         let version = version_of(text.as_bytes());
         let certs_unchanged =
             crate::tls::files_digest(&current.config.server.tls) == current.certs.digest;
         if version == current.config.version && certs_unchanged {
+            if let Source::Url(u) = &self.source {
+                u.commit(&text, etag);
+            }
             return Outcome::Unchanged { version };
         }
         let mut config = match Config::parse(&text) {
@@ -129,6 +151,9 @@ impl Reloader {
         };
         let previous = self.state.swap(table);
         previous.metrics.retire(&self.state.table().metrics);
+        if let Source::Url(u) = &self.source {
+            u.commit(&text, etag);
+        }
         METRICS.set_config_version(Some(&previous.config.version), &version);
         Outcome::Applied {
             version,
@@ -209,24 +234,37 @@ impl BackgroundService for ReloadTriggers {
                 None
             }
         };
-        let path = self.reloader.opts.config.clone();
-        let mut last = stamp(&path);
+        let path = match &self.reloader.source {
+            Source::File(p) => Some(p.clone()),
+            Source::Url(_) => None,
+        };
+        let poll = match &self.reloader.source {
+            Source::Url(u) => u.poll.max(Duration::from_millis(100)),
+            Source::File(_) => WATCH_INTERVAL,
+        };
+        let mut last = path.as_deref().and_then(stamp);
         let mut pending: Option<FileStamp> = None;
         let mut tick = tokio::time::interval(WATCH_INTERVAL);
+        let mut poll_tick = tokio::time::interval(poll);
+        poll_tick.tick().await; // the first tick is immediate: the initial fetch just ran
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
                 Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => None } } => {
                     self.run("SIGHUP").await;
-                    last = stamp(&path);
+                    last = path.as_deref().and_then(stamp);
                     pending = None;
                 }
-                _ = tick.tick() => {
+                _ = poll_tick.tick(), if path.is_none() => {
+                    self.run("poll").await;
+                }
+                _ = tick.tick(), if path.is_some() => {
+                    let Some(path) = path.as_deref() else { continue };
                     if !self.reloader.state.table().config.server.watch {
-                        last = stamp(&path);
+                        last = stamp(path);
                         continue;
                     }
-                    let now = stamp(&path);
+                    let now = stamp(path);
                     if now == last {
                         pending = None;
                     } else if now.is_some() && pending == now {

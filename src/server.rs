@@ -11,6 +11,7 @@ use crate::metrics::METRICS;
 use crate::proxy::CohortProxy;
 use crate::reload::{ReloadTriggers, Reloader};
 use crate::routing::RoutingTable;
+use crate::source::{Source, UrlSource};
 use crate::state::State;
 use crate::tls::CertResolver;
 use crate::upstream::health::HealthService;
@@ -27,7 +28,14 @@ use std::sync::Arc;
 /// How `cohort run` was invoked.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
+    /// `-c FILE` (exclusive with `config_url`).
     pub config: PathBuf,
+    /// `--config-url URL`: fleet config source, polled.
+    pub config_url: Option<String>,
+    /// `--config-poll-secs` (with `--config-url`).
+    pub config_poll: std::time::Duration,
+    /// `--config-cache FILE`: last good fetched copy.
+    pub config_cache: Option<PathBuf>,
     /// `--listen` (repeatable): replaces `server.listen`.
     pub listen: Vec<SocketAddr>,
     /// `--admin`: replaces `server.admin`.
@@ -36,9 +44,32 @@ pub struct RunOptions {
     pub daemon: bool,
 }
 
-/// Loads a config file and applies the command-line overrides.
-pub fn load_config(opts: &RunOptions) -> Result<Config, ConfigError> {
-    let mut config = Config::load(&opts.config)?;
+impl RunOptions {
+    /// The config source these options name.
+    pub fn source(&self) -> Source {
+        match &self.config_url {
+            Some(url) => Source::Url(UrlSource::new(
+                url.clone(),
+                self.config_cache.clone(),
+                self.config_poll,
+            )),
+            None => Source::File(self.config.clone()),
+        }
+    }
+}
+
+/// Reads the initial config from `source` (a URL falls back to its cached copy) and
+/// applies the command-line overrides.
+pub fn load_config(opts: &RunOptions, source: &Source) -> Result<Config, ConfigError> {
+    let mut config = match source {
+        Source::File(p) => Config::load(p)?,
+        Source::Url(u) => {
+            let (text, etag) = u.initial()?;
+            let config = Config::parse(&text)?;
+            u.commit(&text, etag);
+            config
+        }
+    };
     apply_overrides(&mut config.server, opts);
     Ok(config)
 }
@@ -68,17 +99,18 @@ fn server_conf(s: &ServerConfig, daemon: bool) -> ServerConf {
 
 /// Runs the proxy until it is stopped. Returns an error only for start-up problems.
 pub fn run(opts: RunOptions) -> Result<(), ConfigError> {
-    let config = load_config(&opts)?;
+    let source = opts.source();
+    let config = load_config(&opts, &source)?;
     let table = RoutingTable::build(config)?;
-    run_table(table, &opts, true)
+    run_table(table, &opts, Some(source))
 }
 
 /// Runs the proxy on an already compiled table (also used by `cohort demo`, which has no
-/// config file to reload: `reloadable = false`).
+/// config source to reload: `source = None`).
 pub fn run_table(
     table: RoutingTable,
     opts: &RunOptions,
-    reloadable: bool,
+    source: Option<Source>,
 ) -> Result<(), ConfigError> {
     // SIGHUP's default action kills the process: claim it before anything else, so a
     // SIGHUP that arrives before the reload task listens is harmless.
@@ -100,7 +132,7 @@ pub fn run_table(
         None => (None, None),
     };
     let state = Arc::new(State::with_access_log(table, access_log));
-    let reloader = reloadable.then(|| Arc::new(Reloader::new(state.clone(), opts.clone())));
+    let reloader = source.map(|src| Arc::new(Reloader::new(state.clone(), opts.clone(), src)));
     let opt = Opt {
         upgrade: opts.upgrade,
         daemon: opts.daemon,
