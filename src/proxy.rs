@@ -101,6 +101,10 @@ fn error_body(code: u16) -> &'static str {
 impl ProxyHttp for CohortProxy {
     type CTX = Ctx;
 
+    /// No downstream modules: Pingora's default adds a (disabled) compression module
+    /// that still runs on every request; cohort never compresses.
+    fn init_downstream_modules(&self, _modules: &mut pingora_core::modules::http::HttpModules) {}
+
     fn new_ctx(&self) -> Ctx {
         Ctx {
             _in_flight: self.state.request_started(),

@@ -93,6 +93,9 @@ fn server_conf(s: &ServerConfig, daemon: bool) -> ServerConf {
         // In-flight requests get shutdown_timeout_secs after accepting stops.
         grace_period_seconds: Some(s.shutdown_timeout.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
+        // Per-thread runtimes: a connection stays on the thread that accepted it, which
+        // avoids cross-thread wake-ups (see BENCHMARKS.md).
+        work_stealing: std::env::var("COHORT_WORK_STEALING").is_ok_and(|v| v == "1"),
         ..ServerConf::default()
     }
 }

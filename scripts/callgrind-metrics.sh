@@ -1,0 +1,70 @@
+#!/usr/bin/env bash
+# callgrind-metrics.sh -- instructions per request with metric recording on vs compiled
+# out, counted by valgrind's callgrind (repeatable whatever else the machine does).
+# Each binary serves N1 and then N2 keep-alive requests (one client connection, random
+# user ids, nginx backend on 127.0.0.1) under callgrind; instructions per request =
+# (Ir(N2) - Ir(N1)) / (N2 - N1), which cancels start-up and shutdown.
+# Usage: scripts/callgrind-metrics.sh WITH_METRICS_BIN WITHOUT_METRICS_BIN [N1 N2]
+#   build them with: cargo build --release && cp target/release/cohort /tmp/with
+#                    cargo build --release --no-default-features && cp target/release/cohort /tmp/without
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+WITH="$1" WITHOUT="$2" N1="${3:-1000}" N2="${4:-3000}"
+T="$(mktemp -d /tmp/cohort-callgrind.XXXXXX)"
+PIDS=()
+cleanup() { for p in "${PIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$T"; }
+trap cleanup EXIT
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+B=$(free_port)
+sed -e "s#@@DIR@@#$T#g" -e "s#@@PORT@@#$B#g" -e "s#@@BODY@@#backend=$B#g" "$HERE/bench/backend_nginx.conf.tmpl" >"$T/b.conf"
+setsid nginx -e "$T/b.err" -c "$T/b.conf" -p "$T/" >/dev/null 2>&1 </dev/null & PIDS+=($!)
+measure() { # bin n -> total instructions
+  local bin="$1" n="$2" p a
+  p=$(free_port); a=$(free_port)
+  cat >"$T/c.toml" <<TOML
+[server]
+listen = ["127.0.0.1:$p"]
+admin = "127.0.0.1:$a"
+threads = 1
+drain_delay_secs = 0
+shutdown_timeout_secs = 1
+upgrade_sock = "$T/u.sock"
+pid_file = "$T/c.pid"
+[[service]]
+name = "api"
+key = ["header:x-user-id"]
+[[service.variant]]
+name = "stable"
+weight = 90
+backends = ["127.0.0.1:$B"]
+[[service.variant]]
+name = "canary"
+weight = 10
+backends = ["127.0.0.1:$B"]
+TOML
+  rm -f "$T"/callgrind.out.*
+  RUST_LOG=error valgrind --tool=callgrind --callgrind-out-file="$T/callgrind.out.%p" "$bin" run -c "$T/c.toml" 2>"$T/vg.log" &
+  local vg=$!
+  for _ in $(seq 600); do curl -sf "http://127.0.0.1:$a/healthz" >/dev/null 2>&1 && break; sleep 0.2; done
+  python3 - "$p" "$n" <<'PY'
+import http.client, random, sys
+port, n = int(sys.argv[1]), int(sys.argv[2])
+c = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+rnd = random.Random(42)
+for i in range(n):
+    c.request("GET", "/", headers={"x-user-id": "user-%d" % rnd.randrange(100000)})
+    r = c.getresponse(); r.read()
+    assert r.status == 200, r.status
+PY
+  kill -INT "$vg"; wait "$vg" 2>/dev/null || true
+  awk '/^summary:|^totals:/ { print $2; exit }' "$T"/callgrind.out.*
+}
+printf "%-16s %14s %14s %14s\n" "build" "Ir($N1)" "Ir($N2)" "Ir/request"
+declare -A PER
+for b in with:"$WITH" without:"$WITHOUT"; do
+  name="${b%%:*}" bin="${b#*:}"
+  i1=$(measure "$bin" "$N1"); i2=$(measure "$bin" "$N2")
+  PER[$name]=$(( (i2 - i1) / (N2 - N1) ))
+  printf "%-16s %14d %14d %14d\n" "metrics $name" "$i1" "$i2" "${PER[$name]}"
+done
+awk -v a="${PER[with]}" -v b="${PER[without]}" 'BEGIN { printf "recording adds %d instructions per request (%.2f%%)\n", a - b, (a - b) * 100 / b }'
