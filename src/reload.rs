@@ -101,6 +101,44 @@ impl Reloader {
         outcome
     }
 
+    /// Re-resolves the serving config's backend names; when any address changed,
+    /// compiles the same config again and swaps it in (health carries over per address).
+    /// Returns whether a new table was swapped in.
+    pub fn re_resolve(&self) -> bool {
+        let _one_at_a_time = self.lock.lock();
+        let current = self.state.table();
+        if !current.uses_dns() || !current.addresses_changed(crate::upstream::resolve) {
+            return false;
+        }
+        match RoutingTable::build((*current.config).clone()) {
+            Ok(table) => {
+                let before: Vec<_> = current
+                    .pools
+                    .iter()
+                    .flatten()
+                    .map(|p| p.addrs.clone())
+                    .collect();
+                let after: Vec<_> = table
+                    .pools
+                    .iter()
+                    .flatten()
+                    .map(|p| p.addrs.clone())
+                    .collect();
+                let previous = self.state.swap(table);
+                previous.metrics.retire(&self.state.table().metrics);
+                log::info!("backend DNS changed: {before:?} -> {after:?}; new addresses serve now");
+                true
+            }
+            Err(e) => {
+                log::warn!(
+                    "backend DNS re-resolution failed, keeping the current addresses: {}",
+                    e.lines().join("; ")
+                );
+                false
+            }
+        }
+    }
+
     fn try_reload(&self) -> Outcome {
         let (text, etag) = match &self.source {
             Source::File(path) => match std::fs::read_to_string(path) {
@@ -190,6 +228,9 @@ pub fn upgrade_only_changes(running: &ServerConfig, new: &ServerConfig) -> Vec<S
     if running.access_log_keys != new.access_log_keys {
         out.push("server.access_log_keys".to_string());
     }
+    if running.resolve_interval != new.resolve_interval {
+        out.push("server.resolve_interval_secs".to_string());
+    }
     if running.shutdown_timeout != new.shutdown_timeout {
         out.push("server.shutdown_timeout_secs".to_string());
     }
@@ -247,6 +288,10 @@ impl BackgroundService for ReloadTriggers {
         let mut tick = tokio::time::interval(WATCH_INTERVAL);
         let mut poll_tick = tokio::time::interval(poll);
         poll_tick.tick().await; // the first tick is immediate: the initial fetch just ran
+        let resolve_every = self.reloader.state.running.resolve_interval;
+        let mut resolve_tick =
+            tokio::time::interval(resolve_every.unwrap_or(Duration::from_secs(3600)));
+        resolve_tick.tick().await;
         loop {
             tokio::select! {
                 _ = shutdown.changed() => return,
@@ -257,6 +302,12 @@ impl BackgroundService for ReloadTriggers {
                 }
                 _ = poll_tick.tick(), if path.is_none() => {
                     self.run("poll").await;
+                }
+                _ = resolve_tick.tick(), if resolve_every.is_some() => {
+                    let r = self.reloader.clone();
+                    if let Err(e) = tokio::task::spawn_blocking(move || r.re_resolve()).await {
+                        log::error!("re-resolution task failed: {e}");
+                    }
                 }
                 _ = tick.tick(), if path.is_some() => {
                     let Some(path) = path.as_deref() else { continue };

@@ -32,6 +32,7 @@ pub struct ServerFile {
     pub pid_file: Option<String>,
     pub access_log: Option<String>,
     pub access_log_keys: Option<bool>,
+    pub resolve_interval_secs: Option<u64>,
     #[serde(default)]
     pub tls: Vec<TlsFile>,
 }

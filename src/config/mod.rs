@@ -45,6 +45,8 @@ pub struct ServerConfig {
     pub access_log_keys: bool,
     /// TLS listeners (HTTP/1.1 and HTTP/2 via ALPN).
     pub tls: Vec<TlsListener>,
+    /// Re-resolve backend DNS names this often (`None`: never).
+    pub resolve_interval: Option<Duration>,
 }
 
 /// A `[[server.tls]]` listener; the PEM files are read when the table is compiled (at

@@ -101,6 +101,10 @@ fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
             .unwrap_or_else(|| format!("/tmp/cohort-{port}.pid")),
         access_log: crate::access_log::Target::parse(f.access_log.as_deref().unwrap_or("off")),
         access_log_keys: f.access_log_keys.unwrap_or(false),
+        resolve_interval: match f.resolve_interval_secs.unwrap_or(30) {
+            0 => None,
+            n => Some(Duration::from_secs(n)),
+        },
         tls: f
             .tls
             .iter()

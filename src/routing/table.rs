@@ -71,6 +71,40 @@ impl RoutingTable {
         Ok(table)
     }
 
+    /// Whether resolving the backends again (with `resolve`) would give any pool other
+    /// addresses than it has. Resolution errors count as "no change": the table keeps
+    /// serving the addresses it has.
+    pub fn addresses_changed<F>(&self, resolve: F) -> bool
+    where
+        F: Fn(
+            &crate::config::VariantConfig,
+            &str,
+        ) -> Result<Vec<std::net::SocketAddr>, Vec<crate::config::FieldError>>,
+    {
+        self.config.services.iter().enumerate().any(|(si, s)| {
+            s.variants.iter().enumerate().any(|(vi, v)| {
+                let path = format!("service[{si}].variant[{vi}]");
+                match (
+                    resolve(v, &path),
+                    self.pools.get(si).and_then(|p| p.get(vi)),
+                ) {
+                    (Ok(addrs), Some(pool)) => addrs != pool.addrs,
+                    _ => false,
+                }
+            })
+        })
+    }
+
+    /// Whether any backend is named by a DNS name (not an IP literal).
+    pub fn uses_dns(&self) -> bool {
+        self.config
+            .services
+            .iter()
+            .flat_map(|s| &s.variants)
+            .flat_map(|v| &v.backends)
+            .any(|b| b.parse::<std::net::SocketAddr>().is_err())
+    }
+
     /// Publishes every backend's current health in `cohort_backend_up`.
     pub fn refresh_backend_up(&self) {
         let healthy: Vec<bool> = self
