@@ -38,6 +38,10 @@ impl<'a> RequestView<'a> {
     pub fn cookie(&self, name: &str) -> Option<&'a [u8]> {
         let name = name.as_bytes();
         for value in self.headers.get_all(header::COOKIE) {
+            // Fast path: most requests do not carry the cookie a matcher looks for.
+            if memchr::memmem::find(value.as_bytes(), name).is_none() {
+                continue;
+            }
             for pair in value.as_bytes().split(|&b| b == b';') {
                 let pair = trim(pair);
                 let (k, v) = match pair.iter().position(|&b| b == b'=') {
