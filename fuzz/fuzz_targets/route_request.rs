@@ -65,7 +65,16 @@ backends = ["127.0.0.1:4"]
 static ROUTER: LazyLock<Router> =
     LazyLock::new(|| Router::new(&Config::parse(CONFIG).expect("fuzz config")));
 
-const NAMES: [&str; 8] = ["x-user-id", "cookie", "x-forwarded-for", "host", "x-force", "x-country", "x-user-id", "cookie"];
+const NAMES: [&str; 8] = [
+    "x-user-id",
+    "cookie",
+    "x-forwarded-for",
+    "host",
+    "x-force",
+    "x-country",
+    "x-user-id",
+    "cookie",
+];
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 18 {
@@ -93,7 +102,11 @@ fuzz_target!(|data: &[u8]| {
             headers.append(name, v);
         }
     }
-    let view = RequestView { headers: &headers, uri: &uri, peer };
+    let view = RequestView {
+        headers: &headers,
+        uri: &uri,
+        peer,
+    };
     if let Some(svc) = ROUTER.match_service(&view) {
         let d = ROUTER.decide(svc, &view);
         assert!(d.variant < ROUTER.services[svc].cfg.variants.len());
