@@ -50,37 +50,14 @@ if [ -z "$BIN" ]; then
 fi
 [ -x "$BIN" ] || { echo "bench.sh: $BIN is not executable" >&2; exit 2; }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$HERE/bench/lib.sh"
 export BACKEND1_PORT="${BACKEND1_PORT:-$(free_port)}" BACKEND2_PORT="${BACKEND2_PORT:-$(free_port)}"
 export NGINX_PORT="${NGINX_PORT:-$(free_port)}" HAPROXY_PORT="${HAPROXY_PORT:-$(free_port)}"
 export EXTRA_PROXY_PORT="${EXTRA_PROXY_PORT:-$(free_port)}"
 ADMIN_PORT="$(free_port)"
 CONF_DIR="$(mktemp -d /tmp/cohort-bench.XXXXXX)"
 trap 'rm -rf "$CONF_DIR"' EXIT
-cat >"$CONF_DIR/bench.toml" <<TOML
-[server]
-listen = ["127.0.0.1:$EXTRA_PROXY_PORT"]
-admin = "127.0.0.1:$ADMIN_PORT"
-threads = $WORKERS
-drain_delay_secs = 0
-shutdown_timeout_secs = 1
-upgrade_sock = "$CONF_DIR/cohort.sock"
-pid_file = "$CONF_DIR/cohort.pid"
-
-[[service]]
-name = "api"
-key = ["header:x-user-id"]
-
-[[service.variant]]
-name = "stable"
-weight = 90
-backends = ["127.0.0.1:$BACKEND1_PORT"]
-
-[[service.variant]]
-name = "canary"
-weight = 10
-backends = ["127.0.0.1:$BACKEND2_PORT"]
-TOML
+cohort_bench_config "$EXTRA_PROXY_PORT" "$ADMIN_PORT" "$CONF_DIR" "$BACKEND1_PORT" "$BACKEND2_PORT" "$WORKERS" >"$CONF_DIR/bench.toml"
 
 export DURATION RUNS="$ROUNDS" THREADS CONNS ID_POOL="$KEYS" PROXY_WORKERS="$WORKERS"
 export EXTRA_PROXY_NAME=cohort

@@ -12,36 +12,14 @@ HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 WITH="$1" WITHOUT="$2" N1="${3:-1000}" N2="${4:-3000}"
 T="$(mktemp -d /tmp/cohort-callgrind.XXXXXX)"
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$T"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$HERE/bench/lib.sh"
+trap 'stop_groups; rm -rf "$T"' EXIT
 B=$(free_port)
-sed -e "s#@@DIR@@#$T#g" -e "s#@@PORT@@#$B#g" -e "s#@@BODY@@#backend=$B#g" "$HERE/bench/backend_nginx.conf.tmpl" >"$T/b.conf"
-setsid nginx -e "$T/b.err" -c "$T/b.conf" -p "$T/" >/dev/null 2>&1 </dev/null & PIDS+=($!)
+start_nginx_backend "$T" "$B"
 measure() { # bin n -> total instructions
   local bin="$1" n="$2" p a
   p=$(free_port); a=$(free_port)
-  cat >"$T/c.toml" <<TOML
-[server]
-listen = ["127.0.0.1:$p"]
-admin = "127.0.0.1:$a"
-threads = 1
-drain_delay_secs = 0
-shutdown_timeout_secs = 1
-upgrade_sock = "$T/u.sock"
-pid_file = "$T/c.pid"
-[[service]]
-name = "api"
-key = ["header:x-user-id"]
-[[service.variant]]
-name = "stable"
-weight = 90
-backends = ["127.0.0.1:$B"]
-[[service.variant]]
-name = "canary"
-weight = 10
-backends = ["127.0.0.1:$B"]
-TOML
+  cohort_bench_config "$p" "$a" "$T" "$B" "$B" 1 >"$T/c.toml"
   rm -f "$T"/callgrind.out.*
   RUST_LOG=error valgrind --tool=callgrind --callgrind-out-file="$T/callgrind.out.%p" "$bin" run -c "$T/c.toml" 2>"$T/vg.log" &
   local vg=$!

@@ -12,31 +12,11 @@ done
 if [ -z "$BIN" ]; then (cd "$ROOT" && cargo build --release --locked); BIN="$ROOT/target/release/cohort"; fi
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true   # needs more than CONNS descriptors per process
 T="$(mktemp -d /tmp/cohort-mem.XXXXXX)"; PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$T"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$HERE/bench/lib.sh"
+trap 'stop_groups; rm -rf "$T"' EXIT
 B=$(free_port) P=$(free_port) A=$(free_port)
-sed -e "s#@@DIR@@#$T#g" -e "s#@@PORT@@#$B#g" -e "s#@@BODY@@#backend=$B#g" "$HERE/bench/backend_nginx.conf.tmpl" >"$T/b.conf"
-setsid nginx -e "$T/b.err" -c "$T/b.conf" -p "$T/" >/dev/null 2>&1 </dev/null & PIDS+=($!)
-cat >"$T/c.toml" <<TOML
-[server]
-listen = ["127.0.0.1:$P"]
-admin = "127.0.0.1:$A"
-threads = 2
-upgrade_sock = "$T/u.sock"
-pid_file = "$T/c.pid"
-[[service]]
-name = "api"
-key = ["header:x-user-id"]
-[[service.variant]]
-name = "stable"
-weight = 90
-backends = ["127.0.0.1:$B"]
-[[service.variant]]
-name = "canary"
-weight = 10
-backends = ["127.0.0.1:$B"]
-TOML
+start_nginx_backend "$T" "$B"
+cohort_bench_config "$P" "$A" "$T" "$B" "$B" >"$T/c.toml"
 RUST_LOG=warn setsid "$BIN" run -c "$T/c.toml" 2>"$T/log" </dev/null & PIDS+=($!); CP=$!
 for _ in $(seq 100); do curl -sf "http://127.0.0.1:$A/readyz" >/dev/null && break; sleep 0.1; done
 rss() { awk '/^VmRSS/ { printf "%.1f", $2 / 1024 }' "/proc/$CP/status"; }

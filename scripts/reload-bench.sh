@@ -21,14 +21,11 @@ if [ -z "$BIN" ]; then (cd "$ROOT" && cargo build --release --locked); BIN="$ROO
 for c in nginx wrk curl python3; do command -v "$c" >/dev/null || { echo "needs $c (scripts/install-deps.sh)" >&2; exit 2; }; done
 T="$(mktemp -d /tmp/cohort-reload-bench.XXXXXX)"
 PIDS=()
-cleanup() { for p in "${PIDS[@]}"; do kill -TERM -- "-$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$T"; }
-trap cleanup EXIT
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+source "$HERE/bench/lib.sh"
+trap 'stop_groups; rm -rf "$T"' EXIT
 B1=$(free_port) B2=$(free_port) P=$(free_port) A=$(free_port)
-for bp in $B1 $B2; do
-  sed -e "s#@@DIR@@#$T#g" -e "s#@@PORT@@#$bp#g" -e "s#@@BODY@@#backend=$bp#g" "$HERE/bench/backend_nginx.conf.tmpl" >"$T/b$bp.conf"
-  setsid nginx -e "$T/b$bp.err" -c "$T/b$bp.conf" -p "$T/" >/dev/null 2>&1 </dev/null & PIDS+=($!)
-done
+start_nginx_backend "$T" "$B1"
+start_nginx_backend "$T" "$B2"
 write_config() { # canary weight of svc0
   python3 - "$1" "$B1" "$B2" "$P" "$A" "$T" >"$T/c.tmp" <<'PY'
 import sys
