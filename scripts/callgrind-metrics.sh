@@ -5,6 +5,7 @@
 # user ids, nginx backend on 127.0.0.1) under callgrind; instructions per request =
 # (Ir(N2) - Ir(N1)) / (N2 - N1), which cancels start-up and shutdown.
 # Usage: scripts/callgrind-metrics.sh WITH_METRICS_BIN WITHOUT_METRICS_BIN [N1 N2]
+#   (any two builds can be compared the same way; LABELS=build renames the rows)
 #   build them with: cargo build --release && cp target/release/cohort /tmp/with
 #                    cargo build --release --no-default-features && cp target/release/cohort /tmp/without
 set -euo pipefail
@@ -39,10 +40,10 @@ PY
 }
 printf "%-16s %14s %14s %14s\n" "build" "Ir($N1)" "Ir($N2)" "Ir/request"
 declare -A PER
-for b in with:"$WITH" without:"$WITHOUT"; do
+for b in with:"$WITH" without:"$WITHOUT"; do  # (any two builds compare the same way)
   name="${b%%:*}" bin="${b#*:}"
   i1=$(measure "$bin" "$N1"); i2=$(measure "$bin" "$N2")
   PER[$name]=$(( (i2 - i1) / (N2 - N1) ))
-  printf "%-16s %14d %14d %14d\n" "metrics $name" "$i1" "$i2" "${PER[$name]}"
+  printf "%-16s %14d %14d %14d\n" "${LABELS:-metrics} $name" "$i1" "$i2" "${PER[$name]}"
 done
 awk -v a="${PER[with]}" -v b="${PER[without]}" 'BEGIN { printf "recording adds %d instructions per request (%.2f%%)\n", a - b, (a - b) * 100 / b }'

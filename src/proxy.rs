@@ -304,9 +304,9 @@ impl ProxyHttp for CohortProxy {
         if let Some(f) = &service.cfg.force {
             up.remove_header(&f.name);
         }
-        up.insert_header(VARIANT_HEADER, service.variant_name(ctx.served))?;
+        up.insert_header(VARIANT_HEADER, service.variant_value(ctx.served))?;
         let reason = ctx.reason.unwrap_or(Reason::NoKey);
-        up.insert_header(REASON_HEADER, service.reason_str(reason))?;
+        up.insert_header(REASON_HEADER, service.reason_value(reason))?;
         let peer = peer_ip(session).map(|ip| ip.to_canonical());
         if let Some(ip) = peer {
             // Every hop the client (or proxies before us) listed, in order, then the peer.
@@ -337,7 +337,7 @@ impl ProxyHttp for CohortProxy {
         };
         let service = &table.router.services[svc];
         if let Some(h) = &service.cfg.expose_header {
-            resp.insert_header(h.clone(), service.variant_name(ctx.served))?;
+            resp.insert_header(h.clone(), service.variant_value(ctx.served))?;
         }
         if let (Some(id), Some(name)) = (&d.new_cookie, &service.cfg.assign_cookie) {
             let secure = if ctx.tls { "; Secure" } else { "" };

@@ -74,6 +74,10 @@ pub struct Service {
     pub weights: Vec<f64>,
     /// `rule:<name>` per rule, for headers and metric labels.
     pub rule_labels: Vec<String>,
+    /// Header values built once per table (cloning one only bumps a reference count):
+    /// variant names, and `rule:<name>` per rule.
+    pub variant_values: Vec<http::HeaderValue>,
+    pub rule_values: Vec<http::HeaderValue>,
 }
 
 impl Service {
@@ -84,16 +88,24 @@ impl Service {
             .map(|v| cohort::variant_seed(&cfg.salt, &v.name))
             .collect();
         let weights = cfg.variants.iter().map(|v| v.weight).collect();
-        let rule_labels = cfg
+        let rule_labels: Vec<String> = cfg
             .rules
             .iter()
             .map(|r| format!("rule:{}", r.name))
             .collect();
+        // Names are validated to [A-Za-z0-9._-]: always valid header values.
+        let value = |s: &str| {
+            http::HeaderValue::from_str(s).unwrap_or_else(|_| http::HeaderValue::from_static(""))
+        };
+        let variant_values = cfg.variants.iter().map(|v| value(&v.name)).collect();
+        let rule_values = rule_labels.iter().map(|l| value(l)).collect();
         Service {
             cfg,
             seeds,
             weights,
             rule_labels,
+            variant_values,
+            rule_values,
         }
     }
 
@@ -106,6 +118,30 @@ impl Service {
             Reason::Cookie => "cookie",
             Reason::NoKey => "no_key",
             Reason::Fallback => "fallback",
+        }
+    }
+
+    /// The `x-cohort-variant` value of variant `i`.
+    pub fn variant_value(&self, i: usize) -> http::HeaderValue {
+        self.variant_values
+            .get(i)
+            .cloned()
+            .unwrap_or_else(|| http::HeaderValue::from_static(""))
+    }
+
+    /// The `x-cohort-reason` value of a reason.
+    pub fn reason_value(&self, r: Reason) -> http::HeaderValue {
+        match r {
+            Reason::Rule(i) => self
+                .rule_values
+                .get(i)
+                .cloned()
+                .unwrap_or_else(|| http::HeaderValue::from_static("rule")),
+            Reason::Forced => http::HeaderValue::from_static("forced"),
+            Reason::Hash => http::HeaderValue::from_static("hash"),
+            Reason::Cookie => http::HeaderValue::from_static("cookie"),
+            Reason::NoKey => http::HeaderValue::from_static("no_key"),
+            Reason::Fallback => http::HeaderValue::from_static("fallback"),
         }
     }
 
