@@ -209,14 +209,17 @@ fn report(r: Result<(), ConfigError>) -> i32 {
     }
 }
 
+/// Prints every error of an invalid config under its file name; returns exit code 1.
+fn invalid(path: &std::path::Path, e: &ConfigError) -> i32 {
+    eprintln!("{}: invalid config", path.display());
+    for line in e.lines() {
+        eprintln!("  {line}");
+    }
+    1
+}
+
 fn load(path: &std::path::Path) -> Result<Config, i32> {
-    Config::load(path).map_err(|e| {
-        eprintln!("{}: invalid config", path.display());
-        for line in e.lines() {
-            eprintln!("  {line}");
-        }
-        1
-    })
+    Config::load(path).map_err(|e| invalid(path, &e))
 }
 
 fn check(path: &std::path::Path, no_resolve: bool) -> i32 {
@@ -227,11 +230,7 @@ fn check(path: &std::path::Path, no_resolve: bool) -> i32 {
     let summary = summary(&config);
     if !no_resolve {
         if let Err(e) = RoutingTable::build(config) {
-            eprintln!("{}: invalid config", path.display());
-            for line in e.lines() {
-                eprintln!("  {line}");
-            }
-            return 1;
+            return invalid(path, &e);
         }
     }
     out(&summary);

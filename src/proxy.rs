@@ -58,29 +58,30 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
-/// Writes a short plain-text response and keeps the connection usable.
-async fn respond(session: &mut Session, code: u16, body: &'static str) -> Result<()> {
-    let mut resp = ResponseHeader::build(code, Some(3))?;
-    resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
-    if code == 503 {
-        resp.insert_header(header::RETRY_AFTER, "1")?;
-    }
-    session.write_response_header(Box::new(resp), false).await?;
-    session
-        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
-        .await
-}
-
-/// A short plain-text error response (`Retry-After: 1` on 503); the connection closes.
-async fn write_error(session: &mut Session, code: u16) -> Result<()> {
-    let body = error_body(code);
+/// A short plain-text response header (`Retry-After: 1` on 503).
+fn plain_header(code: u16, body: &str) -> Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(code, Some(4))?;
     resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
     resp.insert_header(header::CONTENT_LENGTH, body.len())?;
     if code == 503 {
         resp.insert_header(header::RETRY_AFTER, "1")?;
     }
+    Ok(resp)
+}
+
+/// Writes a short plain-text response and keeps the connection usable.
+async fn respond(session: &mut Session, code: u16, body: &'static str) -> Result<()> {
+    let resp = plain_header(code, body)?;
+    session.write_response_header(Box::new(resp), false).await?;
+    session
+        .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
+        .await
+}
+
+/// A short plain-text error response; the connection closes.
+async fn write_error(session: &mut Session, code: u16) -> Result<()> {
+    let body = error_body(code);
+    let resp = plain_header(code, body)?;
     session
         .as_downstream_mut()
         .write_error_response(resp, Bytes::from_static(body.as_bytes()))

@@ -124,8 +124,7 @@ impl Reloader {
                     .flatten()
                     .map(|p| p.addrs.clone())
                     .collect();
-                let previous = self.state.swap(table);
-                previous.metrics.retire(&self.state.table().metrics);
+                self.state.install(table);
                 log::info!("backend DNS changed: {before:?} -> {after:?}; new addresses serve now");
                 true
             }
@@ -187,8 +186,7 @@ impl Reloader {
             Ok(t) => t,
             Err(e) => return Outcome::Rejected { errors: e.lines() },
         };
-        let previous = self.state.swap(table);
-        previous.metrics.retire(&self.state.table().metrics);
+        let previous = self.state.install(table);
         if let Source::Url(u) = &self.source {
             u.commit(&text, etag);
         }

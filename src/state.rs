@@ -56,9 +56,13 @@ impl State {
         self.table.load_full()
     }
 
-    /// Replaces the routing table atomically; returns the previous one.
-    pub fn swap(&self, table: RoutingTable) -> Arc<RoutingTable> {
-        self.table.swap(Arc::new(table))
+    /// Replaces the routing table atomically and deletes the metric series the new table
+    /// no longer has; returns the previous table.
+    pub fn install(&self, table: RoutingTable) -> Arc<RoutingTable> {
+        let table = Arc::new(table);
+        let previous = self.table.swap(table.clone());
+        previous.metrics.retire(&table.metrics);
+        previous
     }
 
     /// Marks the process as draining: `/readyz` answers 503 from now on.
