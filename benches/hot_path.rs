@@ -104,11 +104,7 @@ fn bench_decide(c: &mut Criterion) {
     let peer = Some("203.0.113.9".parse().expect("ip"));
     c.bench_function("decide/match+key+4rules+3variants", |b| {
         b.iter(|| {
-            let view = RequestView {
-                headers: black_box(&headers),
-                uri: &uri,
-                peer,
-            };
+            let view = RequestView::new(black_box(&headers), &uri, peer);
             let svc = table.router.match_service(&view).expect("service");
             black_box(table.router.decide(svc, &view))
         })

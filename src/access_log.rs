@@ -83,6 +83,47 @@ impl AccessLog {
     }
 }
 
+/// One request as the access log records it (the same fields from every proxy path).
+pub struct Entry<'a> {
+    pub service: &'a str,
+    pub variant: &'a str,
+    pub reason: &'a str,
+    pub method: &'a str,
+    /// The path without its query string (which can carry a cohort key).
+    pub path: &'a str,
+    pub status: u16,
+    pub seconds: f64,
+    pub upstream: Option<std::net::SocketAddr>,
+    /// Response body bytes sent to the client.
+    pub bytes: usize,
+    /// The cohort key, only with `access_log_keys`.
+    pub key: Option<&'a str>,
+}
+
+impl Entry<'_> {
+    /// The entry as one JSON line, newline included.
+    pub fn line(&self) -> String {
+        let mut v = serde_json::json!({
+            "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            "service": self.service,
+            "variant": self.variant,
+            "reason": self.reason,
+            "method": self.method,
+            "path": self.path,
+            "status": self.status,
+            "duration_ms": (self.seconds * 1e6).round() / 1e3,
+            "upstream": self.upstream.map(|a| a.to_string()),
+            "bytes": self.bytes,
+        });
+        if let Some(k) = self.key {
+            v["key"] = serde_json::Value::String(k.to_string());
+        }
+        let mut line = v.to_string();
+        line.push('\n');
+        line
+    }
+}
+
 fn drain(rx: Receiver<String>, out: Box<dyn Write + Send>) {
     let mut w = BufWriter::with_capacity(64 * 1024, out);
     loop {

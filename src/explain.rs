@@ -134,11 +134,7 @@ pub fn explain(router: &Router, input: &ExplainInput) -> Result<Explanation, Str
 }
 
 fn view(b: &Built) -> RequestView<'_> {
-    RequestView {
-        headers: &b.headers,
-        uri: &b.uri,
-        peer: b.peer,
-    }
+    RequestView::new(&b.headers, &b.uri, b.peer)
 }
 
 fn build(input: &ExplainInput) -> Result<Built, String> {

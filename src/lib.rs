@@ -7,8 +7,9 @@
 //!                                                                     │ (immutable)
 //!                                               State: ArcSwap<RoutingTable>
 //!                                                                     │ one load per request
-//! request ─▶ proxy hooks: RequestView ─▶ Router::match_service / decide ─▶ Decision
-//!         ─▶ upstream::Pool::select ─▶ HttpPeer ─▶ response headers / cookie
+//! request ─▶ fast (plaintext HTTP/1.1) or proxy hooks (TLS, HTTP/2, the rest):
+//!            RequestView ─▶ Router::match_service / decide ─▶ Decision
+//!         ─▶ upstream::Pool::select ─▶ upstream connection ─▶ response headers / cookie
 //! ```
 //!
 //! The assignment function ([`routing::cohort`]) is normative: SPEC "Assignment algorithm".
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod config;
 pub mod demo;
 pub mod explain;
+pub mod fast;
 pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;

@@ -88,7 +88,7 @@ async fn write_error(session: &mut Session, code: u16) -> Result<()> {
         .await
 }
 
-fn error_body(code: u16) -> &'static str {
+pub(crate) fn error_body(code: u16) -> &'static str {
     match code {
         502 => "502 bad gateway: the upstream failed\n",
         503 => "503 service unavailable: no healthy backend for this variant\n",
@@ -136,11 +136,7 @@ impl ProxyHttp for CohortProxy {
         let table = self.state.table();
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let req = session.req_header();
-        let view = RequestView {
-            headers: &req.headers,
-            uri: &req.uri,
-            peer: peer_ip(session),
-        };
+        let view = RequestView::new(&req.headers, &req.uri, peer_ip(session));
         let Some(svc) = table.router.match_service(&view) else {
             ctx.table = Some(table);
             respond(
@@ -366,43 +362,47 @@ impl ProxyHttp for CohortProxy {
     }
 }
 
-/// One access log line (JSON). The path is logged without its query string, which can
-/// carry a cohort key.
+/// One access log line (JSON).
 fn access_line(session: &Session, ctx: &Ctx, code: u16, elapsed: f64) -> String {
     let req = session.req_header();
-    let (service, variant, reason) = match (&ctx.table, ctx.service) {
+    let (service, variant, reason) = names(ctx.table.as_deref(), ctx.service, ctx.served, ctx.reason);
+    crate::access_log::Entry {
+        service,
+        variant,
+        reason,
+        method: req.method.as_str(),
+        path: req.uri.path(),
+        status: code,
+        seconds: elapsed,
+        upstream: ctx.upstream_addr,
+        bytes: session.as_downstream().body_bytes_sent(),
+        key: ctx.key.as_deref(),
+    }
+    .line()
+}
+
+/// Service, variant and reason names for the access log (`none` when unmatched).
+pub(crate) fn names(
+    table: Option<&RoutingTable>,
+    service: Option<usize>,
+    served: usize,
+    reason: Option<Reason>,
+) -> (&str, &str, &str) {
+    match (table, service) {
         (Some(t), Some(svc)) => {
             let s = &t.router.services[svc];
             (
                 s.cfg.name.as_str(),
-                s.variant_name(ctx.served),
-                ctx.reason.map_or("", |r| s.reason_str(r)),
+                s.variant_name(served),
+                reason.map_or("", |r| s.reason_str(r)),
             )
         }
         _ => (crate::metrics::NONE, crate::metrics::NONE, ""),
-    };
-    let mut v = serde_json::json!({
-        "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-        "service": service,
-        "variant": variant,
-        "reason": reason,
-        "method": req.method.as_str(),
-        "path": req.uri.path(),
-        "status": code,
-        "duration_ms": (elapsed * 1e6).round() / 1e3,
-        "upstream": ctx.upstream_addr.map(|a| a.to_string()),
-        "bytes": session.as_downstream().body_bytes_sent(),
-    });
-    if let Some(k) = &ctx.key {
-        v["key"] = serde_json::Value::String(k.clone());
     }
-    let mut line = v.to_string();
-    line.push('\n');
-    line
 }
 
 /// The key the decision hashed (or the minted cookie id), as text, for the access log.
-fn access_log_key(
+pub(crate) fn access_log_key(
     table: &RoutingTable,
     svc: usize,
     view: &RequestView<'_>,
@@ -417,9 +417,11 @@ fn access_log_key(
         .map(|(k, _)| String::from_utf8_lossy(k.as_bytes()).into_owned())
 }
 
-const KIND_CONNECT: usize = 0;
-const KIND_TIMEOUT: usize = 1;
-const KIND_RESET: usize = 2;
+pub(crate) const KIND_CONNECT: usize = 0;
+pub(crate) const KIND_TIMEOUT: usize = 1;
+pub(crate) const KIND_RESET: usize = 2;
+/// The upstream sent an unparsable response.
+pub(crate) const KIND_PROTOCOL: usize = 3;
 
 /// The metric handles of the variant serving this request.
 fn variant_metrics(ctx: &Ctx) -> Option<&VariantMetrics> {
@@ -434,7 +436,7 @@ fn error_kind(e: &Error) -> usize {
             KIND_TIMEOUT
         }
         ErrorType::ConnectionClosed | ErrorType::ConnectRefused => KIND_RESET,
-        ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::H2Error => 3,
+        ErrorType::InvalidHTTPHeader | ErrorType::H1Error | ErrorType::H2Error => KIND_PROTOCOL,
         ErrorType::ReadError | ErrorType::WriteError => KIND_RESET,
         _ => 4,
     }
@@ -464,7 +466,7 @@ fn status_for(e: &Error) -> u16 {
 
 /// Whether a (lower-case) header name is `x-cohort-*`, also when spelled with `_`
 /// (CGI-style servers map `x_cohort_variant` and `x-cohort-variant` to the same name).
-fn is_cohort_header(name: &str) -> bool {
+pub(crate) fn is_cohort_header(name: &str) -> bool {
     let n = name.as_bytes();
     n.len() >= COHORT_PREFIX.len()
         && n.iter()

@@ -6,6 +6,7 @@
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::config::{Config, ConfigError, ServerConfig};
+use crate::fast::FastApp;
 use crate::lifecycle::{IdleExit, Signals};
 use crate::metrics::METRICS;
 use crate::proxy::CohortProxy;
@@ -149,6 +150,7 @@ pub fn run_table(
         Server::new_with_opt_and_conf(Some(opt), server_conf(&server_cfg, opts.daemon));
     server.bootstrap();
 
+    let fast = crate::fast::enabled();
     let mut proxy = pingora_proxy::http_proxy_service_with_name(
         &server.configuration,
         CohortProxy {
@@ -156,11 +158,30 @@ pub fn run_table(
         },
         "cohort proxy",
     );
-    for addr in &server_cfg.listen {
-        // A 4 KiB read buffer instead of Pingora's 64 KiB: an idle keep-alive connection
-        // holds its buffer, and 10,000 of them would hold 640 MiB (see BENCHMARKS.md).
-        let buffers = L4BufferSettings::new(PLAINTEXT_READ_BUFFER, DEFAULT_L4_WRITE_BUFFER_SIZE);
-        proxy.add_listener(ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers));
+    // The fast path reads into its own buffer, so the stream needs none; Pingora's
+    // default is 64 KiB, held by every idle keep-alive connection (see BENCHMARKS.md).
+    let read_buffer = if fast { 0 } else { PLAINTEXT_READ_BUFFER };
+    let buffers = L4BufferSettings::new(read_buffer, DEFAULT_L4_WRITE_BUFFER_SIZE);
+    let plaintext = |addr: &SocketAddr| ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers);
+    if fast && !server_cfg.listen.is_empty() {
+        let app = FastApp::new(
+            state.clone(),
+            pingora_proxy::http_proxy(
+                &server.configuration,
+                CohortProxy {
+                    state: state.clone(),
+                },
+            ),
+        );
+        let mut service = Service::new("cohort fast path".to_string(), app);
+        for addr in &server_cfg.listen {
+            service.add_listener(plaintext(addr));
+        }
+        server.add_service(service);
+    } else {
+        for addr in &server_cfg.listen {
+            proxy.add_listener(plaintext(addr));
+        }
     }
     for t in &server_cfg.tls {
         let resolver = CertResolver {
@@ -175,7 +196,9 @@ pub fn run_table(
         settings.enable_h2();
         proxy.add_tls_with_settings(&t.listen.to_string(), None, settings);
     }
-    server.add_service(proxy);
+    if !server_cfg.tls.is_empty() || !fast {
+        server.add_service(proxy);
+    }
 
     if let Some(addr) = server_cfg.admin {
         let mut admin = Service::new(

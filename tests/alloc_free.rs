@@ -117,11 +117,7 @@ fn the_routing_decision_allocates_nothing() {
     }
     let peers = ["203.0.113.9", "10.20.1.1", "10.9.9.9"].map(|p| Some(p.parse().unwrap()));
     let decide = |h: &HeaderMap, peer| {
-        let view = RequestView {
-            headers: h,
-            uri: &uri,
-            peer,
-        };
+        let view = RequestView::new(h, &uri, peer);
         let svc = table.router.match_service(&view).unwrap();
         std::hint::black_box(table.router.decide(svc, &view));
     };

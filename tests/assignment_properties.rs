@@ -203,11 +203,7 @@ weights = { canary = 30, beta = 20, stable = 50 }
         h.insert("x-user-id", HeaderValue::from_str(&user).unwrap());
         let plain = router.decide(
             0,
-            &RequestView {
-                headers: &h,
-                uri: &uri,
-                peer: None,
-            },
+            &RequestView::new(&h, &uri, None),
         );
         assert_eq!(
             Some(plain.variant),
@@ -217,11 +213,7 @@ weights = { canary = 30, beta = 20, stable = 50 }
         h.insert("country", HeaderValue::from_static("DE"));
         let ruled = router.decide(
             0,
-            &RequestView {
-                headers: &h,
-                uri: &uri,
-                peer: None,
-            },
+            &RequestView::new(&h, &uri, None),
         );
         assert_eq!(
             Some(ruled.variant),

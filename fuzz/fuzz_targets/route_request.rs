@@ -102,11 +102,7 @@ fuzz_target!(|data: &[u8]| {
             headers.append(name, v);
         }
     }
-    let view = RequestView {
-        headers: &headers,
-        uri: &uri,
-        peer,
-    };
+    let view = RequestView::new(&headers, &uri, peer);
     if let Some(svc) = ROUTER.match_service(&view) {
         let d = ROUTER.decide(svc, &view);
         assert!(d.variant < ROUTER.services[svc].cfg.variants.len());

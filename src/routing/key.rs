@@ -106,8 +106,8 @@ pub fn client_ip(req: &RequestView<'_>, trusted: &[IpNet]) -> Option<IpAddr> {
         return Some(peer);
     }
     let mut hop = peer;
-    for value in req.headers.get_all("x-forwarded-for").iter().rev() {
-        for part in value.as_bytes().rsplit(|&b| b == b',') {
+    for value in req.values("x-forwarded-for").rev() {
+        for part in value.rsplit(|&b| b == b',') {
             let part = trim(part);
             if part.is_empty() {
                 continue;
@@ -143,11 +143,7 @@ mod tests {
     use http::{HeaderMap, HeaderValue, Uri};
 
     fn req<'a>(h: &'a HeaderMap, u: &'a Uri, peer: &str) -> RequestView<'a> {
-        RequestView {
-            headers: h,
-            uri: u,
-            peer: Some(peer.parse().unwrap()),
-        }
+        RequestView::new(h, u, Some(peer.parse().unwrap()))
     }
 
     fn nets(v: &[&str]) -> Vec<IpNet> {

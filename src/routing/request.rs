@@ -7,42 +7,134 @@ use http::{header, HeaderMap, HeaderName, Uri};
 use std::borrow::Cow;
 use std::net::IpAddr;
 
+/// Where a request's headers live: Pingora's parsed map, or the raw list the HTTP/1 fast
+/// path parsed (names in their original case, looked up case-insensitively).
+#[derive(Debug, Clone, Copy)]
+pub enum Headers<'a> {
+    Map(&'a HeaderMap),
+    Raw(&'a [httparse::Header<'a>]),
+}
+
 /// What routing may look at.
 #[derive(Debug, Clone, Copy)]
 pub struct RequestView<'a> {
-    pub headers: &'a HeaderMap,
-    pub uri: &'a Uri,
+    headers: Headers<'a>,
+    path: &'a str,
+    query: Option<&'a str>,
+    /// The URI authority (absolute-form and HTTP/2 requests).
+    authority: Option<&'a str>,
     /// TCP peer address (before `X-Forwarded-For` processing).
     pub peer: Option<IpAddr>,
 }
 
+/// Every value of one header, in order.
+pub enum Values<'a, 'n> {
+    Map(http::header::ValueIter<'a, http::HeaderValue>),
+    Raw(&'a [httparse::Header<'a>], &'n str),
+}
+
+impl<'a> Iterator for Values<'a, '_> {
+    type Item = &'a [u8];
+
+    fn next(&mut self) -> Option<&'a [u8]> {
+        match self {
+            Values::Map(it) => it.next().map(|v| v.as_bytes()),
+            Values::Raw(rest, name) => {
+                while let [h, tail @ ..] = *rest {
+                    *rest = tail;
+                    if h.name.eq_ignore_ascii_case(name) {
+                        return Some(h.value);
+                    }
+                }
+                None
+            }
+        }
+    }
+}
+
+impl<'a> DoubleEndedIterator for Values<'a, '_> {
+    fn next_back(&mut self) -> Option<&'a [u8]> {
+        match self {
+            Values::Map(it) => it.next_back().map(|v| v.as_bytes()),
+            Values::Raw(rest, name) => {
+                while let [head @ .., h] = *rest {
+                    *rest = head;
+                    if h.name.eq_ignore_ascii_case(name) {
+                        return Some(h.value);
+                    }
+                }
+                None
+            }
+        }
+    }
+}
+
 impl<'a> RequestView<'a> {
+    /// A view over a parsed Pingora request (or one built by `explain`).
+    pub fn new(headers: &'a HeaderMap, uri: &'a Uri, peer: Option<IpAddr>) -> RequestView<'a> {
+        RequestView {
+            headers: Headers::Map(headers),
+            path: uri.path(),
+            query: uri.query(),
+            authority: uri.authority().map(|a| a.as_str()),
+            peer,
+        }
+    }
+
+    /// A view over a raw origin-form request: `target` is `/path?query`.
+    pub fn raw(
+        headers: &'a [httparse::Header<'a>],
+        target: &'a str,
+        peer: Option<IpAddr>,
+    ) -> RequestView<'a> {
+        let (path, query) = match target.split_once('?') {
+            Some((p, q)) => (p, Some(q)),
+            None => (target, None),
+        };
+        RequestView {
+            headers: Headers::Raw(headers),
+            path,
+            query,
+            authority: None,
+            peer,
+        }
+    }
+
+    /// Every value of a header (untrimmed), in order.
+    pub fn values<'n>(&self, name: &'n str) -> Values<'a, 'n> {
+        match self.headers {
+            Headers::Map(m) => Values::Map(m.get_all(name).iter()),
+            Headers::Raw(list) => Values::Raw(list, name),
+        }
+    }
+
     /// First value of a header, trimmed; `None` if absent or empty after trimming.
     pub fn header(&self, name: &HeaderName) -> Option<&'a [u8]> {
-        self.headers
-            .get(name)
-            .map(|v| trim(v.as_bytes()))
-            .filter(|v| !v.is_empty())
+        let first = match self.headers {
+            Headers::Map(m) => m.get(name).map(|v| v.as_bytes()),
+            Headers::Raw(_) => self.values(name.as_str()).next(),
+        };
+        first.map(trim).filter(|v| !v.is_empty())
     }
 
     /// Every value of a header, trimmed (empty ones included).
-    pub fn header_all(&self, name: &HeaderName) -> impl Iterator<Item = &'a [u8]> + 'a {
-        self.headers
-            .get_all(name)
-            .iter()
-            .map(|v| trim(v.as_bytes()))
+    pub fn header_all<'n>(&self, name: &'n HeaderName) -> impl Iterator<Item = &'a [u8]> + 'n
+    where
+        'a: 'n,
+    {
+        self.values(name.as_str()).map(trim)
     }
 
     /// Value of the first cookie called `name` across all `Cookie` headers, trimmed and
     /// unquoted; `None` if absent or empty.
     pub fn cookie(&self, name: &str) -> Option<&'a [u8]> {
         let name = name.as_bytes();
-        for value in self.headers.get_all(header::COOKIE) {
+        for value in self.values(header::COOKIE.as_str()) {
             // Fast path: most requests do not carry the cookie a matcher looks for.
-            if memchr::memmem::find(value.as_bytes(), name).is_none() {
+            if memchr::memmem::find(value, name).is_none() {
                 continue;
             }
-            for pair in value.as_bytes().split(|&b| b == b';') {
+            for pair in value.split(|&b| b == b';') {
                 let pair = trim(pair);
                 let (k, v) = match pair.iter().position(|&b| b == b'=') {
                     Some(i) => (&pair[..i], &pair[i + 1..]),
@@ -60,7 +152,7 @@ impl<'a> RequestView<'a> {
     /// Percent-decoded value of the first query parameter called `name`; `None` if absent
     /// or empty. `+` is kept as is (only `%XX` is decoded).
     pub fn query(&self, name: &str) -> Option<Cow<'a, [u8]>> {
-        let q = self.uri.query()?;
+        let q = self.query?;
         for pair in q.split('&') {
             let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
             if k == name {
@@ -75,20 +167,19 @@ impl<'a> RequestView<'a> {
 
     /// The request's host without port: the `Host` header, else the URI authority (HTTP/2).
     pub fn host(&self) -> Option<&'a [u8]> {
-        let raw = match self.headers.get(header::HOST) {
-            Some(h) => h.as_bytes(),
-            None => self.uri.authority()?.as_str().as_bytes(),
+        let raw = match self.values(header::HOST.as_str()).next() {
+            Some(h) => h,
+            None => self.authority?.as_bytes(),
         };
         Some(strip_port(trim(raw)))
     }
 
     /// The URI path (`/` when the URI has none).
     pub fn path(&self) -> &'a [u8] {
-        let p = self.uri.path();
-        if p.is_empty() {
+        if self.path.is_empty() {
             b"/"
         } else {
-            p.as_bytes()
+            self.path.as_bytes()
         }
     }
 }
@@ -131,11 +222,7 @@ mod tests {
     use http::HeaderValue;
 
     fn view<'a>(h: &'a HeaderMap, u: &'a Uri) -> RequestView<'a> {
-        RequestView {
-            headers: h,
-            uri: u,
-            peer: None,
-        }
+        RequestView::new(h, u, None)
     }
 
     #[test]

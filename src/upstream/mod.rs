@@ -82,6 +82,16 @@ impl Pool {
             .is_some_and(|h| h.is_up())
     }
 
+    /// How long connecting to a backend may take.
+    pub fn connect_timeout(&self) -> Duration {
+        self.connect_timeout
+    }
+
+    /// How long the backend may take to answer (each read).
+    pub fn read_timeout(&self) -> Duration {
+        self.read_timeout
+    }
+
     /// The active check settings, if any.
     pub fn health_check(&self) -> Option<&HealthCheck> {
         self.check.as_ref()

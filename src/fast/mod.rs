@@ -1,0 +1,160 @@
+//! The HTTP/1.1 fast path for plaintext listeners. Pingora still accepts the
+//! connections, owns the listening sockets (graceful upgrade hands them over), and runs
+//! the lifecycle; this [`ServerApp`] serves the plain keep-alive requests an API gets
+//! with far less work per request than Pingora's general proxy (no per-request session
+//! objects, header maps or pool watcher tasks: see BENCHMARKS.md). The first request it
+//! does not take on (HTTP/1.0, chunked or `Expect` request bodies, upgrades, absolute
+//! targets, malformed or oversized heads) is handed, with every byte already read, to the
+//! Pingora proxy ([`crate::proxy::CohortProxy`]), which serves the rest of that
+//! connection. Both paths route through the same functions and record the same metrics.
+//!
+//! `COHORT_FAST_PATH=0` in the environment turns the fast path off.
+
+mod exchange;
+pub mod http1;
+mod pool;
+
+use crate::proxy::CohortProxy;
+use crate::state::State;
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::{GetSocketDigest, Stream};
+use pingora_core::server::ShutdownWatch;
+use pingora_proxy::HttpProxy;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+
+/// How long a keep-alive client connection may sit idle between requests (Pingora's own
+/// default).
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a client may take to send a request head once it started one.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// Buffer reserved per connection for reading request heads.
+const READ_CHUNK: usize = 4096;
+
+/// Whether the fast path serves plaintext listeners (on unless `COHORT_FAST_PATH=0`).
+pub fn enabled() -> bool {
+    std::env::var("COHORT_FAST_PATH").map_or(true, |v| v != "0")
+}
+
+/// The plaintext listeners' application: the fast path, with the Pingora proxy behind it.
+pub struct FastApp {
+    state: Arc<State>,
+    proxy: Arc<HttpProxy<CohortProxy>>,
+    /// Set once the service stopped listening: idle connections close.
+    closing: AtomicBool,
+    wake_idle: Notify,
+}
+
+impl FastApp {
+    pub fn new(state: Arc<State>, proxy: HttpProxy<CohortProxy>) -> FastApp {
+        FastApp {
+            state,
+            proxy: Arc::new(proxy),
+            closing: AtomicBool::new(false),
+            wake_idle: Notify::new(),
+        }
+    }
+}
+
+#[async_trait]
+impl ServerApp for FastApp {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        if !stream.as_any().is::<L4Stream>() {
+            return self.proxy.process_new(stream, shutdown).await;
+        }
+        let io: Box<L4Stream> = stream.into_any().downcast().ok()?;
+        let peer = io
+            .get_socket_digest()
+            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let mut conn = Conn {
+            io,
+            buf: Vec::new(),
+            peer,
+        };
+        match conn.serve(self, shutdown).await {
+            Served::Closed => None,
+            Served::HandOver => {
+                let mut io = conn.io;
+                io.rewind(&conn.buf);
+                self.proxy.process_new(io, shutdown).await
+            }
+        }
+    }
+
+    async fn cleanup(&self) {
+        self.closing.store(true, Ordering::SeqCst);
+        self.wake_idle.notify_waiters();
+        ServerApp::cleanup(self.proxy.as_ref()).await;
+    }
+}
+
+/// How a connection's fast-path service ended.
+enum Served {
+    /// The connection is done (closed by either side, or after an error response).
+    Closed,
+    /// Pingora takes over from here; `buf` holds the bytes read but not served.
+    HandOver,
+}
+
+/// One client connection on the fast path.
+struct Conn {
+    io: Box<L4Stream>,
+    /// Bytes read from the client and not yet consumed (a request head, a pipelined
+    /// request, body bytes).
+    buf: Vec<u8>,
+    peer: Option<IpAddr>,
+}
+
+impl Conn {
+    async fn serve(&mut self, app: &FastApp, shutdown: &ShutdownWatch) -> Served {
+        loop {
+            match exchange::serve_one(self, app, shutdown).await {
+                exchange::Next::KeepAlive => {}
+                exchange::Next::Close => {
+                    let _ = self.io.shutdown().await;
+                    return Served::Closed;
+                }
+                exchange::Next::Gone => return Served::Closed,
+                exchange::Next::HandOver => return Served::HandOver,
+            }
+        }
+    }
+
+    /// Reads more client bytes into `buf`. `idle`: waiting for a new request (keep-alive
+    /// timeout; ends when the service shuts down) rather than for the rest of one.
+    /// `Ok(0)` means the connection is over.
+    async fn read_more(&mut self, app: &FastApp, idle: bool) -> std::io::Result<usize> {
+        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
+            self.buf.reserve(READ_CHUNK);
+        }
+        if !idle {
+            return match tokio::time::timeout(HEAD_TIMEOUT, self.io.read_buf(&mut self.buf)).await
+            {
+                Ok(r) => r,
+                Err(_) => Ok(0),
+            };
+        }
+        let closing = app.wake_idle.notified();
+        tokio::pin!(closing);
+        closing.as_mut().enable();
+        if app.closing.load(Ordering::SeqCst) {
+            return Ok(0);
+        }
+        tokio::select! {
+            r = tokio::time::timeout(KEEPALIVE_TIMEOUT, self.io.read_buf(&mut self.buf)) => {
+                r.unwrap_or(Ok(0))
+            }
+            _ = closing => Ok(0),
+        }
+    }
+}
