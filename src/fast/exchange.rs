@@ -16,6 +16,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use pingora_timeout::fast_timeout::fast_timeout;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -486,7 +487,7 @@ impl<'c> Exchange<'c> {
     async fn stream_request_body(&mut self, up: &mut TcpStream) -> Result<(), UpErr> {
         while self.body_left > 0 {
             if self.conn.buf.is_empty() {
-                match tokio::time::timeout(
+                match fast_timeout(
                     super::HEAD_TIMEOUT,
                     self.conn.io.read_buf(&mut self.conn.buf),
                 )
@@ -719,7 +720,7 @@ async fn read(up: &mut TcpStream, buf: &mut Vec<u8>, limit: Duration) -> Result<
     if buf.capacity() - buf.len() < UPSTREAM_CHUNK / 4 {
         buf.reserve(UPSTREAM_CHUNK);
     }
-    match tokio::time::timeout(limit, up.read_buf(buf)).await {
+    match fast_timeout(limit, up.read_buf(buf)).await {
         Ok(Ok(n)) => Ok(n),
         Ok(Err(_)) => Err(UpErr::NoAnswer),
         Err(_) => Err(UpErr::Timeout),
@@ -728,7 +729,7 @@ async fn read(up: &mut TcpStream, buf: &mut Vec<u8>, limit: Duration) -> Result<
 
 /// A new upstream connection; `Err(true)` on timeout.
 async fn connect(addr: SocketAddr, limit: Duration) -> Result<TcpStream, bool> {
-    match tokio::time::timeout(limit, TcpStream::connect(addr)).await {
+    match fast_timeout(limit, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => {
             let _ = s.set_nodelay(true);
             Ok(s)

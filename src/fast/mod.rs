@@ -19,14 +19,17 @@ use crate::state::State;
 use async_trait::async_trait;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::{GetSocketDigest, Stream};
+use pingora_core::protocols::{GetSocketDigest, SocketDigest, Stream};
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use std::net::IpAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
+use pingora_timeout::fast_timeout::fast_timeout;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::Notify;
 
 /// How long a keep-alive client connection may sit idle between requests (Pingora's own
@@ -69,13 +72,12 @@ impl ServerApp for FastApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        if !stream.as_any().is::<L4Stream>() {
-            return self.proxy.process_new(stream, shutdown).await;
-        }
-        let io: Box<L4Stream> = stream.into_any().downcast().ok()?;
-        let peer = io
-            .get_socket_digest()
-            .and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()));
+        let io = match rehome(stream) {
+            Ok(io) => io,
+            Err(stream) => return self.proxy.process_new(stream, shutdown).await,
+        };
+        let _ = io.set_nodelay(true);
+        let peer = io.peer_addr().ok().map(|a| a.ip());
         let mut conn = Conn {
             io,
             buf: Vec::new(),
@@ -84,9 +86,11 @@ impl ServerApp for FastApp {
         match conn.serve(self, shutdown).await {
             Served::Closed => None,
             Served::HandOver => {
-                let mut io = conn.io;
+                let fd = conn.io.as_raw_fd();
+                let mut io = L4Stream::from(conn.io);
+                io.set_socket_digest(SocketDigest::from_raw_fd(fd));
                 io.rewind(&conn.buf);
-                self.proxy.process_new(io, shutdown).await
+                self.proxy.process_new(Box::new(io), shutdown).await
             }
         }
     }
@@ -95,6 +99,35 @@ impl ServerApp for FastApp {
         self.closing.store(true, Ordering::SeqCst);
         self.wake_idle.notify_waiters();
         ServerApp::cleanup(self.proxy.as_ref()).await;
+    }
+}
+
+/// Moves an accepted TCP connection onto this thread's reactor. Pingora accepts on one
+/// thread and runs the connection's task on a randomly chosen one, so without this every
+/// readiness event for the client socket would be picked up by the accepting thread and
+/// passed across with a wake-up (an `eventfd` write and a context switch per event; see
+/// BENCHMARKS.md). `Err` gives back streams that are not plain TCP, or if `dup` failed.
+fn rehome(stream: Stream) -> Result<TcpStream, Stream> {
+    let Some(l4) = stream.as_any().downcast_ref::<L4Stream>() else {
+        return Err(stream);
+    };
+    let fd = l4.as_raw_fd();
+    // SAFETY: `fd` is the open socket owned by `stream`, which outlives this borrow; the
+    // borrow is only used to duplicate it.
+    #[allow(unsafe_code)]
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let Ok(owned) = borrowed.try_clone_to_owned() else {
+        return Err(stream);
+    };
+    let std_stream = std::net::TcpStream::from(owned);
+    match std_stream
+        .set_nonblocking(true)
+        .and_then(|()| TcpStream::from_std(std_stream))
+    {
+        // Dropping `stream` deregisters the original descriptor and closes it; the
+        // socket lives on in the duplicate.
+        Ok(tcp) => Ok(tcp),
+        Err(_) => Err(stream),
     }
 }
 
@@ -108,7 +141,7 @@ enum Served {
 
 /// One client connection on the fast path.
 struct Conn {
-    io: Box<L4Stream>,
+    io: TcpStream,
     /// Bytes read from the client and not yet consumed (a request head, a pipelined
     /// request, body bytes).
     buf: Vec<u8>,
@@ -138,7 +171,7 @@ impl Conn {
             self.buf.reserve(READ_CHUNK);
         }
         if !idle {
-            return match tokio::time::timeout(HEAD_TIMEOUT, self.io.read_buf(&mut self.buf)).await
+            return match fast_timeout(HEAD_TIMEOUT, self.io.read_buf(&mut self.buf)).await
             {
                 Ok(r) => r,
                 Err(_) => Ok(0),
@@ -151,7 +184,7 @@ impl Conn {
             return Ok(0);
         }
         tokio::select! {
-            r = tokio::time::timeout(KEEPALIVE_TIMEOUT, self.io.read_buf(&mut self.buf)) => {
+            r = fast_timeout(KEEPALIVE_TIMEOUT, self.io.read_buf(&mut self.buf)) => {
                 r.unwrap_or(Ok(0))
             }
             _ = closing => Ok(0),
