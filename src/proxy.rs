@@ -365,7 +365,8 @@ impl ProxyHttp for CohortProxy {
 /// One access log line (JSON).
 fn access_line(session: &Session, ctx: &Ctx, code: u16, elapsed: f64) -> String {
     let req = session.req_header();
-    let (service, variant, reason) = names(ctx.table.as_deref(), ctx.service, ctx.served, ctx.reason);
+    let (service, variant, reason) =
+        names(ctx.table.as_deref(), ctx.service, ctx.served, ctx.reason);
     crate::access_log::Entry {
         service,
         variant,

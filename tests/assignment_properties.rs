@@ -201,20 +201,14 @@ weights = { canary = 30, beta = 20, stable = 50 }
         let user = format!("user-{i}");
         let mut h = HeaderMap::new();
         h.insert("x-user-id", HeaderValue::from_str(&user).unwrap());
-        let plain = router.decide(
-            0,
-            &RequestView::new(&h, &uri, None),
-        );
+        let plain = router.decide(0, &RequestView::new(&h, &uri, None));
         assert_eq!(
             Some(plain.variant),
             assign(user.as_bytes(), &s, &[99.0, 1.0, 0.0])
         );
         assert_eq!(plain.reason, Reason::Hash);
         h.insert("country", HeaderValue::from_static("DE"));
-        let ruled = router.decide(
-            0,
-            &RequestView::new(&h, &uri, None),
-        );
+        let ruled = router.decide(0, &RequestView::new(&h, &uri, None));
         assert_eq!(
             Some(ruled.variant),
             assign(user.as_bytes(), &s, &[50.0, 30.0, 20.0])

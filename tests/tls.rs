@@ -113,7 +113,10 @@ fn http1_over_tls_sets_secure_cookies_and_forwarded_proto_https() {
     assert_eq!(body["headers"]["x-forwarded-proto"], "https");
     // plaintext listener: no Secure, proto http
     let plain = t.px.client().get("/x", &[]);
-    assert!(!plain.header("set-cookie").unwrap().contains("Secure"));
+    let plain_cookie = plain
+        .header("set-cookie")
+        .unwrap_or_else(|| panic!("no cookie: {} {:?}", plain.status, plain.text()));
+    assert!(!plain_cookie.contains("Secure"));
     assert_eq!(
         plain.upstream_header("x-forwarded-proto").as_deref(),
         Some("http")

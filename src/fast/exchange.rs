@@ -11,14 +11,17 @@ use crate::metrics::VariantMetrics;
 use crate::proxy::{self, KIND_CONNECT, KIND_PROTOCOL, KIND_RESET, KIND_TIMEOUT};
 use crate::routing::{Decision, Reason, RequestView, RoutingTable};
 use pingora_core::server::ShutdownWatch;
+use pingora_timeout::fast_timeout::fast_timeout;
 use std::io::Write as _;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use pingora_timeout::fast_timeout::fast_timeout;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::futures::Notified;
+use tokio::time::Sleep;
 
 /// What the connection does after an exchange.
 pub enum Next {
@@ -61,23 +64,50 @@ enum Parsed {
     Ready(Box<Plan>),
 }
 
-/// Serves the next request on `conn`.
-pub async fn serve_one(conn: &mut Conn, app: &FastApp, shutdown: &ShutdownWatch) -> Next {
-    let plan = loop {
+/// Serves the next request on `conn`. The exchange's (larger) future lives on the heap
+/// only while a request is in flight, so an idle keep-alive connection's task stays
+/// small (see BENCHMARKS.md, memory).
+pub async fn serve_one(
+    conn: &mut Conn,
+    app: &FastApp,
+    shutdown: &ShutdownWatch,
+    closing: Pin<&mut Notified<'_>>,
+) -> Next {
+    match next_head(conn, app, closing).await {
+        Ok(plan) => Box::pin(serve_plan(conn, app, shutdown, plan)).await,
+        Err(next) => next,
+    }
+}
+
+/// Waits until `conn.buf` holds a complete request head the fast path takes.
+async fn next_head(
+    conn: &mut Conn,
+    app: &FastApp,
+    mut closing: Pin<&mut Notified<'_>>,
+) -> Result<Box<Plan>, Next> {
+    loop {
         if !conn.buf.is_empty() {
             match plan(app, &conn.buf, conn.peer) {
-                Parsed::Ready(p) => break p,
-                Parsed::HandOver => return Next::HandOver,
-                Parsed::Partial if conn.buf.len() >= MAX_HEAD => return Next::HandOver,
+                Parsed::Ready(p) => return Ok(p),
+                Parsed::HandOver => return Err(Next::HandOver),
+                Parsed::Partial if conn.buf.len() >= MAX_HEAD => return Err(Next::HandOver),
                 Parsed::Partial => {}
             }
         }
         let idle = conn.buf.is_empty();
-        match conn.read_more(app, idle).await {
-            Ok(0) | Err(_) => return Next::Gone,
+        match conn.read_more(app, idle, closing.as_mut()).await {
+            Ok(0) | Err(_) => return Err(Next::Gone),
             Ok(_) => {}
         }
-    };
+    }
+}
+
+async fn serve_plan(
+    conn: &mut Conn,
+    app: &FastApp,
+    shutdown: &ShutdownWatch,
+    plan: Box<Plan>,
+) -> Next {
     let _in_flight = app.state.request_started();
     let start = Instant::now();
     let mut ex = Exchange::new(*plan, conn);
@@ -129,7 +159,10 @@ fn plan(app: &FastApp, buf: &[u8], peer: Option<std::net::IpAddr>) -> Parsed {
         head_len,
         framing,
         head_request: method == "HEAD",
-        idempotent: matches!(method, "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"),
+        idempotent: matches!(
+            method,
+            "GET" | "HEAD" | "OPTIONS" | "PUT" | "DELETE" | "TRACE"
+        ),
         route,
         out,
         log,
@@ -154,8 +187,7 @@ fn upstream_head(
     let peer = peer.map(|ip| ip.to_canonical());
     let trusted =
         peer.is_some_and(|ip| table.router.trusted_proxies.iter().any(|n| n.contains(&ip)));
-    let keep_client_proto =
-        trusted && headers.iter().any(|h| is(h.name, "x-forwarded-proto"));
+    let keep_client_proto = trusted && headers.iter().any(|h| is(h.name, "x-forwarded-proto"));
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
@@ -445,7 +477,8 @@ impl<'c> Exchange<'c> {
         }
         let mut rbuf = Vec::with_capacity(UPSTREAM_CHUNK);
         let (head_len, status, framing) = 'head: loop {
-            if read(&mut up, &mut rbuf, read_timeout).await? == 0 {
+            let timer = self.conn.upstream_timer.as_mut();
+            if read(&mut up, &mut rbuf, timer, read_timeout).await? == 0 {
                 return Err(UpErr::NoAnswer);
             }
             // Interim responses (100, 103) are not passed on; the final one is.
@@ -561,7 +594,11 @@ impl<'c> Exchange<'c> {
             header(out, n.as_bytes(), h.value);
         }
         if let Some(e) = expose {
-            header(out, e.as_bytes(), service.variant_name(self.served).as_bytes());
+            header(
+                out,
+                e.as_bytes(),
+                service.variant_name(self.served).as_bytes(),
+            );
         }
         if let (Some(id), Some(name)) = (&d.new_cookie, &service.cfg.assign_cookie) {
             let _ = write!(
@@ -627,7 +664,8 @@ impl<'c> Exchange<'c> {
         self.conn.io.write_all(&out).await.ok()?;
         while left > 0 {
             rbuf.clear();
-            let n = match read(up, &mut rbuf, read_timeout).await {
+            let timer = self.conn.upstream_timer.as_mut();
+            let n = match read(up, &mut rbuf, timer, read_timeout).await {
                 Ok(n) if n > 0 => n,
                 _ => {
                     // Upstream broke (or, for UntilClose, finished): the client's
@@ -716,14 +754,20 @@ fn is_interim(status: u16) -> bool {
 }
 
 /// Reads from the upstream into `buf` within `limit`.
-async fn read(up: &mut TcpStream, buf: &mut Vec<u8>, limit: Duration) -> Result<usize, UpErr> {
+async fn read(
+    up: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    mut timer: Pin<&mut Sleep>,
+    limit: Duration,
+) -> Result<usize, UpErr> {
     if buf.capacity() - buf.len() < UPSTREAM_CHUNK / 4 {
         buf.reserve(UPSTREAM_CHUNK);
     }
-    match fast_timeout(limit, up.read_buf(buf)).await {
-        Ok(Ok(n)) => Ok(n),
-        Ok(Err(_)) => Err(UpErr::NoAnswer),
-        Err(_) => Err(UpErr::Timeout),
+    timer.as_mut().reset(tokio::time::Instant::now() + limit);
+    tokio::select! {
+        biased;
+        r = up.read_buf(buf) => r.map_err(|_| UpErr::NoAnswer),
+        _ = timer => Err(UpErr::Timeout),
     }
 }
 

@@ -72,8 +72,9 @@ pub fn request_framing(req: &httparse::Request<'_, '_>) -> Option<RequestFraming
 /// spaces, odd bytes) is left to Pingora's stricter checks.
 fn plain_host(v: &[u8]) -> bool {
     !v.is_empty()
-        && v.iter()
-            .all(|&b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']'))
+        && v.iter().all(|&b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']')
+        })
 }
 
 /// A decimal `Content-Length` value (digits only, optional surrounding whitespace).
@@ -131,8 +132,7 @@ pub fn response_framing(
                 .any(|t| crate::routing::request::trim(t).eq_ignore_ascii_case(b"close"));
         }
     }
-    let body = if head_request || status == 204 || status == 304 || (100..200).contains(&status)
-    {
+    let body = if head_request || status == 204 || status == 304 || (100..200).contains(&status) {
         BodyFraming::None
     } else {
         match (chunked, length) {
@@ -265,7 +265,8 @@ mod tests {
                 close: false
             })
         );
-        let close = parse_req(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Keep-Alive, close\r\n\r\n");
+        let close =
+            parse_req(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: Keep-Alive, close\r\n\r\n");
         assert!(close.is_some_and(|f| f.close));
         for raw in [
             &b"GET / HTTP/1.0\r\nHost: x\r\n\r\n"[..],
@@ -301,7 +302,10 @@ mod tests {
             Some((BodyFraming::None, true))
         );
         assert_eq!(
-            f(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n", false),
+            f(
+                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\nContent-Length: 9\r\n\r\n",
+                false
+            ),
             Some((BodyFraming::Chunked, true))
         );
         assert_eq!(
@@ -313,15 +317,27 @@ mod tests {
             Some((BodyFraming::UntilClose, false))
         );
         assert_eq!(
-            f(b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n", false),
+            f(
+                b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 1\r\n\r\n",
+                false
+            ),
             Some((BodyFraming::Length(1), false))
         );
         assert_eq!(
             f(b"HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false),
             Some((BodyFraming::Length(1), false))
         );
-        assert_eq!(f(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n", false), None);
-        assert_eq!(f(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", false), None);
+        assert_eq!(
+            f(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n",
+                false
+            ),
+            None
+        );
+        assert_eq!(
+            f(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", false),
+            None
+        );
     }
 
     #[test]
@@ -352,7 +368,12 @@ mod tests {
             b"0\r\nbad\ntrailer",
         ] {
             let mut s = ChunkedScanner::default();
-            assert_eq!(s.feed(bad), Err(BadChunk), "{}", String::from_utf8_lossy(bad));
+            assert_eq!(
+                s.feed(bad),
+                Err(BadChunk),
+                "{}",
+                String::from_utf8_lossy(bad)
+            );
         }
     }
 }

@@ -24,13 +24,15 @@ use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 use std::net::IpAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use pingora_timeout::fast_timeout::fast_timeout;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
+use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
+use tokio::time::Sleep;
 
 /// How long a keep-alive client connection may sit idle between requests (Pingora's own
 /// default).
@@ -82,6 +84,8 @@ impl ServerApp for FastApp {
             io,
             buf: Vec::new(),
             peer,
+            client_timer: Box::pin(tokio::time::sleep(KEEPALIVE_TIMEOUT)),
+            upstream_timer: Box::pin(tokio::time::sleep(KEEPALIVE_TIMEOUT)),
         };
         match conn.serve(self, shutdown).await {
             Served::Closed => None,
@@ -146,13 +150,29 @@ struct Conn {
     /// request, body bytes).
     buf: Vec<u8>,
     peer: Option<IpAddr>,
+    /// Deadline of the current client read. One timer per connection, pushed later for
+    /// each read: extending a registered tokio timer is a store, where a new timer per
+    /// read costs a timer-wheel insertion (and often a reactor wake-up).
+    client_timer: Pin<Box<Sleep>>,
+    /// Deadline of the current upstream read (same reasoning).
+    upstream_timer: Pin<Box<Sleep>>,
 }
 
 impl Conn {
     async fn serve(&mut self, app: &FastApp, shutdown: &ShutdownWatch) -> Served {
+        // Registered once for the connection's life; fires when the service shuts down.
+        let closing = app.wake_idle.notified();
+        tokio::pin!(closing);
+        closing.as_mut().enable();
         loop {
-            match exchange::serve_one(self, app, shutdown).await {
-                exchange::Next::KeepAlive => {}
+            match exchange::serve_one(self, app, shutdown, closing.as_mut()).await {
+                exchange::Next::KeepAlive => {
+                    // An idle keep-alive connection holds no read buffer: 10,000 idle
+                    // clients would otherwise pin 40 MiB (see BENCHMARKS.md, memory).
+                    if self.buf.is_empty() {
+                        self.buf = Vec::new();
+                    }
+                }
                 exchange::Next::Close => {
                     let _ = self.io.shutdown().await;
                     return Served::Closed;
@@ -163,31 +183,34 @@ impl Conn {
         }
     }
 
-    /// Reads more client bytes into `buf`. `idle`: waiting for a new request (keep-alive
-    /// timeout; ends when the service shuts down) rather than for the rest of one.
-    /// `Ok(0)` means the connection is over.
-    async fn read_more(&mut self, app: &FastApp, idle: bool) -> std::io::Result<usize> {
+    /// Reads more client bytes into `buf`. `idle`: waiting for a new request (ends when
+    /// the service shuts down) rather than for the rest of one. `Ok(0)` means the
+    /// connection is over (closed, timed out, or shutting down).
+    async fn read_more(
+        &mut self,
+        app: &FastApp,
+        idle: bool,
+        closing: Pin<&mut Notified<'_>>,
+    ) -> std::io::Result<usize> {
+        if idle && app.closing.load(Ordering::SeqCst) {
+            return Ok(0);
+        }
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
             self.buf.reserve(READ_CHUNK);
         }
-        if !idle {
-            return match fast_timeout(HEAD_TIMEOUT, self.io.read_buf(&mut self.buf)).await
-            {
-                Ok(r) => r,
-                Err(_) => Ok(0),
-            };
-        }
-        let closing = app.wake_idle.notified();
-        tokio::pin!(closing);
-        closing.as_mut().enable();
-        if app.closing.load(Ordering::SeqCst) {
-            return Ok(0);
-        }
+        let limit = if idle {
+            KEEPALIVE_TIMEOUT
+        } else {
+            HEAD_TIMEOUT
+        };
+        self.client_timer
+            .as_mut()
+            .reset(tokio::time::Instant::now() + limit);
         tokio::select! {
-            r = fast_timeout(KEEPALIVE_TIMEOUT, self.io.read_buf(&mut self.buf)) => {
-                r.unwrap_or(Ok(0))
-            }
-            _ = closing => Ok(0),
+            biased;
+            r = self.io.read_buf(&mut self.buf) => r,
+            _ = self.client_timer.as_mut() => Ok(0),
+            _ = closing, if idle => Ok(0),
         }
     }
 }
