@@ -6,7 +6,7 @@
 //! hook; the integration tests run against this path.
 
 use super::http1::{self, BodyFraming, ChunkedScanner, RequestFraming, MAX_HEAD, MAX_HEADERS};
-use super::{pool, Conn, FastApp};
+use super::{pool, Conn, FastApp, Peer};
 use crate::metrics::VariantMetrics;
 use crate::proxy::{self, KIND_CONNECT, KIND_PROTOCOL, KIND_RESET, KIND_TIMEOUT};
 use crate::routing::{Decision, Reason, RequestView, RoutingTable};
@@ -87,7 +87,7 @@ async fn next_head(
 ) -> Result<Box<Plan>, Next> {
     loop {
         if !conn.buf.is_empty() {
-            match plan(app, &conn.buf, conn.peer) {
+            match plan(app, &conn.buf, conn.peer.as_ref()) {
                 Parsed::Ready(p) => return Ok(p),
                 Parsed::HandOver => return Err(Next::HandOver),
                 Parsed::Partial if conn.buf.len() >= MAX_HEAD => return Err(Next::HandOver),
@@ -122,7 +122,7 @@ async fn serve_plan(
 }
 
 /// Parses the head in `buf` and routes it.
-fn plan(app: &FastApp, buf: &[u8], peer: Option<std::net::IpAddr>) -> Parsed {
+fn plan(app: &FastApp, buf: &[u8], peer: Option<&Peer>) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let head_len = match req.parse(buf) {
@@ -137,7 +137,7 @@ fn plan(app: &FastApp, buf: &[u8], peer: Option<std::net::IpAddr>) -> Parsed {
         return Parsed::HandOver;
     };
     let table = app.state.table();
-    let view = RequestView::raw(req.headers, target, peer);
+    let view = RequestView::raw(req.headers, target, peer.map(|p| p.ip));
     let route = table
         .router
         .match_service(&view)
@@ -180,13 +180,17 @@ fn upstream_head(
     method: &str,
     target: &str,
     headers: &[httparse::Header<'_>],
-    peer: Option<std::net::IpAddr>,
+    peer: Option<&Peer>,
 ) {
     let service = &table.router.services[svc];
     let force = service.cfg.force.as_ref().map(|f| f.name.as_str());
-    let peer = peer.map(|ip| ip.to_canonical());
-    let trusted =
-        peer.is_some_and(|ip| table.router.trusted_proxies.iter().any(|n| n.contains(&ip)));
+    let trusted = peer.is_some_and(|p| {
+        table
+            .router
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(&p.canonical))
+    });
     let keep_client_proto = trusted && headers.iter().any(|h| is(h.name, "x-forwarded-proto"));
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
@@ -206,13 +210,14 @@ fn upstream_head(
         }
         header(out, n.as_bytes(), h.value);
     }
-    if let Some(ip) = peer {
+    if let Some(p) = peer {
         out.extend_from_slice(b"x-forwarded-for: ");
         for h in headers.iter().filter(|h| is(h.name, "x-forwarded-for")) {
             out.extend_from_slice(h.value);
             out.extend_from_slice(b", ");
         }
-        let _ = write!(out, "{ip}\r\n");
+        out.extend_from_slice(p.text.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
     if !keep_client_proto {
         out.extend_from_slice(b"x-forwarded-proto: http\r\n");
@@ -575,12 +580,7 @@ impl<'c> Exchange<'c> {
         let expose = service.cfg.expose_header.as_ref().map(|h| h.as_str());
         let out = &mut self.plan.out;
         out.clear();
-        let _ = write!(
-            out,
-            "HTTP/1.1 {} {}\r\n",
-            resp.code.unwrap_or(0),
-            resp.reason.unwrap_or("")
-        );
+        status_line(out, resp.code.unwrap_or(0), resp.reason.unwrap_or(""));
         for h in resp.headers.iter() {
             let n = h.name;
             if is(n, "connection")
@@ -746,6 +746,20 @@ impl<'c> Exchange<'c> {
             );
         }
     }
+}
+
+/// `HTTP/1.1 <code> <reason>\r\n` without going through `fmt`.
+fn status_line(out: &mut Vec<u8>, code: u16, reason: &str) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let code = code.min(999);
+    out.extend_from_slice(&[
+        b'0' + (code / 100) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+        b' ',
+    ]);
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// A 1xx response other than 101 (which cohort never asks for).

@@ -78,31 +78,40 @@ impl ServerApp for FastApp {
             Ok(io) => io,
             Err(stream) => return self.proxy.process_new(stream, shutdown).await,
         };
-        let _ = io.set_nodelay(true);
-        let peer = io.peer_addr().ok().map(|a| a.ip());
-        let mut conn = Conn {
-            io,
-            buf: Vec::new(),
-            peer,
-            client_timer: Box::pin(tokio::time::sleep(KEEPALIVE_TIMEOUT)),
-            upstream_timer: Box::pin(tokio::time::sleep(KEEPALIVE_TIMEOUT)),
-        };
-        match conn.serve(self, shutdown).await {
-            Served::Closed => None,
-            Served::HandOver => {
-                let fd = conn.io.as_raw_fd();
-                let mut io = L4Stream::from(conn.io);
-                io.set_socket_digest(SocketDigest::from_raw_fd(fd));
-                io.rewind(&conn.buf);
-                self.proxy.process_new(Box::new(io), shutdown).await
-            }
-        }
+        // The connection gets its own small task on this thread; Pingora's accept task
+        // (sized for a TLS handshake) ends here instead of living as long as the
+        // connection (see BENCHMARKS.md, memory).
+        tokio::spawn(connection(self.clone(), io, shutdown.clone()));
+        None
     }
 
     async fn cleanup(&self) {
         self.closing.store(true, Ordering::SeqCst);
         self.wake_idle.notify_waiters();
         ServerApp::cleanup(self.proxy.as_ref()).await;
+    }
+}
+
+/// Serves one client connection until it closes, or hands it to the Pingora proxy.
+async fn connection(app: Arc<FastApp>, io: TcpStream, shutdown: ShutdownWatch) {
+    let _ = io.set_nodelay(true);
+    let peer = io.peer_addr().ok().map(|a| Peer::new(a.ip()));
+    let mut conn = Conn {
+        io,
+        buf: Vec::new(),
+        peer,
+        client_timer: Box::pin(tokio::time::sleep(KEEPALIVE_TIMEOUT)),
+        upstream_timer: Box::pin(tokio::time::sleep(KEEPALIVE_TIMEOUT)),
+    };
+    if let Served::HandOver = conn.serve(&app, &shutdown).await {
+        let fd = conn.io.as_raw_fd();
+        let mut io = L4Stream::from(conn.io);
+        io.set_socket_digest(SocketDigest::from_raw_fd(fd));
+        io.rewind(&conn.buf);
+        let mut next = app.proxy.process_new(Box::new(io), &shutdown).await;
+        while let Some(stream) = next {
+            next = app.proxy.process_new(stream, &shutdown).await;
+        }
     }
 }
 
@@ -135,6 +144,27 @@ fn rehome(stream: Stream) -> Result<TcpStream, Stream> {
     }
 }
 
+/// The client's TCP peer, with what each request needs from it precomputed.
+pub(crate) struct Peer {
+    /// As the socket reports it (routing sees this).
+    pub ip: IpAddr,
+    /// IPv4-mapped addresses as IPv4 (trusted-proxy checks, `X-Forwarded-For`).
+    pub canonical: IpAddr,
+    /// `canonical` as text, for `X-Forwarded-For`.
+    pub text: String,
+}
+
+impl Peer {
+    fn new(ip: IpAddr) -> Peer {
+        let canonical = ip.to_canonical();
+        Peer {
+            ip,
+            canonical,
+            text: canonical.to_string(),
+        }
+    }
+}
+
 /// How a connection's fast-path service ended.
 enum Served {
     /// The connection is done (closed by either side, or after an error response).
@@ -149,7 +179,7 @@ struct Conn {
     /// Bytes read from the client and not yet consumed (a request head, a pipelined
     /// request, body bytes).
     buf: Vec<u8>,
-    peer: Option<IpAddr>,
+    peer: Option<Peer>,
     /// Deadline of the current client read. One timer per connection, pushed later for
     /// each read: extending a registered tokio timer is a store, where a new timer per
     /// read costs a timer-wheel insertion (and often a reactor wake-up).
@@ -212,5 +242,47 @@ impl Conn {
             _ = self.client_timer.as_mut() => Ok(0),
             _ = closing, if idle => Ok(0),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pingora_core::server::configuration::ServerConf;
+
+    fn app() -> Arc<FastApp> {
+        let text = crate::demo::DEMO_CONFIG
+            .replace("@LISTEN@", "127.0.0.1:1")
+            .replace("@ADMIN@", "127.0.0.1:2")
+            .replace("@STABLE@", "127.0.0.1:3")
+            .replace("@CANARY@", "127.0.0.1:4");
+        let config = crate::config::Config::parse(&text).unwrap();
+        let state = Arc::new(State::new(
+            crate::routing::RoutingTable::build(config).unwrap(),
+        ));
+        let proxy = pingora_proxy::http_proxy(
+            &Arc::new(ServerConf::default()),
+            CohortProxy {
+                state: state.clone(),
+            },
+        );
+        Arc::new(FastApp::new(state, proxy))
+    }
+
+    /// Memory per idle keep-alive connection is mostly its task's future: keep the
+    /// states a connection waits in between requests small (BENCHMARKS.md, memory).
+    #[tokio::test]
+    async fn an_idle_connection_holds_little_memory() {
+        let app = app();
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let _client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (server, _) = listener.accept().await.unwrap();
+        let (_tx, shutdown) = tokio::sync::watch::channel(false);
+        let task = std::mem::size_of_val(&connection(app, server, shutdown));
+        let sleep = std::mem::size_of::<Sleep>();
+        eprintln!("connection future {task} B, timer {sleep} B");
+        assert!(task <= 1536, "connection future is {task} bytes");
     }
 }

@@ -4,7 +4,6 @@
 //! is taken (its socket reads as closed) and dropped then.
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -16,10 +15,21 @@ const MAX_IDLE_PER_BACKEND: usize = 128;
 /// Every this many returns, idle connections past [`IDLE_TIMEOUT`] are closed.
 const SWEEP_EVERY: u32 = 4096;
 
+/// Idle connections per backend address. A short list searched linearly: a thread
+/// talks to few backends, and hashing a `SocketAddr` per request costs more.
 #[derive(Default)]
 struct Idle {
-    by_addr: HashMap<SocketAddr, Vec<(TcpStream, Instant)>>,
+    by_addr: Vec<(SocketAddr, Vec<(TcpStream, Instant)>)>,
     puts: u32,
+}
+
+impl Idle {
+    fn list(&mut self, addr: SocketAddr) -> Option<&mut Vec<(TcpStream, Instant)>> {
+        self.by_addr
+            .iter_mut()
+            .find(|(a, _)| *a == addr)
+            .map(|(_, list)| list)
+    }
 }
 
 thread_local! {
@@ -30,7 +40,7 @@ thread_local! {
 pub fn take(addr: SocketAddr) -> Option<TcpStream> {
     IDLE.with(|idle| {
         let mut idle = idle.borrow_mut();
-        let list = idle.by_addr.get_mut(&addr)?;
+        let list = idle.list(addr)?;
         while let Some((stream, since)) = list.pop() {
             if since.elapsed() < IDLE_TIMEOUT && is_open(&stream) {
                 return Some(stream);
@@ -46,12 +56,17 @@ pub fn put(addr: SocketAddr, stream: TcpStream) {
         let mut idle = idle.borrow_mut();
         idle.puts = idle.puts.wrapping_add(1);
         if idle.puts % SWEEP_EVERY == 0 {
-            for list in idle.by_addr.values_mut() {
+            for (_, list) in idle.by_addr.iter_mut() {
                 list.retain(|(_, since)| since.elapsed() < IDLE_TIMEOUT);
             }
-            idle.by_addr.retain(|_, list| !list.is_empty());
+            idle.by_addr.retain(|(_, list)| !list.is_empty());
         }
-        let list = idle.by_addr.entry(addr).or_default();
+        if idle.list(addr).is_none() {
+            idle.by_addr.push((addr, Vec::new()));
+        }
+        let Some(list) = idle.list(addr) else {
+            return;
+        };
         if list.len() >= MAX_IDLE_PER_BACKEND {
             list.remove(0);
         }

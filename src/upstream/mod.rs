@@ -111,6 +111,10 @@ impl Pool {
     /// Picks a healthy backend, skipping `exclude` (the one a connect just failed on).
     /// `key` steers `consistent` pools; the others ignore it.
     pub fn select(&self, key: u64, exclude: Option<SocketAddr>) -> Option<SocketAddr> {
+        if let [only] = self.addrs[..] {
+            // One backend: every balance policy picks it.
+            return (Some(only) != exclude && self.is_up(&only)).then_some(only);
+        }
         let key = key.to_le_bytes();
         let accept = |b: &Backend, _: bool| match b.addr.as_inet() {
             Some(a) => Some(a) != exclude.as_ref() && self.is_up(a),
