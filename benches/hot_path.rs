@@ -109,6 +109,36 @@ fn bench_decide(c: &mut Criterion) {
             black_box(table.router.decide(svc, &view))
         })
     });
+    // The same request as the HTTP/1.1 fast path sees it: httparse's header list.
+    let mut raw = b"GET /v1/orders?page=2 HTTP/1.1\r\n".to_vec();
+    for (k, v) in &headers {
+        raw.extend_from_slice(k.as_str().as_bytes());
+        raw.extend_from_slice(b": ");
+        raw.extend_from_slice(v.as_bytes());
+        raw.extend_from_slice(b"\r\n");
+    }
+    raw.extend_from_slice(b"\r\n");
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut slots);
+    req.parse(&raw).expect("parse");
+    let (target, list) = (req.path.expect("target"), &*req.headers);
+    c.bench_function("decide/raw-headers/match+key+4rules+3variants", |b| {
+        b.iter(|| {
+            let view = RequestView::raw(black_box(list), target, peer);
+            let svc = table.router.match_service(&view).expect("service");
+            black_box(table.router.decide(svc, &view))
+        })
+    });
+    c.bench_function("decide/raw-headers/parse+match+key+4rules+3variants", |b| {
+        b.iter(|| {
+            let mut slots = [httparse::EMPTY_HEADER; 64];
+            let mut req = httparse::Request::new(&mut slots);
+            let _ = req.parse(black_box(&raw));
+            let view = RequestView::raw(req.headers, req.path.unwrap_or("/"), peer);
+            let svc = table.router.match_service(&view).expect("service");
+            black_box(table.router.decide(svc, &view))
+        })
+    });
 }
 
 fn bench_record(c: &mut Criterion) {

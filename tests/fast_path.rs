@@ -180,10 +180,11 @@ fn framing(r: &Response) -> [Option<&str>; 3] {
     ["transfer-encoding", "content-length", "connection"].map(|h| r.header(h))
 }
 
-/// Pingora adds `Date` to every response it serves; the fast path relays the upstream's
-/// head (these upstreams send none), which tells the two paths apart.
+/// Pingora writes a `Connection` header (title case) on every HTTP/1 response it
+/// serves; the fast path writes one only when it closes the connection, in lower case.
+/// That tells the two paths apart.
 fn by_pingora(r: &Response) -> bool {
-    r.header("date").is_some()
+    r.headers.iter().any(|(k, _)| k == "Connection")
 }
 
 #[test]
@@ -216,6 +217,12 @@ fn chunked_upstream_responses_are_relayed_and_the_connection_stays_usable() {
         assert_eq!(resp.header("x-cohort-variant"), Some("stable"), "{path}");
         assert!(!by_pingora(&resp), "{path}: not served by the fast path");
         assert!(keep, "{path}: the client connection was not kept alive");
+        // The upstream sent no Date: the proxy adds one (RFC 9110 section 6.6.1).
+        let date = resp.header("date").unwrap_or_default();
+        assert!(
+            httpdate::parse_http_date(date).is_ok(),
+            "{path}: date {date:?}"
+        );
     }
     let lines: Vec<String> = up.seen().into_iter().map(|r| r.line).collect();
     assert_eq!(lines, ["GET /c1 HTTP/1.1", "GET /c2 HTTP/1.1"]);

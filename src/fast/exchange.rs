@@ -94,7 +94,10 @@ async fn next_head(
                 Parsed::Partial => {}
             }
         }
-        let idle = conn.buf.is_empty();
+        // Between requests the connection is idle (a shutdown may close it). A new
+        // connection is not: its client has just connected to send a request, which is
+        // served even if the service started shutting down meanwhile.
+        let idle = conn.buf.is_empty() && conn.served > 0;
         match conn.read_more(app, idle, closing.as_mut()).await {
             Ok(0) | Err(_) => return Err(Next::Gone),
             Ok(_) => {}
@@ -327,6 +330,7 @@ impl<'c> Exchange<'c> {
         if code == 503 {
             out.extend_from_slice(b"retry-after: 1\r\n");
         }
+        http1::date_header(&mut out);
         if self.close {
             out.extend_from_slice(b"connection: close\r\n");
         }
@@ -581,8 +585,10 @@ impl<'c> Exchange<'c> {
         let out = &mut self.plan.out;
         out.clear();
         status_line(out, resp.code.unwrap_or(0), resp.reason.unwrap_or(""));
+        let mut has_date = false;
         for h in resp.headers.iter() {
             let n = h.name;
+            has_date |= is(n, "date");
             if is(n, "connection")
                 || is(n, "keep-alive")
                 || is(n, "proxy-connection")
@@ -592,6 +598,9 @@ impl<'c> Exchange<'c> {
                 continue;
             }
             header(out, n.as_bytes(), h.value);
+        }
+        if !has_date {
+            http1::date_header(out);
         }
         if let Some(e) = expose {
             header(

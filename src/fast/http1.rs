@@ -86,6 +86,29 @@ pub fn parse_length(v: &[u8]) -> Option<u64> {
     Some(v.iter().fold(0, |n, d| n * 10 + u64::from(d - b'0')))
 }
 
+/// Appends `date: <IMF-fixdate>\r\n` (RFC 9110 §6.6.1: a proxy adds `Date` to a
+/// response that lacks one, and cohort's own responses carry one). The text is
+/// formatted once per second per thread.
+pub fn date_header(out: &mut Vec<u8>) {
+    use std::time::{SystemTime, UNIX_EPOCH};
+    thread_local! {
+        static CACHE: std::cell::RefCell<(u64, String)> = const {
+            std::cell::RefCell::new((0, String::new()))
+        };
+    }
+    let now = SystemTime::now();
+    let secs = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    CACHE.with(|c| {
+        let mut c = c.borrow_mut();
+        if c.0 != secs || c.1.is_empty() {
+            *c = (secs, httpdate::fmt_http_date(now));
+        }
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(c.1.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
 /// How the end of a response body is found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFraming {
@@ -338,6 +361,23 @@ mod tests {
             f(b"HTTP/1.1 200 OK\r\nContent-Length: -1\r\n\r\n", false),
             None
         );
+    }
+
+    #[test]
+    fn date_header_is_an_imf_fixdate() {
+        let mut out = Vec::new();
+        date_header(&mut out);
+        let line = String::from_utf8(out).unwrap();
+        let value = line
+            .strip_prefix("date: ")
+            .and_then(|v| v.strip_suffix("\r\n"))
+            .unwrap();
+        let parsed = httpdate::parse_http_date(value).unwrap();
+        let age = std::time::SystemTime::now()
+            .duration_since(parsed)
+            .unwrap_or_default();
+        assert!(age.as_secs() <= 2, "{value}");
+        assert_eq!(value.len(), 29, "{value}");
     }
 
     #[test]

@@ -100,6 +100,7 @@ async fn connection(app: Arc<FastApp>, io: TcpStream, shutdown: ShutdownWatch) {
         io,
         buf: Vec::new(),
         peer,
+        served: 0,
         client_timer: Box::pin(tokio::time::sleep(KEEPALIVE_TIMEOUT)),
         upstream_timer: Box::pin(tokio::time::sleep(KEEPALIVE_TIMEOUT)),
     };
@@ -180,6 +181,8 @@ struct Conn {
     /// request, body bytes).
     buf: Vec<u8>,
     peer: Option<Peer>,
+    /// Requests answered on this connection so far.
+    served: u32,
     /// Deadline of the current client read. One timer per connection, pushed later for
     /// each read: extending a registered tokio timer is a store, where a new timer per
     /// read costs a timer-wheel insertion (and often a reactor wake-up).
@@ -197,6 +200,7 @@ impl Conn {
         loop {
             match exchange::serve_one(self, app, shutdown, closing.as_mut()).await {
                 exchange::Next::KeepAlive => {
+                    self.served += 1;
                     // An idle keep-alive connection holds no read buffer: 10,000 idle
                     // clients would otherwise pin 40 MiB (see BENCHMARKS.md, memory).
                     if self.buf.is_empty() {
@@ -222,11 +226,15 @@ impl Conn {
         idle: bool,
         closing: Pin<&mut Notified<'_>>,
     ) -> std::io::Result<usize> {
-        if idle && app.closing.load(Ordering::SeqCst) {
-            return Ok(0);
-        }
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
             self.buf.reserve(READ_CHUNK);
+        }
+        if idle && app.closing.load(Ordering::SeqCst) {
+            // Shutting down: serve a request that already arrived, wait for no other.
+            return match self.io.try_read_buf(&mut self.buf) {
+                Ok(n) => Ok(n),
+                Err(_) => Ok(0),
+            };
         }
         let limit = if idle {
             KEEPALIVE_TIMEOUT
