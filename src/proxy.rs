@@ -22,7 +22,9 @@ pub const VARIANT_HEADER: &str = "x-cohort-variant";
 pub const REASON_HEADER: &str = "x-cohort-reason";
 const COHORT_PREFIX: &[u8] = b"x-cohort-";
 
-/// The proxy service (plaintext and TLS listeners alike).
+/// The Pingora proxy: TLS listeners (HTTP/1.1 and HTTP/2), connections the HTTP/1.1 fast
+/// path ([`crate::fast`]) hands over, and every plaintext listener when the fast path is
+/// off (`COHORT_FAST_PATH=0`).
 pub struct CohortProxy {
     pub state: Arc<State>,
 }

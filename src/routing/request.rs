@@ -268,6 +268,59 @@ mod tests {
     }
 
     #[test]
+    fn raw_views_answer_like_header_map_views() {
+        let raw = [
+            httparse::Header {
+                name: "Host",
+                value: b"API.example.com:8080",
+            },
+            httparse::Header {
+                name: "X-Forwarded-For",
+                value: b"1.1.1.1, 2.2.2.2",
+            },
+            httparse::Header {
+                name: "cookie",
+                value: b"a=1; session=\"abc\"",
+            },
+            httparse::Header {
+                name: "x-forwarded-for",
+                value: b"3.3.3.3",
+            },
+            httparse::Header {
+                name: "X-USER-ID",
+                value: b"  u1 ",
+            },
+        ];
+        let mut map = HeaderMap::new();
+        for h in &raw {
+            map.append(
+                HeaderName::from_bytes(h.name.as_bytes()).unwrap(),
+                http::HeaderValue::from_bytes(h.value).unwrap(),
+            );
+        }
+        let uri: Uri = "/p/q?uid=a%20b&x=1".parse().unwrap();
+        let views = [
+            RequestView::raw(&raw, "/p/q?uid=a%20b&x=1", None),
+            RequestView::new(&map, &uri, None),
+        ];
+        for v in views {
+            assert_eq!(v.host(), Some(&b"API.example.com"[..]));
+            assert_eq!(v.path(), b"/p/q");
+            assert_eq!(v.query("uid").as_deref(), Some(&b"a b"[..]));
+            assert_eq!(v.cookie("session"), Some(&b"abc"[..]));
+            assert_eq!(
+                v.header(&HeaderName::from_static("x-user-id")),
+                Some(&b"u1"[..])
+            );
+            let xff: Vec<&[u8]> = v.values("x-forwarded-for").collect();
+            assert_eq!(xff, [&b"1.1.1.1, 2.2.2.2"[..], b"3.3.3.3"]);
+            let back: Vec<&[u8]> = v.values("x-forwarded-for").rev().collect();
+            assert_eq!(back, [&b"3.3.3.3"[..], b"1.1.1.1, 2.2.2.2"]);
+            assert_eq!(v.values("absent").next(), None);
+        }
+    }
+
+    #[test]
     fn header_values_are_trimmed_and_blank_is_absent() {
         let mut h = HeaderMap::new();
         h.insert("x-user-id", HeaderValue::from_static("  u1\t"));
