@@ -22,8 +22,8 @@
 //!   NUL or bare CR in a value, a header line without a colon: `400`, nothing forwarded;
 //! - bytes 0x80-0xFF in header values are accepted (obs-text) and forwarded unchanged;
 //!   raw non-ASCII bytes in the request target get `400`;
-//! - pipelined requests are not served unless the application opts in (cohort does
-//!   not): the first is answered, then the connection closes;
+//! - pipelined requests are all answered, in order (the fast path serves them from its
+//!   buffer; the Pingora proxy has pipelining turned on per session);
 //! - garbage (binary junk, HTTP/0.9, unknown versions, bad methods, TLS or HTTP/2
 //!   prefaces on the plaintext port) gets `400`, CONNECT `405`, incomplete requests a close.
 
@@ -1401,10 +1401,10 @@ fn pipelined_burst(n: usize) -> Vec<u8> {
         .collect()
 }
 
-/// RFC 9112 9.3.2: responses to pipelined requests in request order. Pingora 0.9.1 only
-/// serves pipelined requests when the application opts in per session
-/// (`set_pipelining_enabled(true)`); cohort does not, so Pingora answers the first
-/// request (advertising `Connection: keep-alive`), then closes and drops the other 49.
+/// RFC 9112 9.3.2: responses to pipelined requests in request order. The fast path
+/// serves a burst from its read buffer one request after another; the Pingora proxy
+/// only does when the application opts in per session (`set_pipelining_enabled(true)`,
+/// which cohort does in `early_request_filter`).
 #[test]
 fn fifty_pipelined_requests_are_answered_in_order() {
     let mut f = start(100, 0, TRUSTED_LOOPBACK, "");

@@ -527,6 +527,10 @@ impl<'c> Exchange<'c> {
 
     /// Streams the rest of the request body from the client to the upstream.
     async fn stream_request_body(&mut self, up: &mut TcpStream) -> Result<(), UpErr> {
+        if self.body_left > 16 * 1024 {
+            // Large bodies move in 64 KiB reads rather than the head buffer's 4 KiB.
+            self.conn.buf.reserve(64 * 1024);
+        }
         while self.body_left > 0 {
             if self.conn.buf.is_empty() {
                 match fast_timeout(
