@@ -183,14 +183,11 @@ impl ProxyHttp for CohortProxy {
                 "connect failed; no other backend",
             );
         }
-        let fallback = table.router.services[svc].cfg.fallback;
-        if let Some(f) = fallback.filter(|f| *f != ctx.served) {
-            if let Some(addr) = pools[f].select(d.pool_key, None) {
-                ctx.upstream_addr = Some(addr);
-                ctx.served = f;
-                ctx.reason = Some(Reason::Fallback);
-                return Ok(Box::new(pools[f].peer(addr)));
-            }
+        if let Some((f, addr)) = table.fallback_backend(svc, ctx.served, d.pool_key) {
+            ctx.upstream_addr = Some(addr);
+            ctx.served = f;
+            ctx.reason = Some(Reason::Fallback);
+            return Ok(Box::new(pools[f].peer(addr)));
         }
         Error::e_explain(ErrorType::HTTPStatus(503), "no healthy backend")
     }
@@ -467,14 +464,14 @@ fn status_for(e: &Error) -> u16 {
     }
 }
 
-/// Whether a (lower-case) header name is `x-cohort-*`, also when spelled with `_`
+/// Whether a header name is `x-cohort-*` in any letter case, also when spelled with `_`
 /// (CGI-style servers map `x_cohort_variant` and `x-cohort-variant` to the same name).
 pub(crate) fn is_cohort_header(name: &str) -> bool {
     let n = name.as_bytes();
     n.len() >= COHORT_PREFIX.len()
         && n.iter()
             .zip(COHORT_PREFIX)
-            .all(|(a, b)| a == b || (*a == b'_' && *b == b'-'))
+            .all(|(a, b)| a.to_ascii_lowercase() == *b || (*a == b'_' && *b == b'-'))
 }
 
 /// Removes every client-sent `x-cohort-*` header (names are lower-case in `HeaderMap`).

@@ -17,7 +17,7 @@ use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// A request as an upstream parsed it (header names lower-cased, body decoded).
 #[derive(Debug, Clone)]
@@ -402,45 +402,12 @@ fn http_1_0_and_chunked_requests_are_handed_to_pingora_and_still_routed() {
     assert!(s > 0 && c > 0, "both variants served: {s} / {c}");
 }
 
-/// Like [`Cohort::start`], with extra environment for the process.
-fn start_with_env(config: &str, env: &[(&str, &str)]) -> Cohort {
-    let dir = tempfile::tempdir().unwrap();
-    let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let config_path = dir.path().join("cohort.toml");
-    std::fs::write(&config_path, render(config, addr, admin, dir.path())).unwrap();
-    let log = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
-    let child = std::process::Command::new(bin())
-        .args(["run".as_ref(), "-c".as_ref(), config_path.as_os_str()])
-        .envs(env.iter().copied())
-        .env("RUST_LOG", "info")
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let mut px = Cohort {
-        child,
-        addr,
-        admin,
-        dir,
-        config_path,
-    };
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while TcpStream::connect(addr).is_err() || TcpStream::connect(admin).is_err() {
-        let up = matches!(px.child.try_wait(), Ok(None)) && Instant::now() < deadline;
-        assert!(up, "did not start: {}", px.stderr());
-        thread::sleep(Duration::from_millis(20));
-    }
-    px
-}
-
 #[test]
 fn with_cohort_fast_path_0_the_same_requests_are_served_by_pingora() {
     let (s, c) = (backend("stable"), backend("canary"));
     let cfg = config([s.addr, c.addr], [50, 50]);
     let fast = Cohort::start(&cfg);
-    let slow = start_with_env(&cfg, &[("COHORT_FAST_PATH", "0")]);
+    let slow = Cohort::start_with_env(&cfg, &[("COHORT_FAST_PATH", "0")]);
     let (mut fc, mut sc) = (fast.client(), slow.client());
     let mut served = Vec::new();
     for i in 0..20 {

@@ -204,7 +204,7 @@ fn upstream_head(
         if is(n, "connection")
             || is(n, "keep-alive")
             || is(n, "proxy-connection")
-            || is_cohort(n)
+            || proxy::is_cohort_header(n)
             || force.is_some_and(|f| is(n, f))
             || (peer.is_some() && is(n, "x-forwarded-for"))
             || (!keep_client_proto && is(n, "x-forwarded-proto"))
@@ -236,11 +236,6 @@ fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
 
 fn is(name: &str, lower: &str) -> bool {
     name.len() == lower.len() && name.as_bytes().eq_ignore_ascii_case(lower.as_bytes())
-}
-
-/// `x-cohort-*` in any case, also spelled with `_`.
-fn is_cohort(name: &str) -> bool {
-    name.len() >= 9 && proxy::is_cohort_header(&name[..9].to_ascii_lowercase())
 }
 
 /// Why an upstream attempt failed.
@@ -371,20 +366,14 @@ impl<'c> Exchange<'c> {
             let addr = match pools[self.served].select(d.pool_key, failed) {
                 Some(a) => a,
                 None if retried => return self.error(502).await,
-                None => {
-                    let fallback = table.router.services[svc].cfg.fallback;
-                    match fallback
-                        .filter(|f| *f != self.served)
-                        .and_then(|f| pools[f].select(d.pool_key, None).map(|a| (f, a)))
-                    {
-                        Some((f, a)) => {
-                            self.served = f;
-                            self.reason = Reason::Fallback;
-                            a
-                        }
-                        None => return self.error(503).await,
+                None => match table.fallback_backend(svc, self.served, d.pool_key) {
+                    Some((f, a)) => {
+                        self.served = f;
+                        self.reason = Reason::Fallback;
+                        a
                     }
-                }
+                    None => return self.error(503).await,
+                },
             };
             self.upstream = Some(addr);
             let pool = &pools[self.served];
@@ -516,13 +505,12 @@ impl<'c> Exchange<'c> {
         if reusable == Some(true) && framing.reusable {
             pool::put(addr, up);
         }
-        let code = status;
         let next = match (client_ok, self.close) {
             (false, _) => Next::Gone,
             (true, true) => Next::Close,
             (true, false) => Next::KeepAlive,
         };
-        Ok((code, next))
+        Ok((status, next))
     }
 
     /// Streams the rest of the request body from the client to the upstream.

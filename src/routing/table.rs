@@ -95,6 +95,22 @@ impl RoutingTable {
         })
     }
 
+    /// The service's `fallback` variant and a healthy backend of it, for a request whose
+    /// variant `served` has none (SPEC: `fallback`); `None` without a (different, healthy)
+    /// fallback.
+    pub fn fallback_backend(
+        &self,
+        svc: usize,
+        served: usize,
+        pool_key: u64,
+    ) -> Option<(usize, std::net::SocketAddr)> {
+        let f = self.router.services[svc]
+            .cfg
+            .fallback
+            .filter(|f| *f != served)?;
+        self.pools[svc][f].select(pool_key, None).map(|a| (f, a))
+    }
+
     /// Whether any backend is named by a DNS name (not an IP literal).
     pub fn uses_dns(&self) -> bool {
         self.config

@@ -50,14 +50,25 @@ impl Cohort {
 
     /// Like [`Cohort::start`], after `prepare` has written files into the instance's dir.
     pub fn start_prepared(config: &str, prepare: impl FnOnce(&Path)) -> Cohort {
-        Self::start_full(config, &[], prepare)
+        Self::start_full(config, &[], &[], prepare)
     }
 
     pub fn start_with_args(config: &str, extra: &[&str]) -> Cohort {
-        Self::start_full(config, extra, |_| {})
+        Self::start_full(config, extra, &[], |_| {})
     }
 
-    fn start_full(config: &str, extra: &[&str], prepare: impl FnOnce(&Path)) -> Cohort {
+    /// Like [`Cohort::start`], with extra environment variables for the process.
+    #[allow(dead_code)]
+    pub fn start_with_env(config: &str, env: &[(&str, &str)]) -> Cohort {
+        Self::start_full(config, &[], env, |_| {})
+    }
+
+    fn start_full(
+        config: &str,
+        extra: &[&str],
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&Path),
+    ) -> Cohort {
         let dir = tempfile::tempdir().expect("tempdir");
         prepare(dir.path());
         let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
@@ -65,7 +76,7 @@ impl Cohort {
         let text = render(config, addr, admin, dir.path());
         let config_path = dir.path().join("cohort.toml");
         std::fs::write(&config_path, text).expect("write config");
-        let child = spawn_run(&config_path, dir.path(), extra);
+        let child = spawn_run_with_env(&config_path, dir.path(), extra, env);
         let mut c = Cohort {
             child,
             addr,
@@ -177,6 +188,15 @@ pub fn render(config: &str, addr: SocketAddr, admin: SocketAddr, dir: &Path) -> 
 
 /// Spawns `cohort run -c path` with stderr captured in `dir/stderr.log`.
 pub fn spawn_run(config_path: &Path, dir: &Path, extra: &[&str]) -> Child {
+    spawn_run_with_env(config_path, dir, extra, &[])
+}
+
+fn spawn_run_with_env(
+    config_path: &Path,
+    dir: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
@@ -187,6 +207,7 @@ pub fn spawn_run(config_path: &Path, dir: &Path, extra: &[&str]) -> Child {
         .arg("-c")
         .arg(config_path)
         .args(extra)
+        .envs(env.iter().copied())
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
