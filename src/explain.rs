@@ -4,7 +4,7 @@
 
 use crate::config::KeySource;
 use crate::routing::cohort;
-use crate::routing::key::{find_key, KeyFrom};
+use crate::routing::key::KeyFrom;
 use crate::routing::{Reason, RequestView, Router};
 use http::{header, HeaderMap, HeaderName, HeaderValue, Uri};
 use percent_encoding::{utf8_percent_encode, NON_ALPHANUMERIC};
@@ -78,12 +78,7 @@ pub fn explain(router: &Router, input: &ExplainInput) -> Result<Explanation, Str
         _ => service.weights.clone(),
     };
     let ip = router.client_ip(&view);
-    let found = find_key(
-        &service.cfg.keys,
-        service.cfg.assign_cookie.as_deref(),
-        &view,
-        ip,
-    );
+    let found = service.find_key(&view, ip);
     let key_bytes: Option<Vec<u8>> = match (&d.new_cookie, &found) {
         (Some(id), _) => Some(id.as_str().as_bytes().to_vec()),
         (None, Some((k, _))) if d.key_from.is_some() => Some(k.as_bytes().to_vec()),

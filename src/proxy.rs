@@ -413,7 +413,7 @@ pub(crate) fn access_log_key(
     }
     let s = &table.router.services[svc];
     let ip = table.router.client_ip(view);
-    crate::routing::key::find_key(&s.cfg.keys, s.cfg.assign_cookie.as_deref(), view, ip)
+    s.find_key(view, ip)
         .map(|(k, _)| String::from_utf8_lossy(k.as_bytes()).into_owned())
 }
 

@@ -4,14 +4,15 @@
 
 pub mod error;
 pub mod file;
+mod key_set;
 mod validate;
 
 pub use error::{ConfigError, FieldError};
+pub use key_set::KeySet;
 
 use http::HeaderName;
 use ipnet::IpNet;
 use sha2::{Digest, Sha256};
-use std::collections::HashSet;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
@@ -190,7 +191,7 @@ pub struct RuleConfig {
     pub header: Option<Matcher<HeaderName>>,
     pub cookie: Option<Matcher<String>>,
     pub query: Option<Matcher<String>>,
-    pub key_in: Option<HashSet<Vec<u8>>>,
+    pub key_in: Option<KeySet>,
     pub action: RuleAction,
 }
 

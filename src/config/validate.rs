@@ -412,7 +412,7 @@ fn rule(
         }
         keys.iter()
             .map(|k| k.as_bytes().to_vec())
-            .collect::<HashSet<_>>()
+            .collect::<super::KeySet>()
     });
     if r.client_cidr.is_none()
         && r.header.is_none()

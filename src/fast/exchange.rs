@@ -140,7 +140,8 @@ fn plan(app: &FastApp, buf: &[u8], peer: Option<&Peer>) -> Parsed {
         return Parsed::HandOver;
     };
     let table = app.state.table();
-    let view = RequestView::raw(req.headers, target, peer.map(|p| p.ip));
+    let view = RequestView::raw(req.headers, target, peer.map(|p| p.ip))
+        .indexed(&table.router.header_slots);
     let route = table
         .router
         .match_service(&view)

@@ -2,6 +2,8 @@
 //! Pure functions over a [`request::RequestView`]; the hashing in [`cohort`] is normative.
 
 pub mod cohort;
+mod compare;
+pub mod header_index;
 pub mod key;
 pub mod request;
 pub mod router;

@@ -3,16 +3,19 @@
 //! `GET /explain` build it from their flags, so all three share one decision path.
 //! Everything here is allocation-free except percent-decoding a query value with `%`.
 
+use super::header_index::{HeaderIndex, HeaderSlots, Narrowed, Slot};
 use http::{header, HeaderMap, HeaderName, Uri};
 use std::borrow::Cow;
 use std::net::IpAddr;
 
 /// Where a request's headers live: Pingora's parsed map, or the raw list the HTTP/1 fast
-/// path parsed (names in their original case, looked up case-insensitively).
+/// path parsed (names in their original case, looked up case-insensitively), optionally
+/// with an index of the names routing reads.
 #[derive(Debug, Clone, Copy)]
-pub enum Headers<'a> {
+enum Headers<'a> {
     Map(&'a HeaderMap),
     Raw(&'a [httparse::Header<'a>]),
+    Indexed(&'a [httparse::Header<'a>], HeaderIndex),
 }
 
 /// What routing may look at.
@@ -31,14 +34,18 @@ pub struct RequestView<'a> {
 pub enum Values<'a, 'n> {
     Map(http::header::ValueIter<'a, http::HeaderValue>),
     Raw(&'a [httparse::Header<'a>], &'n str),
+    /// The only value, found by the index (or already taken).
+    One(Option<&'a [u8]>),
 }
 
 impl<'a> Iterator for Values<'a, '_> {
     type Item = &'a [u8];
 
+    #[inline]
     fn next(&mut self) -> Option<&'a [u8]> {
         match self {
             Values::Map(it) => it.next().map(|v| v.as_bytes()),
+            Values::One(v) => v.take(),
             Values::Raw(rest, name) => {
                 while let [h, tail @ ..] = *rest {
                     *rest = tail;
@@ -53,9 +60,11 @@ impl<'a> Iterator for Values<'a, '_> {
 }
 
 impl<'a> DoubleEndedIterator for Values<'a, '_> {
+    #[inline]
     fn next_back(&mut self) -> Option<&'a [u8]> {
         match self {
             Values::Map(it) => it.next_back().map(|v| v.as_bytes()),
+            Values::One(v) => v.take(),
             Values::Raw(rest, name) => {
                 while let [head @ .., h] = *rest {
                     *rest = head;
@@ -87,8 +96,9 @@ impl<'a> RequestView<'a> {
         target: &'a str,
         peer: Option<IpAddr>,
     ) -> RequestView<'a> {
-        let (path, query) = match target.split_once('?') {
-            Some((p, q)) => (p, Some(q)),
+        let (path, query) = match memchr::memchr(b'?', target.as_bytes()) {
+            // `?` is ASCII, so both sides are on character boundaries.
+            Some(i) => (target.get(..i).unwrap_or(target), target.get(i + 1..)),
             None => (target, None),
         };
         RequestView {
@@ -100,38 +110,74 @@ impl<'a> RequestView<'a> {
         }
     }
 
+    /// The same view with the raw header list indexed once for the names in `slots`
+    /// (the router's), so each lookup of those names skips the scan. Views over a
+    /// `HeaderMap` are returned unchanged.
+    pub fn indexed(mut self, slots: &HeaderSlots) -> RequestView<'a> {
+        if let Headers::Raw(list) = self.headers {
+            if let Some(ix) = slots.index(list) {
+                self.headers = Headers::Indexed(list, ix);
+            }
+        }
+        self
+    }
+
     /// Every value of a header (untrimmed), in order.
+    #[inline]
     pub fn values<'n>(&self, name: &'n str) -> Values<'a, 'n> {
+        self.values_at(name, Slot::NONE)
+    }
+
+    /// [`Self::values`] of a name whose slot in the router's [`HeaderSlots`] is `slot`
+    /// (used by indexed views; [`Slot::NONE`] scans).
+    #[inline]
+    pub fn values_at<'n>(&self, name: &'n str, slot: Slot) -> Values<'a, 'n> {
         match self.headers {
             Headers::Map(m) => Values::Map(m.get_all(name).iter()),
             Headers::Raw(list) => Values::Raw(list, name),
+            Headers::Indexed(list, ix) => match ix.narrow(list, slot) {
+                Narrowed::One(v) => Values::One(Some(v)),
+                Narrowed::Scan(part) => Values::Raw(part, name),
+            },
         }
     }
 
     /// First value of a header, trimmed; `None` if absent or empty after trimming.
+    #[inline]
     pub fn header(&self, name: &HeaderName) -> Option<&'a [u8]> {
+        self.header_at(name, Slot::NONE)
+    }
+
+    /// [`Self::header`] of a name with its slot (see [`Self::values_at`]).
+    #[inline]
+    pub fn header_at(&self, name: &HeaderName, slot: Slot) -> Option<&'a [u8]> {
         let first = match self.headers {
             Headers::Map(m) => m.get(name).map(|v| v.as_bytes()),
-            Headers::Raw(_) => self.values(name.as_str()).next(),
+            Headers::Raw(_) | Headers::Indexed(..) => self.values_at(name.as_str(), slot).next(),
         };
         first.map(trim).filter(|v| !v.is_empty())
     }
 
-    /// Every value of a header, trimmed (empty ones included).
-    pub fn header_all<'n>(&self, name: &'n HeaderName) -> impl Iterator<Item = &'a [u8]> + 'n
+    /// Every value of a header, trimmed (empty ones included), with its slot (see
+    /// [`Self::values_at`]).
+    pub fn header_all_at<'n>(
+        &self,
+        name: &'n HeaderName,
+        slot: Slot,
+    ) -> impl Iterator<Item = &'a [u8]> + 'n
     where
         'a: 'n,
     {
-        self.values(name.as_str()).map(trim)
+        self.values_at(name.as_str(), slot).map(trim)
     }
 
     /// Value of the first cookie called `name` across all `Cookie` headers, trimmed and
     /// unquoted; `None` if absent or empty.
     pub fn cookie(&self, name: &str) -> Option<&'a [u8]> {
         let name = name.as_bytes();
-        for value in self.values(header::COOKIE.as_str()) {
+        for value in self.values_at(header::COOKIE.as_str(), Slot::COOKIE) {
             // Fast path: most requests do not carry the cookie a matcher looks for.
-            if memchr::memmem::find(value, name).is_none() {
+            if !contains(value, name) {
                 continue;
             }
             for pair in value.split(|&b| b == b';') {
@@ -166,8 +212,9 @@ impl<'a> RequestView<'a> {
     }
 
     /// The request's host without port: the `Host` header, else the URI authority (HTTP/2).
+    #[inline]
     pub fn host(&self) -> Option<&'a [u8]> {
-        let raw = match self.values(header::HOST.as_str()).next() {
+        let raw = match self.values_at(header::HOST.as_str(), Slot::HOST).next() {
             Some(h) => h,
             None => self.authority?.as_bytes(),
         };
@@ -175,6 +222,7 @@ impl<'a> RequestView<'a> {
     }
 
     /// The URI path (`/` when the URI has none).
+    #[inline]
     pub fn path(&self) -> &'a [u8] {
         if self.path.is_empty() {
             b"/"
@@ -185,6 +233,7 @@ impl<'a> RequestView<'a> {
 }
 
 /// Trims ASCII spaces and tabs (HTTP optional whitespace) at both ends.
+#[inline]
 pub fn trim(mut v: &[u8]) -> &[u8] {
     while let [b' ' | b'\t', rest @ ..] = v {
         v = rest;
@@ -195,6 +244,17 @@ pub fn trim(mut v: &[u8]) -> &[u8] {
     v
 }
 
+/// Whether `needle` occurs in `hay`. Cookie headers are short, so candidates found with
+/// `memchr` on the first byte are cheaper to check than building a `memmem` searcher per
+/// lookup; the work is bounded by `hay.len() * needle.len()` on hostile input.
+#[inline]
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    let Some((&first, rest)) = needle.split_first() else {
+        return true;
+    };
+    memchr::memchr_iter(first, hay).any(|i| hay.get(i + 1..i + 1 + rest.len()) == Some(rest))
+}
+
 fn unquote(v: &[u8]) -> &[u8] {
     match v {
         [b'"', inner @ .., b'"'] => inner,
@@ -202,17 +262,17 @@ fn unquote(v: &[u8]) -> &[u8] {
     }
 }
 
-/// `example.com:8080` → `example.com`; `[::1]:8080` → `[::1]`.
+/// `example.com:8080` → `example.com`; `[::1]:8080` → `[::1]`. A port is the digits after
+/// the last `:` (RFC 9110 §7.2: `uri-host [ ":" port ]`), so only the end is scanned.
+#[inline]
 fn strip_port(h: &[u8]) -> &[u8] {
-    if h.first() == Some(&b'[') {
-        return match h.iter().position(|&b| b == b']') {
-            Some(i) => &h[..=i],
-            None => h,
-        };
+    let mut end = h.len();
+    while let Some(b'0'..=b'9') = h.get(end.wrapping_sub(1)) {
+        end -= 1;
     }
-    match h.iter().rposition(|&b| b == b':') {
-        Some(i) => &h[..i],
-        None => h,
+    match end.checked_sub(1).and_then(|i| h.get(..i).zip(h.get(i))) {
+        Some((host, b':')) => host,
+        _ => h,
     }
 }
 
@@ -265,6 +325,19 @@ mod tests {
         let h2 = HeaderMap::new();
         let u2: Uri = "https://[::1]:8443/x".parse().unwrap();
         assert_eq!(view(&h2, &u2).host(), Some(&b"[::1]"[..]));
+        for (raw, host) in [
+            (&b"example.com"[..], &b"example.com"[..]),
+            (b"example.com:", b"example.com"),
+            (b"example.com:8080", b"example.com"),
+            (b"[::1]", b"[::1]"),
+            (b"[2001:db8::1]:443", b"[2001:db8::1]"),
+            (b"10.0.0.1:80", b"10.0.0.1"),
+            (b"8080", b"8080"),
+            (b":8080", b""),
+            (b"", b""),
+        ] {
+            assert_eq!(strip_port(raw), host, "{:?}", String::from_utf8_lossy(raw));
+        }
     }
 
     #[test]
@@ -317,6 +390,53 @@ mod tests {
             let back: Vec<&[u8]> = v.values("x-forwarded-for").rev().collect();
             assert_eq!(back, [&b"3.3.3.3"[..], b"1.1.1.1, 2.2.2.2"]);
             assert_eq!(v.values("absent").next(), None);
+        }
+    }
+
+    #[test]
+    fn substring_search_finds_every_position() {
+        assert!(contains(b"a=1; beta=1", b"beta"));
+        assert!(contains(b"beta", b"beta"));
+        assert!(contains(b"xbetbeta", b"beta"));
+        assert!(!contains(b"a=1; bet", b"beta"));
+        assert!(!contains(b"", b"beta"));
+        assert!(contains(b"abc", b""));
+    }
+
+    #[test]
+    fn indexed_views_answer_like_plain_raw_views() {
+        let raw = [
+            httparse::Header {
+                name: "Host",
+                value: b"a.example",
+            },
+            httparse::Header {
+                name: "Cookie",
+                value: b"a=1",
+            },
+            httparse::Header {
+                name: "X-User-Id",
+                value: b"u1",
+            },
+            httparse::Header {
+                name: "cookie",
+                value: b"beta=1",
+            },
+        ];
+        let mut slots = HeaderSlots::default();
+        let (user, absent) = (slots.add("x-user-id"), slots.add("x-absent"));
+        let plain = RequestView::raw(&raw, "/", None);
+        let indexed = plain.indexed(&slots);
+        assert!(matches!(indexed.headers, Headers::Indexed(..)));
+        let user_id = HeaderName::from_static("x-user-id");
+        let x_absent = HeaderName::from_static("x-absent");
+        for v in [plain, indexed] {
+            assert_eq!(v.host(), Some(&b"a.example"[..]));
+            assert_eq!(v.cookie("a"), Some(&b"1"[..]));
+            assert_eq!(v.cookie("beta"), Some(&b"1"[..]));
+            assert_eq!(v.header_at(&user_id, user), Some(&b"u1"[..]));
+            assert_eq!(v.header(&user_id), Some(&b"u1"[..]));
+            assert_eq!(v.header_at(&x_absent, absent), None);
         }
     }
 
