@@ -44,8 +44,7 @@ fn bench_decide(c: &mut Criterion) {
             black_box(table.router.decide(svc, &view))
         })
     });
-    // The same request as the HTTP/1.1 fast path sees it: httparse's header list, indexed
-    // once for the names the router reads (the index is built inside each iteration).
+    // The same request as the HTTP/1.1 fast path sees it: httparse's header list.
     let raw = raw_head(&headers);
     let mut slots = [httparse::EMPTY_HEADER; 64];
     let mut req = httparse::Request::new(&mut slots);
@@ -53,8 +52,7 @@ fn bench_decide(c: &mut Criterion) {
     let (target, list) = (req.path.expect("target"), &*req.headers);
     c.bench_function("decide/raw-headers/match+key+4rules+3variants", |b| {
         b.iter(|| {
-            let view =
-                RequestView::raw(black_box(list), target, peer).indexed(&table.router.header_slots);
+            let view = RequestView::raw(black_box(list), target, peer);
             let svc = table.router.match_service(&view).expect("service");
             black_box(table.router.decide(svc, &view))
         })
@@ -64,8 +62,7 @@ fn bench_decide(c: &mut Criterion) {
             let mut slots = [httparse::EMPTY_HEADER; 64];
             let mut req = httparse::Request::new(&mut slots);
             let _ = req.parse(black_box(&raw));
-            let view = RequestView::raw(req.headers, req.path.unwrap_or("/"), peer)
-                .indexed(&table.router.header_slots);
+            let view = RequestView::raw(req.headers, req.path.unwrap_or("/"), peer);
             let svc = table.router.match_service(&view).expect("service");
             black_box(table.router.decide(svc, &view))
         })

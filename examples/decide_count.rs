@@ -2,8 +2,8 @@
 //! instructions with callgrind (repeatable on a noisy machine, unlike time):
 //! `scripts/callgrind-decide.sh` runs it twice and divides the difference.
 //!
-//! Usage: `decide_count N raw|map` (`raw`: the HTTP/1.1 fast path's indexed header list;
-//! `map`: a `HeaderMap`, as the Pingora path and `explain` see a request).
+//! Usage: `decide_count N raw|map` (`raw`: the HTTP/1.1 fast path's header list; `map`: a
+//! `HeaderMap`, as the Pingora path and `explain` see a request).
 
 use cohort::config::Config;
 use cohort::routing::{RequestView, RoutingTable};
@@ -31,7 +31,7 @@ fn main() {
     let (target, list) = (req.path.expect("target"), &*req.headers);
     for _ in 0..n {
         let view = if raw_view {
-            RequestView::raw(black_box(list), target, peer).indexed(&table.router.header_slots)
+            RequestView::raw(black_box(list), target, peer)
         } else {
             RequestView::new(black_box(&headers), &uri, peer)
         };

@@ -140,8 +140,7 @@ fn plan(app: &FastApp, buf: &[u8], peer: Option<&Peer>) -> Parsed {
         return Parsed::HandOver;
     };
     let table = app.state.table();
-    let view = RequestView::raw(req.headers, target, peer.map(|p| p.ip))
-        .indexed(&table.router.header_slots);
+    let view = RequestView::raw(req.headers, target, peer.map(|p| p.ip));
     let route = table
         .router
         .match_service(&view)

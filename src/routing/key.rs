@@ -2,7 +2,6 @@
 //! "Client IP"). Pure functions over a [`RequestView`]; no allocation except a
 //! percent-decoded query value that contains `%`.
 
-use super::header_index::Slot;
 use super::request::{trim, RequestView};
 use crate::config::KeySource;
 use ipnet::IpNet;
@@ -68,20 +67,15 @@ impl std::fmt::Debug for IpText {
 /// The first present key: non-`ip` sources in order (step 3), then the `assign_cookie`
 /// cookie if sent (step 4), then `ip` if listed and no `assign_cookie` (step 5). `None`
 /// means no key: the caller mints a new cookie id (with `assign_cookie`) or uses `no_key`.
-/// `slots[i]` is the header slot of `keys[i]` (missing entries scan).
 pub fn find_key<'a>(
     keys: &[KeySource],
-    slots: &[Slot],
     assign_cookie: Option<&str>,
     req: &RequestView<'a>,
     client_ip: Option<IpAddr>,
 ) -> Option<(KeyBytes<'a>, KeyFrom)> {
     for (i, k) in keys.iter().enumerate() {
         let found = match k {
-            KeySource::Header(h) => {
-                let slot = slots.get(i).copied().unwrap_or(Slot::NONE);
-                req.header_at(h, slot).map(KeyBytes::Borrowed)
-            }
+            KeySource::Header(h) => req.header(h).map(KeyBytes::Borrowed),
             KeySource::Cookie(c) => req.cookie(c).map(KeyBytes::Borrowed),
             KeySource::Query(q) => req
                 .query(q)
@@ -112,7 +106,7 @@ pub fn client_ip(req: &RequestView<'_>, trusted: &[IpNet]) -> Option<IpAddr> {
         return Some(peer);
     }
     let mut hop = peer;
-    for value in req.values_at("x-forwarded-for", Slot::FORWARDED_FOR).rev() {
+    for value in req.values("x-forwarded-for").rev() {
         for part in value.rsplit(|&b| b == b',') {
             let part = trim(part);
             if part.is_empty() {

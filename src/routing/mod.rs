@@ -3,7 +3,6 @@
 
 pub mod cohort;
 mod compare;
-pub mod header_index;
 pub mod key;
 pub mod request;
 pub mod router;

@@ -3,19 +3,17 @@
 //! `GET /explain` build it from their flags, so all three share one decision path.
 //! Everything here is allocation-free except percent-decoding a query value with `%`.
 
-use super::header_index::{HeaderIndex, HeaderSlots, Narrowed, Slot};
+use super::compare::eq_lower;
 use http::{header, HeaderMap, HeaderName, Uri};
 use std::borrow::Cow;
 use std::net::IpAddr;
 
 /// Where a request's headers live: Pingora's parsed map, or the raw list the HTTP/1 fast
-/// path parsed (names in their original case, looked up case-insensitively), optionally
-/// with an index of the names routing reads.
+/// path parsed (names in their original case, looked up case-insensitively).
 #[derive(Debug, Clone, Copy)]
 enum Headers<'a> {
     Map(&'a HeaderMap),
     Raw(&'a [httparse::Header<'a>]),
-    Indexed(&'a [httparse::Header<'a>], HeaderIndex),
 }
 
 /// What routing may look at.
@@ -34,8 +32,6 @@ pub struct RequestView<'a> {
 pub enum Values<'a, 'n> {
     Map(http::header::ValueIter<'a, http::HeaderValue>),
     Raw(&'a [httparse::Header<'a>], &'n str),
-    /// The only value, found by the index (or already taken).
-    One(Option<&'a [u8]>),
 }
 
 impl<'a> Iterator for Values<'a, '_> {
@@ -45,11 +41,10 @@ impl<'a> Iterator for Values<'a, '_> {
     fn next(&mut self) -> Option<&'a [u8]> {
         match self {
             Values::Map(it) => it.next().map(|v| v.as_bytes()),
-            Values::One(v) => v.take(),
             Values::Raw(rest, name) => {
                 while let [h, tail @ ..] = *rest {
                     *rest = tail;
-                    if h.name.eq_ignore_ascii_case(name) {
+                    if eq_lower(h.name.as_bytes(), name.as_bytes()) {
                         return Some(h.value);
                     }
                 }
@@ -64,11 +59,10 @@ impl<'a> DoubleEndedIterator for Values<'a, '_> {
     fn next_back(&mut self) -> Option<&'a [u8]> {
         match self {
             Values::Map(it) => it.next_back().map(|v| v.as_bytes()),
-            Values::One(v) => v.take(),
             Values::Raw(rest, name) => {
                 while let [head @ .., h] = *rest {
                     *rest = head;
-                    if h.name.eq_ignore_ascii_case(name) {
+                    if eq_lower(h.name.as_bytes(), name.as_bytes()) {
                         return Some(h.value);
                     }
                 }
@@ -110,72 +104,39 @@ impl<'a> RequestView<'a> {
         }
     }
 
-    /// The same view with the raw header list indexed once for the names in `slots`
-    /// (the router's), so each lookup of those names skips the scan. Views over a
-    /// `HeaderMap` are returned unchanged.
-    pub fn indexed(mut self, slots: &HeaderSlots) -> RequestView<'a> {
-        if let Headers::Raw(list) = self.headers {
-            if let Some(ix) = slots.index(list) {
-                self.headers = Headers::Indexed(list, ix);
-            }
-        }
-        self
-    }
-
-    /// Every value of a header (untrimmed), in order.
+    /// Every value of a header (untrimmed), in order. `name` is lower-case, as a
+    /// `HeaderName`'s text always is.
     #[inline]
     pub fn values<'n>(&self, name: &'n str) -> Values<'a, 'n> {
-        self.values_at(name, Slot::NONE)
-    }
-
-    /// [`Self::values`] of a name whose slot in the router's [`HeaderSlots`] is `slot`
-    /// (used by indexed views; [`Slot::NONE`] scans).
-    #[inline]
-    pub fn values_at<'n>(&self, name: &'n str, slot: Slot) -> Values<'a, 'n> {
         match self.headers {
             Headers::Map(m) => Values::Map(m.get_all(name).iter()),
             Headers::Raw(list) => Values::Raw(list, name),
-            Headers::Indexed(list, ix) => match ix.narrow(list, slot) {
-                Narrowed::One(v) => Values::One(Some(v)),
-                Narrowed::Scan(part) => Values::Raw(part, name),
-            },
         }
     }
 
     /// First value of a header, trimmed; `None` if absent or empty after trimming.
     #[inline]
     pub fn header(&self, name: &HeaderName) -> Option<&'a [u8]> {
-        self.header_at(name, Slot::NONE)
-    }
-
-    /// [`Self::header`] of a name with its slot (see [`Self::values_at`]).
-    #[inline]
-    pub fn header_at(&self, name: &HeaderName, slot: Slot) -> Option<&'a [u8]> {
         let first = match self.headers {
             Headers::Map(m) => m.get(name).map(|v| v.as_bytes()),
-            Headers::Raw(_) | Headers::Indexed(..) => self.values_at(name.as_str(), slot).next(),
+            Headers::Raw(_) => self.values(name.as_str()).next(),
         };
         first.map(trim).filter(|v| !v.is_empty())
     }
 
-    /// Every value of a header, trimmed (empty ones included), with its slot (see
-    /// [`Self::values_at`]).
-    pub fn header_all_at<'n>(
-        &self,
-        name: &'n HeaderName,
-        slot: Slot,
-    ) -> impl Iterator<Item = &'a [u8]> + 'n
+    /// Every value of a header, trimmed (empty ones included).
+    pub fn header_all<'n>(&self, name: &'n HeaderName) -> impl Iterator<Item = &'a [u8]> + 'n
     where
         'a: 'n,
     {
-        self.values_at(name.as_str(), slot).map(trim)
+        self.values(name.as_str()).map(trim)
     }
 
     /// Value of the first cookie called `name` across all `Cookie` headers, trimmed and
     /// unquoted; `None` if absent or empty.
     pub fn cookie(&self, name: &str) -> Option<&'a [u8]> {
         let name = name.as_bytes();
-        for value in self.values_at(header::COOKIE.as_str(), Slot::COOKIE) {
+        for value in self.values(header::COOKIE.as_str()) {
             // Fast path: most requests do not carry the cookie a matcher looks for.
             if !contains(value, name) {
                 continue;
@@ -214,7 +175,7 @@ impl<'a> RequestView<'a> {
     /// The request's host without port: the `Host` header, else the URI authority (HTTP/2).
     #[inline]
     pub fn host(&self) -> Option<&'a [u8]> {
-        let raw = match self.values_at(header::HOST.as_str(), Slot::HOST).next() {
+        let raw = match self.values(header::HOST.as_str()).next() {
             Some(h) => h,
             None => self.authority?.as_bytes(),
         };
@@ -401,43 +362,6 @@ mod tests {
         assert!(!contains(b"a=1; bet", b"beta"));
         assert!(!contains(b"", b"beta"));
         assert!(contains(b"abc", b""));
-    }
-
-    #[test]
-    fn indexed_views_answer_like_plain_raw_views() {
-        let raw = [
-            httparse::Header {
-                name: "Host",
-                value: b"a.example",
-            },
-            httparse::Header {
-                name: "Cookie",
-                value: b"a=1",
-            },
-            httparse::Header {
-                name: "X-User-Id",
-                value: b"u1",
-            },
-            httparse::Header {
-                name: "cookie",
-                value: b"beta=1",
-            },
-        ];
-        let mut slots = HeaderSlots::default();
-        let (user, absent) = (slots.add("x-user-id"), slots.add("x-absent"));
-        let plain = RequestView::raw(&raw, "/", None);
-        let indexed = plain.indexed(&slots);
-        assert!(matches!(indexed.headers, Headers::Indexed(..)));
-        let user_id = HeaderName::from_static("x-user-id");
-        let x_absent = HeaderName::from_static("x-absent");
-        for v in [plain, indexed] {
-            assert_eq!(v.host(), Some(&b"a.example"[..]));
-            assert_eq!(v.cookie("a"), Some(&b"1"[..]));
-            assert_eq!(v.cookie("beta"), Some(&b"1"[..]));
-            assert_eq!(v.header_at(&user_id, user), Some(&b"u1"[..]));
-            assert_eq!(v.header(&user_id), Some(&b"u1"[..]));
-            assert_eq!(v.header_at(&x_absent, absent), None);
-        }
     }
 
     #[test]

@@ -3,12 +3,11 @@
 //! `GET /explain` all call [`Router::match_service`] and [`Router::decide`].
 
 use super::cohort;
-use super::compare::{eq_lower, starts_with};
-use super::header_index::{HeaderSlots, Slot};
+use super::compare::eq_lower;
 use super::key::{client_ip, find_key, KeyBytes, KeyFrom};
 use super::request::RequestView;
 use super::rules::matches;
-use crate::config::{Config, HostPattern, KeySource, RuleAction, ServiceConfig};
+use crate::config::{Config, HostPattern, RuleAction, ServiceConfig};
 use ipnet::IpNet;
 use std::net::IpAddr;
 
@@ -80,37 +79,10 @@ pub struct Service {
     /// variant names, and `rule:<name>` per rule.
     pub variant_values: Vec<http::HeaderValue>,
     pub rule_values: Vec<http::HeaderValue>,
-    /// Slots in the router's [`HeaderSlots`] of the force header, of each key source
-    /// (parallel to `cfg.keys`; non-header sources get [`Slot::NONE`]) and of each rule's
-    /// header.
-    force_slot: Slot,
-    key_slots: Vec<Slot>,
-    rule_slots: Vec<Slot>,
 }
 
 impl Service {
-    fn new(cfg: ServiceConfig, header_slots: &mut HeaderSlots) -> Service {
-        let force_slot = cfg
-            .force
-            .as_ref()
-            .map_or(Slot::NONE, |f| header_slots.add(f.name.as_str()));
-        let key_slots = cfg
-            .keys
-            .iter()
-            .map(|k| match k {
-                KeySource::Header(h) => header_slots.add(h.as_str()),
-                _ => Slot::NONE,
-            })
-            .collect();
-        let rule_slots = cfg
-            .rules
-            .iter()
-            .map(|r| {
-                r.header
-                    .as_ref()
-                    .map_or(Slot::NONE, |m| header_slots.add(m.name.as_str()))
-            })
-            .collect();
+    fn new(cfg: ServiceConfig) -> Service {
         let seeds = cfg
             .variants
             .iter()
@@ -135,9 +107,6 @@ impl Service {
             rule_labels,
             variant_values,
             rule_values,
-            force_slot,
-            key_slots,
-            rule_slots,
         }
     }
 
@@ -149,7 +118,6 @@ impl Service {
     ) -> Option<(KeyBytes<'a>, KeyFrom)> {
         find_key(
             &self.cfg.keys,
-            &self.key_slots,
             self.cfg.assign_cookie.as_deref(),
             req,
             client_ip,
@@ -260,22 +228,13 @@ fn pool_hash(key: &[u8]) -> u64 {
 pub struct Router {
     pub services: Vec<Service>,
     pub trusted_proxies: Vec<IpNet>,
-    /// Every header name a decision can read, for [`RequestView::indexed`].
-    pub header_slots: HeaderSlots,
 }
 
 impl Router {
     pub fn new(config: &Config) -> Router {
-        let mut header_slots = HeaderSlots::default();
-        let services = config
-            .services
-            .iter()
-            .map(|s| Service::new(s.clone(), &mut header_slots))
-            .collect();
         Router {
-            services,
+            services: config.services.iter().cloned().map(Service::new).collect(),
             trusted_proxies: config.server.trusted_proxies.clone(),
-            header_slots,
         }
     }
 
@@ -291,7 +250,7 @@ impl Router {
         let path = req.path();
         let mut best: Option<(usize, (usize, u8))> = None;
         for (i, s) in self.services.iter().enumerate() {
-            if !starts_with(path, s.cfg.path_prefix.as_bytes()) {
+            if !path.starts_with(s.cfg.path_prefix.as_bytes()) {
                 continue;
             }
             let Some(rank) = host_rank(&s.cfg.hosts, host) else {
@@ -315,7 +274,7 @@ impl Router {
         let s = &self.services[svc];
         let ip = self.client_ip(req);
         if let Some(f) = &s.cfg.force {
-            if let Some(v) = req.header_at(&f.name, s.force_slot) {
+            if let Some(v) = req.header(&f.name) {
                 let trusted = ip.is_some_and(|ip| f.from.iter().any(|n| n.contains(&ip)));
                 if let (true, Some(variant)) = (trusted, s.variant_by_name(v)) {
                     return Decision {
@@ -331,8 +290,7 @@ impl Router {
         }
         let key = s.find_key(req, ip);
         for (ri, rule) in s.cfg.rules.iter().enumerate() {
-            let slot = s.rule_slots.get(ri).copied().unwrap_or(Slot::NONE);
-            if !matches(rule, slot, req, ip, key.as_ref().map(|(k, _)| k.as_bytes())) {
+            if !matches(rule, req, ip, key.as_ref().map(|(k, _)| k.as_bytes())) {
                 continue;
             }
             return match &rule.action {

@@ -1,7 +1,5 @@
 //! Rule conditions (SPEC `[[service.rule]]`): every condition given must match (AND).
 
-use super::compare::{eq_bytes, starts_with};
-use super::header_index::Slot;
 use super::request::RequestView;
 use crate::config::{MatchOp, RuleConfig};
 use std::net::IpAddr;
@@ -12,18 +10,17 @@ impl MatchOp {
         match (self, value) {
             (MatchOp::Present(want), v) => v.is_some() == *want,
             (_, None) => false,
-            (MatchOp::Equals(e), Some(v)) => eq_bytes(v, e),
-            (MatchOp::In(list), Some(v)) => list.iter().any(|e| eq_bytes(v, e)),
-            (MatchOp::Prefix(p), Some(v)) => starts_with(v, p),
+            (MatchOp::Equals(e), Some(v)) => v == e.as_slice(),
+            (MatchOp::In(list), Some(v)) => list.iter().any(|e| v == e.as_slice()),
+            (MatchOp::Prefix(p), Some(v)) => v.starts_with(p),
         }
     }
 }
 
 /// Whether `rule` matches. `key` is the cohort key found for the request (not a freshly
-/// minted cookie id), used by `key_in`; `slot` is the slot of the rule's header.
+/// minted cookie id), used by `key_in`.
 pub fn matches(
     rule: &RuleConfig,
-    slot: Slot,
     req: &RequestView<'_>,
     client_ip: Option<IpAddr>,
     key: Option<&[u8]>,
@@ -36,8 +33,8 @@ pub fn matches(
     }
     if let Some(m) = &rule.header {
         let ok = match &m.op {
-            MatchOp::Present(want) => req.header_at(&m.name, slot).is_some() == *want,
-            op => req.header_all_at(&m.name, slot).any(|v| op.test(Some(v))),
+            MatchOp::Present(want) => req.header(&m.name).is_some() == *want,
+            op => req.header_all(&m.name).any(|v| op.test(Some(v))),
         };
         if !ok {
             return false;
