@@ -2,6 +2,7 @@
 //! - `assign/*`: the normative hash alone (2 and 3 variants);
 //! - `decide/*`: the full routing decision on a realistic request (service match, key
 //!   extraction from a 12-header map, 4 rules evaluated, 3 variants hashed);
+//! - `names/*`: the case-insensitive name comparisons of one decision, two ways;
 //! - `record/request`: per-request metric recording (status, histogram, reason);
 //! - `compile/10x3x10`: parse + validate + compile 10 services × 3 variants × 10 backends.
 //!
@@ -9,6 +10,7 @@
 
 use cohort::config::Config;
 use cohort::routing::cohort::{assign, variant_seed};
+use cohort::routing::compare::eq_lower;
 use cohort::routing::{RequestView, RoutingTable};
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use http::Uri;
@@ -69,6 +71,39 @@ fn bench_decide(c: &mut Criterion) {
     });
 }
 
+/// The header names (as clients case them) and host a decision compares, against the
+/// router's lower-case names: word-at-a-time `eq_lower` versus the standard library.
+fn bench_names(c: &mut Criterion) {
+    let pairs: Vec<(&[u8], &[u8])> = [
+        ("Host", "host"),
+        ("Cookie", "cookie"),
+        ("X-Forwarded-For", "x-forwarded-for"),
+        ("CloudFront-Viewer-Country", "cloudfront-viewer-country"),
+        ("X-User-Id", "x-user-id"),
+        ("Accept-Language", "x-forwarded-for"),
+        ("API.example.com", "api.example.com"),
+    ]
+    .iter()
+    .map(|(r, l)| (r.as_bytes(), l.as_bytes()))
+    .collect();
+    c.bench_function("names/7-compares/eq_lower", |b| {
+        b.iter(|| {
+            pairs
+                .iter()
+                .filter(|(r, l)| eq_lower(black_box(r), l))
+                .count()
+        })
+    });
+    c.bench_function("names/7-compares/std-eq_ignore_ascii_case", |b| {
+        b.iter(|| {
+            pairs
+                .iter()
+                .filter(|(r, l)| black_box(r).eq_ignore_ascii_case(l))
+                .count()
+        })
+    });
+}
+
 fn bench_record(c: &mut Criterion) {
     let cfg = Config::parse(&format!(
         "[server]\nlisten = [\"127.0.0.1:8080\"]\n{SERVICE}"
@@ -116,6 +151,7 @@ criterion_group!(
     benches,
     bench_assign,
     bench_decide,
+    bench_names,
     bench_record,
     bench_compile
 );

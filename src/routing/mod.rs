@@ -2,7 +2,7 @@
 //! Pure functions over a [`request::RequestView`]; the hashing in [`cohort`] is normative.
 
 pub mod cohort;
-mod compare;
+pub mod compare;
 pub mod key;
 pub mod request;
 pub mod router;
