@@ -108,6 +108,10 @@ impl<'a> RequestView<'a> {
     /// `HeaderName`'s text always is.
     #[inline]
     pub fn values<'n>(&self, name: &'n str) -> Values<'a, 'n> {
+        debug_assert!(
+            !name.bytes().any(|b| b.is_ascii_uppercase()),
+            "header names are looked up in lower case: {name}"
+        );
         match self.headers {
             Headers::Map(m) => Values::Map(m.get_all(name).iter()),
             Headers::Raw(list) => Values::Raw(list, name),
