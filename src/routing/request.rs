@@ -42,13 +42,19 @@ impl<'a> Iterator for Values<'a, '_> {
         match self {
             Values::Map(it) => it.next().map(|v| v.as_bytes()),
             Values::Raw(rest, name) => {
-                while let [h, tail @ ..] = *rest {
-                    *rest = tail;
-                    if eq_lower(h.name.as_bytes(), name.as_bytes()) {
-                        return Some(h.value);
+                // Search a local copy of the slice and store the rest once.
+                let list: &'a [httparse::Header<'a>] = rest;
+                let name = name.as_bytes();
+                match list.iter().position(|h| eq_lower(h.name.as_bytes(), name)) {
+                    Some(i) => {
+                        *rest = list.get(i + 1..).unwrap_or_default();
+                        list.get(i).map(|h| h.value)
+                    }
+                    None => {
+                        *rest = &[];
+                        None
                     }
                 }
-                None
             }
         }
     }
