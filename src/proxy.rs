@@ -60,15 +60,35 @@ fn peer_ip(session: &Session) -> Option<IpAddr> {
         .map(|a| a.ip())
 }
 
-/// A short plain-text response header (`Retry-After: 1` on 503).
+/// A short plain-text response header (see [`plain_fields`]).
 fn plain_header(code: u16, body: &str) -> Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(code, Some(4))?;
-    resp.insert_header(header::CONTENT_TYPE, "text/plain; charset=utf-8")?;
-    resp.insert_header(header::CONTENT_LENGTH, body.len())?;
-    if code == 503 {
-        resp.insert_header(header::RETRY_AFTER, "1")?;
+    for (name, value) in plain_fields(code, body) {
+        resp.insert_header(name, value)?;
     }
     Ok(resp)
+}
+
+/// The header fields of cohort's own plain-text responses (404 and 5xx), on the Pingora
+/// path and the HTTP/1.1 fast path alike: content type, length, and `Retry-After: 1` on a
+/// 503.
+pub(crate) fn plain_fields(
+    code: u16,
+    body: &str,
+) -> impl Iterator<Item = (header::HeaderName, header::HeaderValue)> {
+    [
+        Some((
+            header::CONTENT_TYPE,
+            header::HeaderValue::from_static("text/plain; charset=utf-8"),
+        )),
+        Some((
+            header::CONTENT_LENGTH,
+            header::HeaderValue::from(body.len()),
+        )),
+        (code == 503).then(|| (header::RETRY_AFTER, header::HeaderValue::from_static("1"))),
+    ]
+    .into_iter()
+    .flatten()
 }
 
 /// Writes a short plain-text response and keeps the connection usable.
@@ -95,6 +115,7 @@ pub(crate) fn error_body(code: u16) -> &'static str {
         502 => "502 bad gateway: the upstream failed\n",
         503 => "503 service unavailable: no healthy backend for this variant\n",
         504 => "504 gateway timeout: the upstream did not answer in time\n",
+        404 => "404 not found: no service matches this host and path\n",
         400 => "400 bad request\n",
         _ => "error\n",
     }
@@ -141,12 +162,7 @@ impl ProxyHttp for CohortProxy {
         let view = RequestView::new(&req.headers, &req.uri, peer_ip(session));
         let Some(svc) = table.router.match_service(&view) else {
             ctx.table = Some(table);
-            respond(
-                session,
-                404,
-                "404 not found: no service matches this host and path\n",
-            )
-            .await?;
+            respond(session, 404, error_body(404)).await?;
             return Ok(true);
         };
         let decision = table.router.decide(svc, &view);

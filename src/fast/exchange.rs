@@ -9,6 +9,7 @@ use super::http1::{self, BodyFraming, ChunkedScanner, RequestFraming, MAX_HEAD, 
 use super::{pool, Conn, FastApp, Peer};
 use crate::metrics::VariantMetrics;
 use crate::proxy::{self, KIND_CONNECT, KIND_PROTOCOL, KIND_RESET, KIND_TIMEOUT};
+use crate::routing::compare::eq_lower;
 use crate::routing::{Decision, Reason, RequestView, RoutingTable};
 use pingora_core::server::ShutdownWatch;
 use pingora_timeout::fast_timeout::fast_timeout;
@@ -234,8 +235,9 @@ fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// Whether header `name` is `lower` (a lower-case name), ignoring case.
 fn is(name: &str, lower: &str) -> bool {
-    name.len() == lower.len() && name.as_bytes().eq_ignore_ascii_case(lower.as_bytes())
+    eq_lower(name.as_bytes(), lower.as_bytes())
 }
 
 /// Why an upstream attempt failed.
@@ -298,8 +300,7 @@ impl<'c> Exchange<'c> {
     /// still unread.
     async fn not_found(&mut self) -> (u16, Next) {
         self.close |= self.body_left > 0;
-        let body = "404 not found: no service matches this host and path\n";
-        let code = self.plain(404, body).await;
+        let code = self.plain(404, proxy::error_body(404)).await;
         (code, self.after_write(code))
     }
 
@@ -317,13 +318,9 @@ impl<'c> Exchange<'c> {
             .ok()
             .and_then(|s| s.canonical_reason())
             .unwrap_or("");
-        let _ = write!(
-            out,
-            "HTTP/1.1 {code} {reason}\r\ncontent-type: text/plain; charset=utf-8\r\ncontent-length: {}\r\n",
-            body.len()
-        );
-        if code == 503 {
-            out.extend_from_slice(b"retry-after: 1\r\n");
+        let _ = write!(out, "HTTP/1.1 {code} {reason}\r\n");
+        for (name, value) in proxy::plain_fields(code, body) {
+            header(&mut out, name.as_str().as_bytes(), value.as_bytes());
         }
         http1::date_header(&mut out);
         if self.close {
