@@ -157,6 +157,8 @@ impl ProxyHttp for CohortProxy {
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         let table = self.state.table();
+        // A client that stops reading is disconnected (`server.client_write_timeout_secs`).
+        session.set_write_timeout(Some(table.config.server.client_write_timeout));
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let req = session.req_header();
         let view = RequestView::new(&req.headers, &req.uri, peer_ip(session));

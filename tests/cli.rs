@@ -559,6 +559,22 @@ fn invalid_cases() -> Vec<Case> {
         )],
     ));
 
+    for secs in ["0", "86401"] {
+        cases.push(case(
+            "client write timeout out of range",
+            base_config(
+                &format!("client_write_timeout_secs = {secs}"),
+                "",
+                VARIANTS,
+                "",
+            ),
+            &[(
+                "server.client_write_timeout_secs",
+                "must be 1 to 86400 seconds",
+            )],
+        ));
+    }
+
     cases.push(case(
         "bad CIDR in a rule's client_cidr",
         base_config(

@@ -78,6 +78,16 @@ fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
+    let client_write_timeout = match f.client_write_timeout_secs.unwrap_or(60) {
+        n @ 1..=86_400 => Duration::from_secs(n),
+        _ => {
+            errs.push(
+                "server.client_write_timeout_secs",
+                "must be 1 to 86400 seconds (how long a client may stop reading a response)",
+            );
+            Duration::from_secs(60)
+        }
+    };
     let port = listen.first().map_or(0, |a| a.port());
     let upgrade_sock = f
         .upgrade_sock
@@ -105,6 +115,7 @@ fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
             0 => None,
             n => Some(Duration::from_secs(n)),
         },
+        client_write_timeout,
         tls: f
             .tls
             .iter()

@@ -13,6 +13,7 @@ use crate::routing::compare::eq_lower;
 use crate::routing::{Decision, Reason, RequestView, RoutingTable};
 use pingora_core::server::ShutdownWatch;
 use pingora_timeout::fast_timeout::fast_timeout;
+use pingora_timeout::tokio_timeout;
 use std::io::Write as _;
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -336,8 +337,23 @@ impl<'c> Exchange<'c> {
     }
 
     async fn write_client(&mut self, bytes: &[u8]) -> Result<(), ()> {
-        self.conn.io.write_all(bytes).await.map_err(|_| ())?;
+        self.send_client(bytes).await.ok_or(())?;
         self.conn.io.flush().await.map_err(|_| ())
+    }
+
+    /// Writes to the client; `None` if it is gone, or if the write could not finish within
+    /// `server.client_write_timeout_secs` (the client stopped reading). Each write is at
+    /// most one upstream read (16 KiB) plus a response head, so the limit applies to each
+    /// piece of a response, as NGINX's `send_timeout` does, not to the whole of it.
+    /// `tokio_timeout` creates its timer only if the write has to wait (almost never), and
+    /// unlike `fast_timeout` reads no clock when it is set up (callgrind: about 130
+    /// instructions per request less).
+    async fn send_client(&mut self, bytes: &[u8]) -> Option<()> {
+        let limit = self.plan.table.config.server.client_write_timeout;
+        match tokio_timeout(limit, self.conn.io.write_all(bytes)).await {
+            Ok(Ok(())) => Some(()),
+            Ok(Err(_)) | Err(_) => None,
+        }
     }
 
     fn after_write(&self, code: u16) -> Next {
@@ -464,11 +480,9 @@ impl<'c> Exchange<'c> {
         read_timeout: Duration,
     ) -> Result<(u16, Next), UpErr> {
         let sent_at = Instant::now();
-        up.write_all(&self.plan.out)
-            .await
-            .map_err(|_| UpErr::NoAnswer)?;
+        send_upstream(&mut up, &self.plan.out, read_timeout).await?;
         if self.body_left > 0 {
-            self.stream_request_body(&mut up).await?;
+            self.stream_request_body(&mut up, read_timeout).await?;
         }
         let mut rbuf = Vec::with_capacity(UPSTREAM_CHUNK);
         let (head_len, status, framing) = 'head: loop {
@@ -511,7 +525,11 @@ impl<'c> Exchange<'c> {
     }
 
     /// Streams the rest of the request body from the client to the upstream.
-    async fn stream_request_body(&mut self, up: &mut TcpStream) -> Result<(), UpErr> {
+    async fn stream_request_body(
+        &mut self,
+        up: &mut TcpStream,
+        limit: Duration,
+    ) -> Result<(), UpErr> {
         if self.body_left > 16 * 1024 {
             // Large bodies move in 64 KiB reads rather than the head buffer's 4 KiB.
             self.conn.buf.reserve(64 * 1024);
@@ -530,9 +548,7 @@ impl<'c> Exchange<'c> {
                 }
             }
             let take = (self.body_left.min(self.conn.buf.len() as u64)) as usize;
-            up.write_all(&self.conn.buf[..take])
-                .await
-                .map_err(|_| UpErr::NoAnswer)?;
+            send_upstream(up, &self.conn.buf[..take], limit).await?;
             self.conn.buf.drain(..take);
             self.body_left -= take as u64;
         }
@@ -659,7 +675,7 @@ impl<'c> Exchange<'c> {
             out.extend_from_slice(avail);
         }
         self.sent += out.len() - head_end;
-        self.conn.io.write_all(&out).await.ok()?;
+        self.send_client(&out).await?;
         while left > 0 {
             rbuf.clear();
             let timer = self.conn.upstream_timer.as_mut();
@@ -700,7 +716,7 @@ impl<'c> Exchange<'c> {
                 _ => n,
             };
             self.sent += forward;
-            self.conn.io.write_all(&chunk[..forward]).await.ok()?;
+            self.send_client(&chunk[..forward]).await?;
         }
         self.conn.io.flush().await.ok()?;
         Some(clean)
@@ -780,6 +796,16 @@ async fn read(
         biased;
         r = up.read_buf(buf) => r.map_err(|_| UpErr::NoAnswer),
         _ = timer => Err(UpErr::Timeout),
+    }
+}
+
+/// Writes request bytes to the upstream; an upstream that does not take them within
+/// `limit` (the variant's `read_timeout_ms`) is a timeout.
+async fn send_upstream(up: &mut TcpStream, bytes: &[u8], limit: Duration) -> Result<(), UpErr> {
+    match tokio_timeout(limit, up.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(UpErr::NoAnswer),
+        Err(_) => Err(UpErr::Timeout),
     }
 }
 

@@ -133,6 +133,8 @@ impl Pool {
         let mut peer = HttpPeer::new(addr, false, String::new());
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = Some(self.read_timeout);
+        // An upstream that stops taking the request (its body) is a timeout too.
+        peer.options.write_timeout = Some(self.read_timeout);
         peer.options.idle_timeout = Some(UPSTREAM_IDLE_TIMEOUT);
         peer
     }

@@ -1,0 +1,269 @@
+#![allow(clippy::unwrap_used)]
+//! Writes that stop making progress: a client that stops reading a response is
+//! disconnected after `server.client_write_timeout_secs`, and an upstream that stops
+//! taking a request body counts as an upstream timeout after the variant's
+//! `read_timeout_ms`. Without these, either peer could hold a connection, its buffers and
+//! (for the client) an upstream connection for ever. Each test runs on the fast path and,
+//! with `COHORT_FAST_PATH=0`, on the Pingora proxy.
+//!
+//! Upstreams are raw servers on 127.0.0.1 written here: one streams a 256 MiB response as
+//! fast as its client takes it, one accepts a request and never reads it.
+
+mod common;
+use common::*;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Size of the flood upstream's response: far more than any socket buffers hold.
+const FLOOD: u64 = 256 << 20;
+
+/// What an upstream connection saw.
+#[derive(Debug, Default)]
+struct Seen {
+    accepted: usize,
+    /// Set when the proxy closed the connection: for the flood upstream, when a write of
+    /// the response failed; for the sink, when reading found the end.
+    closed_after: Option<Duration>,
+}
+
+/// Answers every connection with a `FLOOD`-byte response, written until the proxy stops
+/// taking it.
+fn flood_upstream() -> (SocketAddr, Arc<Mutex<Seen>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let s = seen.clone();
+    thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { return };
+            let s = s.clone();
+            thread::spawn(move || {
+                let start = Instant::now();
+                s.lock().unwrap().accepted += 1;
+                let mut head = Vec::new();
+                let mut b = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    match c.read(&mut b) {
+                        Ok(1) => head.push(b[0]),
+                        _ => return,
+                    }
+                }
+                let _ = write!(c, "HTTP/1.1 200 OK\r\nContent-Length: {FLOOD}\r\n\r\n");
+                let piece = vec![b'x'; 64 << 10];
+                let mut left = FLOOD;
+                while left > 0 {
+                    if c.write_all(&piece).is_err() {
+                        s.lock().unwrap().closed_after = Some(start.elapsed());
+                        return;
+                    }
+                    left -= piece.len() as u64;
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Accepts connections and reads nothing for `stall`, then reads to the end of the
+/// connection (for at most 10 s) to learn whether the proxy closed it.
+fn sink_upstream(stall: Duration) -> (SocketAddr, Arc<Mutex<Seen>>) {
+    let l = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    let seen = Arc::new(Mutex::new(Seen::default()));
+    let s = seen.clone();
+    thread::spawn(move || {
+        for conn in l.incoming() {
+            let Ok(mut c) = conn else { return };
+            let s = s.clone();
+            thread::spawn(move || {
+                let start = Instant::now();
+                s.lock().unwrap().accepted += 1;
+                thread::sleep(stall);
+                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+                let mut buf = vec![0u8; 1 << 20];
+                loop {
+                    match c.read(&mut buf) {
+                        Ok(0) => break,
+                        Ok(_) => {}
+                        Err(e) if e.kind() == ErrorKind::WouldBlock => return,
+                        Err(e) if e.kind() == ErrorKind::TimedOut => return,
+                        Err(_) => break,
+                    }
+                }
+                s.lock().unwrap().closed_after = Some(start.elapsed());
+            });
+        }
+    });
+    (addr, seen)
+}
+
+fn config(upstream: SocketAddr, other: SocketAddr) -> String {
+    format!(
+        r#"
+[server]
+listen = ["@LISTEN@"]
+admin = "@ADMIN@"
+threads = 1
+client_write_timeout_secs = 1
+
+[[service]]
+name = "api"
+path_prefix = "/api"
+key = ["header:x-user-id"]
+
+[[service.variant]]
+name = "stable"
+weight = 1
+backends = ["{upstream}"]
+read_timeout_ms = 1000
+
+[[service]]
+name = "other"
+key = ["header:x-user-id"]
+
+[[service.variant]]
+name = "stable"
+weight = 1
+backends = ["{other}"]
+"#
+    )
+}
+
+fn start(upstream: SocketAddr, other: SocketAddr, fast_path: bool) -> Cohort {
+    let env: &[(&str, &str)] = if fast_path {
+        &[]
+    } else {
+        &[("COHORT_FAST_PATH", "0")]
+    };
+    Cohort::start_with_env(&config(upstream, other), env)
+}
+
+/// Waits up to `limit` for `seen` to record the proxy closing the upstream connection.
+fn closed_within(seen: &Mutex<Seen>, limit: Duration) -> Option<Duration> {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Some(d) = seen.lock().unwrap().closed_after {
+            return Some(d);
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Reads what is left on `c` until the proxy's close shows; `false` if the connection was
+/// still open after 10 s of silence.
+fn ends(c: &mut TcpStream) -> bool {
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+                return false
+            }
+            Err(_) => return true,
+        }
+    }
+}
+
+fn a_client_that_stops_reading_is_disconnected(fast_path: bool) {
+    let (up, seen) = flood_upstream();
+    let other = backend("other");
+    let cohort = start(up, other.addr, fast_path);
+    let mut c = TcpStream::connect(cohort.addr).unwrap();
+    c.write_all(b"GET /api/big HTTP/1.1\r\nHost: x\r\nx-user-id: u1\r\n\r\n")
+        .unwrap();
+    // The client reads nothing. Socket buffers fill within milliseconds; one second later
+    // the proxy gives up on the client and drops the upstream connection with it.
+    let closed = closed_within(&seen, Duration::from_secs(20));
+    assert!(
+        closed.is_some(),
+        "the upstream connection was still open 20 s after the client stopped reading \
+         (fast path: {fast_path})"
+    );
+    assert_eq!(seen.lock().unwrap().accepted, 1);
+    assert!(ends(&mut c), "the client connection was not closed");
+    // The process still serves.
+    let r = cohort.client().get("/", &[("x-user-id", "u2")]);
+    assert_eq!(r.status, 200);
+    assert_eq!(r.backend(), "other");
+}
+
+fn an_upstream_that_stops_reading_the_request_times_out(fast_path: bool) {
+    let (up, seen) = sink_upstream(Duration::from_secs(4));
+    let other = backend("other");
+    let cohort = start(up, other.addr, fast_path);
+    let mut c = TcpStream::connect(cohort.addr).unwrap();
+    let body_len: usize = 64 << 20;
+    c.write_all(
+        format!(
+            "POST /api/upload HTTP/1.1\r\nHost: x\r\nx-user-id: u1\r\nContent-Length: {body_len}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    let mut writer = c.try_clone().unwrap();
+    let sender = thread::spawn(move || {
+        let piece = vec![b'y'; 64 << 10];
+        let mut sent = 0;
+        while sent < body_len {
+            if writer.write_all(&piece).is_err() {
+                break;
+            }
+            sent += piece.len();
+        }
+        sent
+    });
+    // The upstream takes nothing for 4 s; after `read_timeout_ms` (1 s) of no progress
+    // the proxy gives up, so when the upstream finally reads, it finds the end.
+    let closed = closed_within(&seen, Duration::from_secs(20));
+    assert!(
+        closed.is_some(),
+        "the proxy kept writing to an upstream that took nothing (fast path: {fast_path})"
+    );
+    assert!(ends(&mut c), "the client connection was not closed");
+    let sent = sender.join().unwrap();
+    assert!(sent < body_len, "the whole body went through: {sent} bytes");
+    let metrics = cohort.metrics();
+    assert!(
+        metrics
+            .lines()
+            .any(|l| l.starts_with("cohort_upstream_errors_total")
+                && l.contains("service=\"api\"")
+                && l.contains("kind=\"timeout\"")
+                && !l.ends_with(" 0")),
+        "no upstream timeout counted:\n{}",
+        metrics
+            .lines()
+            .filter(|l| l.starts_with("cohort_upstream_errors_total"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    let r = cohort.client().get("/", &[("x-user-id", "u2")]);
+    assert_eq!(r.status, 200);
+}
+
+#[test]
+fn fast_path_disconnects_a_client_that_stops_reading() {
+    a_client_that_stops_reading_is_disconnected(true);
+}
+
+#[test]
+fn pingora_proxy_disconnects_a_client_that_stops_reading() {
+    a_client_that_stops_reading_is_disconnected(false);
+}
+
+#[test]
+fn fast_path_times_out_an_upstream_that_stops_reading() {
+    an_upstream_that_stops_reading_the_request_times_out(true);
+}
+
+#[test]
+fn pingora_proxy_times_out_an_upstream_that_stops_reading() {
+    an_upstream_that_stops_reading_the_request_times_out(false);
+}
