@@ -7,7 +7,7 @@
 //! with `COHORT_FAST_PATH=0`, on the Pingora proxy.
 //!
 //! Upstreams are raw servers on 127.0.0.1 written here: one streams a 256 MiB response as
-//! fast as its client takes it, one accepts a request and never reads it.
+//! fast as its client takes it, one accepts a request and reads nothing for 4 s.
 
 mod common;
 use common::*;
@@ -30,9 +30,9 @@ struct Seen {
     closed_after: Option<Duration>,
 }
 
-/// Answers every connection with a `FLOOD`-byte response, written until the proxy stops
-/// taking it.
-fn flood_upstream() -> (SocketAddr, Arc<Mutex<Seen>>) {
+/// An upstream on 127.0.0.1 that runs `serve` on its own thread for each connection;
+/// `serve` says whether it saw the proxy close the connection.
+fn upstream(serve: fn(&mut TcpStream) -> bool) -> (SocketAddr, Arc<Mutex<Seen>>) {
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = l.local_addr().unwrap();
     let seen = Arc::new(Mutex::new(Seen::default()));
@@ -44,23 +44,8 @@ fn flood_upstream() -> (SocketAddr, Arc<Mutex<Seen>>) {
             thread::spawn(move || {
                 let start = Instant::now();
                 s.lock().unwrap().accepted += 1;
-                let mut head = Vec::new();
-                let mut b = [0u8; 1];
-                while !head.ends_with(b"\r\n\r\n") {
-                    match c.read(&mut b) {
-                        Ok(1) => head.push(b[0]),
-                        _ => return,
-                    }
-                }
-                let _ = write!(c, "HTTP/1.1 200 OK\r\nContent-Length: {FLOOD}\r\n\r\n");
-                let piece = vec![b'x'; 64 << 10];
-                let mut left = FLOOD;
-                while left > 0 {
-                    if c.write_all(&piece).is_err() {
-                        s.lock().unwrap().closed_after = Some(start.elapsed());
-                        return;
-                    }
-                    left -= piece.len() as u64;
+                if serve(&mut c) {
+                    s.lock().unwrap().closed_after = Some(start.elapsed());
                 }
             });
         }
@@ -68,37 +53,27 @@ fn flood_upstream() -> (SocketAddr, Arc<Mutex<Seen>>) {
     (addr, seen)
 }
 
-/// Accepts connections and reads nothing for `stall`, then reads to the end of the
-/// connection (for at most 10 s) to learn whether the proxy closed it.
-fn sink_upstream(stall: Duration) -> (SocketAddr, Arc<Mutex<Seen>>) {
-    let l = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = l.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Seen::default()));
-    let s = seen.clone();
-    thread::spawn(move || {
-        for conn in l.incoming() {
-            let Ok(mut c) = conn else { return };
-            let s = s.clone();
-            thread::spawn(move || {
-                let start = Instant::now();
-                s.lock().unwrap().accepted += 1;
-                thread::sleep(stall);
-                c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-                let mut buf = vec![0u8; 1 << 20];
-                loop {
-                    match c.read(&mut buf) {
-                        Ok(0) => break,
-                        Ok(_) => {}
-                        Err(e) if e.kind() == ErrorKind::WouldBlock => return,
-                        Err(e) if e.kind() == ErrorKind::TimedOut => return,
-                        Err(_) => break,
-                    }
-                }
-                s.lock().unwrap().closed_after = Some(start.elapsed());
-            });
+/// Answers a request with a `FLOOD`-byte response, written until the proxy stops taking
+/// it (then a write fails: the proxy closed the connection).
+fn flood(c: &mut TcpStream) -> bool {
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match c.read(&mut b) {
+            Ok(1) => head.push(b[0]),
+            _ => return false,
         }
-    });
-    (addr, seen)
+    }
+    let _ = write!(c, "HTTP/1.1 200 OK\r\nContent-Length: {FLOOD}\r\n\r\n");
+    let piece = vec![b'x'; 64 << 10];
+    (0..FLOOD / piece.len() as u64).any(|_| c.write_all(&piece).is_err())
+}
+
+/// Reads nothing for 4 s, then reads to the end of the connection to learn whether the
+/// proxy closed it.
+fn sink(c: &mut TcpStream) -> bool {
+    thread::sleep(Duration::from_secs(4));
+    ends(c)
 }
 
 fn config(upstream: SocketAddr, other: SocketAddr) -> String {
@@ -172,7 +147,7 @@ fn ends(c: &mut TcpStream) -> bool {
 }
 
 fn a_client_that_stops_reading_is_disconnected(fast_path: bool) {
-    let (up, seen) = flood_upstream();
+    let (up, seen) = upstream(flood);
     let other = backend("other");
     let cohort = start(up, other.addr, fast_path);
     let mut c = TcpStream::connect(cohort.addr).unwrap();
@@ -195,7 +170,7 @@ fn a_client_that_stops_reading_is_disconnected(fast_path: bool) {
 }
 
 fn an_upstream_that_stops_reading_the_request_times_out(fast_path: bool) {
-    let (up, seen) = sink_upstream(Duration::from_secs(4));
+    let (up, seen) = upstream(sink);
     let other = backend("other");
     let cohort = start(up, other.addr, fast_path);
     let mut c = TcpStream::connect(cohort.addr).unwrap();

@@ -48,9 +48,9 @@ pub struct ServerConfig {
     pub tls: Vec<TlsListener>,
     /// Re-resolve backend DNS names this often (`None`: never).
     pub resolve_interval: Option<Duration>,
-    /// How long a write to a client may make no progress before the connection is
-    /// closed (NGINX's `send_timeout`): a client that stops reading a response cannot hold
-    /// its upstream connection and buffers for ever.
+    /// How long one write to a client may wait before the connection is closed (NGINX's
+    /// `send_timeout`): a client that stops reading a response cannot hold its upstream
+    /// connection and buffers for ever.
     pub client_write_timeout: Duration,
 }
 

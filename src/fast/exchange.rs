@@ -342,9 +342,10 @@ impl<'c> Exchange<'c> {
     }
 
     /// Writes to the client; `None` if it is gone, or if the write could not finish within
-    /// `server.client_write_timeout_secs` (the client stopped reading). Each write is at
-    /// most one upstream read (16 KiB) plus a response head, so the limit applies to each
-    /// piece of a response, as NGINX's `send_timeout` does, not to the whole of it.
+    /// `server.client_write_timeout_secs` (the client stopped reading). Each write is one
+    /// piece of the response as it came from the upstream (the head with the body bytes
+    /// read with it, then reads of at most 16 KiB), so the limit applies to each piece, as
+    /// NGINX's `send_timeout` does, not to the whole response.
     /// `tokio_timeout` creates its timer only if the write has to wait (almost never), and
     /// unlike `fast_timeout` reads no clock when it is set up (callgrind: about 130
     /// instructions per request less).
