@@ -559,6 +559,21 @@ fn invalid_cases() -> Vec<Case> {
         )],
     ));
 
+    for secs in ["0", "3601"] {
+        cases.push(case(
+            "client header timeout out of range",
+            base_config(
+                &format!("client_header_timeout_secs = {secs}"),
+                "",
+                VARIANTS,
+                "",
+            ),
+            &[(
+                "server.client_header_timeout_secs",
+                "must be 1 to 3600 seconds",
+            )],
+        ));
+    }
     for secs in ["0", "86401"] {
         cases.push(case(
             "client write timeout out of range",

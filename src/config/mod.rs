@@ -52,6 +52,11 @@ pub struct ServerConfig {
     /// `send_timeout`): a client that stops reading a response cannot hold its upstream
     /// connection and buffers for ever.
     pub client_write_timeout: Duration,
+    /// How long a client may take to send a whole request head, from its first byte (from
+    /// connecting, for a connection's first request), on plaintext listeners (NGINX's
+    /// `client_header_timeout`): a client cannot hold a connection by sending a head a
+    /// byte at a time.
+    pub client_header_timeout: Duration,
 }
 
 /// A `[[server.tls]]` listener; the PEM files are read when the table is compiled (at

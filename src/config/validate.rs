@@ -88,6 +88,16 @@ fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
             Duration::from_secs(60)
         }
     };
+    let client_header_timeout = match f.client_header_timeout_secs.unwrap_or(60) {
+        n @ 1..=3_600 => Duration::from_secs(n),
+        _ => {
+            errs.push(
+                "server.client_header_timeout_secs",
+                "must be 1 to 3600 seconds (how long a client may take to send a request head)",
+            );
+            Duration::from_secs(60)
+        }
+    };
     let port = listen.first().map_or(0, |a| a.port());
     let upgrade_sock = f
         .upgrade_sock
@@ -116,6 +126,7 @@ fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
             n => Some(Duration::from_secs(n)),
         },
         client_write_timeout,
+        client_header_timeout,
         tls: f
             .tls
             .iter()

@@ -87,6 +87,9 @@ async fn next_head(
     app: &FastApp,
     mut closing: Pin<&mut Notified<'_>>,
 ) -> Result<Box<Plan>, Next> {
+    // When the head must be complete (`server.client_header_timeout_secs` after it
+    // started): fixed once, so a client sending a byte at a time cannot stretch it.
+    let mut deadline = None;
     loop {
         if !conn.buf.is_empty() {
             match plan(app, &conn.buf, conn.peer.as_ref()) {
@@ -100,7 +103,14 @@ async fn next_head(
         // connection is not: its client has just connected to send a request, which is
         // served even if the service started shutting down meanwhile.
         let idle = conn.buf.is_empty() && conn.served > 0;
-        match conn.read_more(app, idle, closing.as_mut()).await {
+        let wait = if idle {
+            None
+        } else {
+            Some(*deadline.get_or_insert_with(|| {
+                tokio::time::Instant::now() + app.state.table().config.server.client_header_timeout
+            }))
+        };
+        match conn.read_more(app, wait, closing.as_mut()).await {
             Ok(0) | Err(_) => return Err(Next::Gone),
             Ok(_) => {}
         }
@@ -538,7 +548,7 @@ impl<'c> Exchange<'c> {
         while self.body_left > 0 {
             if self.conn.buf.is_empty() {
                 match fast_timeout(
-                    super::HEAD_TIMEOUT,
+                    super::BODY_READ_TIMEOUT,
                     self.conn.io.read_buf(&mut self.conn.buf),
                 )
                 .await

@@ -37,8 +37,8 @@ use tokio::time::Sleep;
 /// How long a keep-alive client connection may sit idle between requests (Pingora's own
 /// default).
 const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
-/// How long a client may take to send a request head once it started one.
-const HEAD_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long each read of a request body may wait (NGINX's `client_body_timeout`).
+const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Buffer reserved per connection for reading request heads.
 const READ_CHUNK: usize = 4096;
 
@@ -217,15 +217,17 @@ impl Conn {
         }
     }
 
-    /// Reads more client bytes into `buf`. `idle`: waiting for a new request (ends when
-    /// the service shuts down) rather than for the rest of one. `Ok(0)` means the
+    /// Reads more client bytes into `buf`: a request head due by `head_deadline`, or with
+    /// `None`, the start of a new request on an idle keep-alive connection (the wait ends
+    /// after `KEEPALIVE_TIMEOUT` or when the service shuts down). `Ok(0)` means the
     /// connection is over (closed, timed out, or shutting down).
     async fn read_more(
         &mut self,
         app: &FastApp,
-        idle: bool,
+        head_deadline: Option<tokio::time::Instant>,
         closing: Pin<&mut Notified<'_>>,
     ) -> std::io::Result<usize> {
+        let idle = head_deadline.is_none();
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
             self.buf.reserve(READ_CHUNK);
         }
@@ -236,14 +238,9 @@ impl Conn {
                 Err(_) => Ok(0),
             };
         }
-        let limit = if idle {
-            KEEPALIVE_TIMEOUT
-        } else {
-            HEAD_TIMEOUT
-        };
-        self.client_timer
-            .as_mut()
-            .reset(tokio::time::Instant::now() + limit);
+        let until =
+            head_deadline.unwrap_or_else(|| tokio::time::Instant::now() + KEEPALIVE_TIMEOUT);
+        self.client_timer.as_mut().reset(until);
         tokio::select! {
             biased;
             r = self.io.read_buf(&mut self.buf) => r,

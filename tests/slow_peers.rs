@@ -1,10 +1,13 @@
 #![allow(clippy::unwrap_used)]
-//! Writes that stop making progress: a client that stops reading a response is
-//! disconnected after `server.client_write_timeout_secs`, and an upstream that stops
-//! taking a request body counts as an upstream timeout after the variant's
-//! `read_timeout_ms`. Without these, either peer could hold a connection, its buffers and
-//! (for the client) an upstream connection for ever. Each test runs on the fast path and,
-//! with `COHORT_FAST_PATH=0`, on the Pingora proxy.
+//! Peers that stall. A client that stops reading a response is disconnected after
+//! `server.client_write_timeout_secs`, and an upstream that stops taking a request body
+//! counts as an upstream timeout after the variant's `read_timeout_ms`: each runs on the
+//! fast path and, with `COHORT_FAST_PATH=0`, on the Pingora proxy. A client that sends a
+//! request head too slowly (a byte at a time, or nothing at all) is disconnected once
+//! `server.client_header_timeout_secs` have passed since the head started, however often
+//! it sends a byte (plaintext listeners: the fast path). Without these, a peer could hold
+//! a connection, its buffers and (for a client that stops reading) an upstream connection
+//! for ever.
 //!
 //! Upstreams are raw servers on 127.0.0.1 written here: one streams a 256 MiB response as
 //! fast as its client takes it, one accepts a request and reads nothing for 4 s.
@@ -84,6 +87,7 @@ listen = ["@LISTEN@"]
 admin = "@ADMIN@"
 threads = 1
 client_write_timeout_secs = 1
+client_header_timeout_secs = 2
 
 [[service]]
 name = "api"
@@ -241,4 +245,111 @@ fn fast_path_times_out_an_upstream_that_stops_reading() {
 #[test]
 fn pingora_proxy_times_out_an_upstream_that_stops_reading() {
     an_upstream_that_stops_reading_the_request_times_out(false);
+}
+
+/// Sends `first`, then one byte of a header value every 300 ms for up to 12 s, until the
+/// proxy closes the connection. Returns how long after connecting that was, or `None`.
+fn dribble(addr: SocketAddr, first: &[u8]) -> Option<Duration> {
+    let start = Instant::now();
+    let mut c = TcpStream::connect(addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_millis(300)))
+        .unwrap();
+    if c.write_all(first).is_err() {
+        return Some(start.elapsed());
+    }
+    let mut buf = [0u8; 256];
+    while start.elapsed() < Duration::from_secs(12) {
+        if c.write_all(b"a").is_err() {
+            return Some(start.elapsed());
+        }
+        match c.read(&mut buf) {
+            Ok(0) => return Some(start.elapsed()),
+            Ok(n) => panic!(
+                "an answer to an unfinished head: {:?}",
+                String::from_utf8_lossy(&buf[..n])
+            ),
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            Err(_) => return Some(start.elapsed()),
+        }
+    }
+    None
+}
+
+#[test]
+fn a_request_head_sent_a_byte_at_a_time_is_cut_off_at_the_header_timeout() {
+    let other = backend("other");
+    let cohort = start(closed_addr(), other.addr, true);
+    // Each byte arrives well within 2 s of the one before, so only a deadline for the
+    // whole head (2 s from connecting) ends it.
+    let ended = dribble(cohort.addr, b"GET / HTTP/1.1\r\nHost: x\r\nx-pad: ");
+    let ended = ended.expect("a head sent a byte every 300 ms was still being read after 12 s");
+    assert!(
+        ended >= Duration::from_millis(1500),
+        "closed after {ended:?}, before the 2 s header timeout"
+    );
+    // The same for the next request on a keep-alive connection: its 2 s start with its
+    // first byte.
+    let mut c = TcpStream::connect(cohort.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = std::io::BufReader::new(c.try_clone().unwrap());
+    c.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nx-user-id: u1\r\n\r\n")
+        .unwrap();
+    let (resp, _) = read_response(&mut r, false).unwrap();
+    assert_eq!(resp.status, 200);
+    thread::sleep(Duration::from_secs(3)); // idle between requests: not the head's time
+    c.write_all(b"GET / HTTP/1.1\r\n").unwrap();
+    let t = Instant::now();
+    let mut closed = false;
+    while t.elapsed() < Duration::from_secs(12) {
+        thread::sleep(Duration::from_millis(300));
+        if c.write_all(b"x-pad: a\r\n").is_err() {
+            closed = true;
+            break;
+        }
+        c.set_read_timeout(Some(Duration::from_millis(1))).unwrap();
+        let mut buf = [0u8; 64];
+        match c.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {}
+            other => panic!("unexpected read on an unfinished head: {other:?}"),
+        }
+    }
+    assert!(closed, "the second head was still being read after 12 s");
+    assert!(
+        t.elapsed() >= Duration::from_millis(1500),
+        "closed after {:?}",
+        t.elapsed()
+    );
+    // A client that connects and sends nothing is closed as well.
+    let mut quiet = TcpStream::connect(cohort.addr).unwrap();
+    quiet
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    match quiet.read(&mut [0u8; 16]) {
+        Ok(0) => {}
+        Ok(n) => panic!("a silent client got {n} bytes"),
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
+            panic!("a silent client was still connected after 10 s")
+        }
+        Err(_) => {}
+    }
+    // A slow head that completes in time is served.
+    let mut slow = TcpStream::connect(cohort.addr).unwrap();
+    slow.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    for part in [
+        &b"GET / HT"[..],
+        b"TP/1.1\r\nHost: x\r\n",
+        b"x-user-id: u2\r\n",
+        b"\r\n",
+    ] {
+        slow.write_all(part).unwrap();
+        thread::sleep(Duration::from_millis(250));
+    }
+    let (resp, _) = read_response(&mut std::io::BufReader::new(slow), false).unwrap();
+    assert_eq!(resp.status, 200);
+    assert_eq!(resp.backend(), "other");
 }
