@@ -159,6 +159,11 @@ impl ProxyHttp for CohortProxy {
         let table = self.state.table();
         // A client that stops reading is disconnected (`server.client_write_timeout_secs`).
         session.set_write_timeout(Some(table.config.server.client_write_timeout));
+        // Idle time before the next request (`server.keepalive_timeout_secs`), unless
+        // keep-alive is off for this connection (`Connection: close`, shutting down).
+        if session.get_keepalive().is_some() {
+            session.set_keepalive(Some(table.config.server.keepalive_timeout.as_secs()));
+        }
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
         let req = session.req_header();
         let view = RequestView::new(&req.headers, &req.uri, peer_ip(session));

@@ -561,6 +561,18 @@ fn invalid_cases() -> Vec<Case> {
 
     for secs in ["0", "3601"] {
         cases.push(case(
+            "keep-alive timeout out of range",
+            base_config(
+                &format!("keepalive_timeout_secs = {secs}"),
+                "",
+                VARIANTS,
+                "",
+            ),
+            &[("server.keepalive_timeout_secs", "must be 1 to 3600 seconds")],
+        ));
+    }
+    for secs in ["0", "3601"] {
+        cases.push(case(
             "client header timeout out of range",
             base_config(
                 &format!("client_header_timeout_secs = {secs}"),

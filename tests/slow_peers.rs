@@ -1,7 +1,8 @@
 #![allow(clippy::unwrap_used)]
 //! Peers that stall. A client that stops reading a response is disconnected after
 //! `server.client_write_timeout_secs`, and an upstream that stops taking a request body
-//! counts as an upstream timeout after the variant's `read_timeout_ms`: each runs on the
+//! counts as an upstream timeout after the variant's `read_timeout_ms`. An idle
+//! keep-alive connection closes after `server.keepalive_timeout_secs`. Each runs on the
 //! fast path and, with `COHORT_FAST_PATH=0`, on the Pingora proxy. A client that sends a
 //! request head too slowly (a byte at a time, or nothing at all) is disconnected once
 //! `server.client_header_timeout_secs` have passed since the head started, however often
@@ -88,6 +89,7 @@ admin = "@ADMIN@"
 threads = 1
 client_write_timeout_secs = 1
 client_header_timeout_secs = 2
+keepalive_timeout_secs = 2
 
 [[service]]
 name = "api"
@@ -296,7 +298,8 @@ fn a_request_head_sent_a_byte_at_a_time_is_cut_off_at_the_header_timeout() {
         .unwrap();
     let (resp, _) = read_response(&mut r, false).unwrap();
     assert_eq!(resp.status, 200);
-    thread::sleep(Duration::from_secs(3)); // idle between requests: not the head's time
+    // Idle between requests (under the 2 s keep-alive timeout): not the head's time.
+    thread::sleep(Duration::from_millis(1500));
     c.write_all(b"GET / HTTP/1.1\r\n").unwrap();
     let t = Instant::now();
     let mut closed = false;
@@ -352,4 +355,48 @@ fn a_request_head_sent_a_byte_at_a_time_is_cut_off_at_the_header_timeout() {
     let (resp, _) = read_response(&mut std::io::BufReader::new(slow), false).unwrap();
     assert_eq!(resp.status, 200);
     assert_eq!(resp.backend(), "other");
+}
+
+fn an_idle_keep_alive_connection_closes_after_the_keepalive_timeout(fast_path: bool) {
+    let other = backend("other");
+    let cohort = start(closed_addr(), other.addr, fast_path);
+    let c = TcpStream::connect(cohort.addr).unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut r = std::io::BufReader::new(c.try_clone().unwrap());
+    let mut ask = |user: &str| {
+        (&c).write_all(
+            format!("GET / HTTP/1.1\r\nHost: x\r\nx-user-id: {user}\r\n\r\n").as_bytes(),
+        )
+        .unwrap();
+        let (resp, _) = read_response(&mut r, false).unwrap();
+        assert_eq!(resp.status, 200);
+    };
+    ask("u1");
+    // Idle for less than the 2 s keep-alive timeout: the connection still serves.
+    thread::sleep(Duration::from_secs(1));
+    ask("u2");
+    let idle_from = Instant::now();
+    let mut buf = [0u8; 16];
+    let end = r.get_mut().read(&mut buf);
+    let idle = idle_from.elapsed();
+    match end {
+        Ok(0) => {}
+        other => {
+            panic!("an idle connection gave {other:?} after {idle:?} (fast path: {fast_path})")
+        }
+    }
+    assert!(
+        idle >= Duration::from_millis(1500),
+        "closed after {idle:?} idle, before the 2 s keep-alive timeout (fast path: {fast_path})"
+    );
+}
+
+#[test]
+fn fast_path_closes_idle_keep_alive_connections_after_the_keepalive_timeout() {
+    an_idle_keep_alive_connection_closes_after_the_keepalive_timeout(true);
+}
+
+#[test]
+fn pingora_proxy_closes_idle_keep_alive_connections_after_the_keepalive_timeout() {
+    an_idle_keep_alive_connection_closes_after_the_keepalive_timeout(false);
 }

@@ -35,6 +35,7 @@ pub struct ServerFile {
     pub resolve_interval_secs: Option<u64>,
     pub client_write_timeout_secs: Option<u64>,
     pub client_header_timeout_secs: Option<u64>,
+    pub keepalive_timeout_secs: Option<u64>,
     #[serde(default)]
     pub tls: Vec<TlsFile>,
 }

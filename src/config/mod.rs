@@ -57,6 +57,11 @@ pub struct ServerConfig {
     /// `client_header_timeout`): a client cannot hold a connection by sending a head a
     /// byte at a time.
     pub client_header_timeout: Duration,
+    /// How long an idle keep-alive client connection stays open between requests. The
+    /// default, 75 s (NGINX's), outlasts an AWS ALB's default 60 s idle timeout, so the
+    /// ALB closes idle connections first and never sends a request on one cohort is
+    /// closing (a 502 at the ALB).
+    pub keepalive_timeout: Duration,
 }
 
 /// A `[[server.tls]]` listener; the PEM files are read when the table is compiled (at

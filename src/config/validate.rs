@@ -98,6 +98,16 @@ fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
             Duration::from_secs(60)
         }
     };
+    let keepalive_timeout = match f.keepalive_timeout_secs.unwrap_or(75) {
+        n @ 1..=3_600 => Duration::from_secs(n),
+        _ => {
+            errs.push(
+                "server.keepalive_timeout_secs",
+                "must be 1 to 3600 seconds (how long an idle keep-alive connection stays open)",
+            );
+            Duration::from_secs(75)
+        }
+    };
     let port = listen.first().map_or(0, |a| a.port());
     let upgrade_sock = f
         .upgrade_sock
@@ -127,6 +137,7 @@ fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
         },
         client_write_timeout,
         client_header_timeout,
+        keepalive_timeout,
         tls: f
             .tls
             .iter()

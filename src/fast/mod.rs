@@ -34,9 +34,6 @@ use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tokio::time::Sleep;
 
-/// How long a keep-alive client connection may sit idle between requests (Pingora's own
-/// default).
-const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long each read of a request body may wait (NGINX's `client_body_timeout`).
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Buffer reserved per connection for reading request heads.
@@ -96,13 +93,15 @@ impl ServerApp for FastApp {
 async fn connection(app: Arc<FastApp>, io: TcpStream, shutdown: ShutdownWatch) {
     let _ = io.set_nodelay(true);
     let peer = io.peer_addr().ok().map(|a| Peer::new(a.ip()));
+    let keepalive = app.state.table().config.server.keepalive_timeout;
     let mut conn = Conn {
         io,
         buf: Vec::new(),
         peer,
         served: 0,
-        client_timer: Box::pin(tokio::time::sleep(KEEPALIVE_TIMEOUT)),
-        upstream_timer: Box::pin(tokio::time::sleep(KEEPALIVE_TIMEOUT)),
+        keepalive,
+        client_timer: Box::pin(tokio::time::sleep(keepalive)),
+        upstream_timer: Box::pin(tokio::time::sleep(keepalive)),
     };
     if let Served::HandOver = conn.serve(&app, &shutdown).await {
         let fd = conn.io.as_raw_fd();
@@ -183,6 +182,8 @@ struct Conn {
     peer: Option<Peer>,
     /// Requests answered on this connection so far.
     served: u32,
+    /// `server.keepalive_timeout_secs` when the connection was accepted.
+    keepalive: Duration,
     /// Deadline of the current client read. One timer per connection, pushed later for
     /// each read: extending a registered tokio timer is a store, where a new timer per
     /// read costs a timer-wheel insertion (and often a reactor wake-up).
@@ -219,7 +220,7 @@ impl Conn {
 
     /// Reads more client bytes into `buf`: a request head due by `head_deadline`, or with
     /// `None`, the start of a new request on an idle keep-alive connection (the wait ends
-    /// after `KEEPALIVE_TIMEOUT` or when the service shuts down). `Ok(0)` means the
+    /// after `keepalive` or when the service shuts down). `Ok(0)` means the
     /// connection is over (closed, timed out, or shutting down).
     async fn read_more(
         &mut self,
@@ -238,8 +239,7 @@ impl Conn {
                 Err(_) => Ok(0),
             };
         }
-        let until =
-            head_deadline.unwrap_or_else(|| tokio::time::Instant::now() + KEEPALIVE_TIMEOUT);
+        let until = head_deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.keepalive);
         self.client_timer.as_mut().reset(until);
         tokio::select! {
             biased;
