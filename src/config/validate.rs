@@ -78,36 +78,27 @@ fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
         0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
         n => n,
     };
-    let client_write_timeout = match f.client_write_timeout_secs.unwrap_or(60) {
-        n @ 1..=86_400 => Duration::from_secs(n),
-        _ => {
-            errs.push(
-                "server.client_write_timeout_secs",
-                "must be 1 to 86400 seconds (how long a client may stop reading a response)",
-            );
-            Duration::from_secs(60)
-        }
-    };
-    let client_header_timeout = match f.client_header_timeout_secs.unwrap_or(60) {
-        n @ 1..=3_600 => Duration::from_secs(n),
-        _ => {
-            errs.push(
-                "server.client_header_timeout_secs",
-                "must be 1 to 3600 seconds (how long a client may take to send a request head)",
-            );
-            Duration::from_secs(60)
-        }
-    };
-    let keepalive_timeout = match f.keepalive_timeout_secs.unwrap_or(75) {
-        n @ 1..=3_600 => Duration::from_secs(n),
-        _ => {
-            errs.push(
-                "server.keepalive_timeout_secs",
-                "must be 1 to 3600 seconds (how long an idle keep-alive connection stays open)",
-            );
-            Duration::from_secs(75)
-        }
-    };
+    let client_write_timeout = seconds(
+        f.client_write_timeout_secs,
+        (60, 86_400),
+        "server.client_write_timeout_secs",
+        "how long a client may stop reading a response",
+        errs,
+    );
+    let client_header_timeout = seconds(
+        f.client_header_timeout_secs,
+        (60, 3_600),
+        "server.client_header_timeout_secs",
+        "how long a client may take to send a request head",
+        errs,
+    );
+    let keepalive_timeout = seconds(
+        f.keepalive_timeout_secs,
+        (75, 3_600),
+        "server.keepalive_timeout_secs",
+        "how long an idle keep-alive connection stays open",
+        errs,
+    );
     let port = listen.first().map_or(0, |a| a.port());
     let upgrade_sock = f
         .upgrade_sock
@@ -393,6 +384,24 @@ fn health_check(h: &HealthCheckFile, path: &str, errs: &mut Errors) -> HealthChe
         timeout,
         unhealthy_after: threshold(h.unhealthy_after, 3, "unhealthy_after", errs),
         healthy_after: threshold(h.healthy_after, 2, "healthy_after", errs),
+    }
+}
+
+/// A timeout in whole seconds, 1 to `max` (`default` when absent); out of range is an
+/// error at `path` that says what the value means (`what`).
+fn seconds(
+    v: Option<u64>,
+    (default, max): (u64, u64),
+    path: &str,
+    what: &str,
+    errs: &mut Errors,
+) -> Duration {
+    match v.unwrap_or(default) {
+        n if (1..=max).contains(&n) => Duration::from_secs(n),
+        _ => {
+            errs.push(path, format!("must be 1 to {max} seconds ({what})"));
+            Duration::from_secs(default)
+        }
     }
 }
 
