@@ -106,9 +106,7 @@ async fn next_head(
         let wait = if idle {
             None
         } else {
-            Some(*deadline.get_or_insert_with(|| {
-                tokio::time::Instant::now() + app.state.table().config.server.client_header_timeout
-            }))
+            Some(*deadline.get_or_insert_with(|| tokio::time::Instant::now() + conn.head_timeout))
         };
         match conn.read_more(app, wait, closing.as_mut()).await {
             Ok(0) | Err(_) => return Err(Next::Gone),

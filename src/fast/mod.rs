@@ -93,13 +93,15 @@ impl ServerApp for FastApp {
 async fn connection(app: Arc<FastApp>, io: TcpStream, shutdown: ShutdownWatch) {
     let _ = io.set_nodelay(true);
     let peer = io.peer_addr().ok().map(|a| Peer::new(a.ip()));
-    let keepalive = app.state.table().config.server.keepalive_timeout;
+    let server = &app.state.table().config.server;
+    let (keepalive, head_timeout) = (server.keepalive_timeout, server.client_header_timeout);
     let mut conn = Conn {
         io,
         buf: Vec::new(),
         peer,
         served: 0,
         keepalive,
+        head_timeout,
         client_timer: Box::pin(tokio::time::sleep(keepalive)),
         upstream_timer: Box::pin(tokio::time::sleep(keepalive)),
     };
@@ -182,8 +184,10 @@ struct Conn {
     peer: Option<Peer>,
     /// Requests answered on this connection so far.
     served: u32,
-    /// `server.keepalive_timeout_secs` when the connection was accepted.
+    /// `server.keepalive_timeout_secs` and `server.client_header_timeout_secs` when the
+    /// connection was accepted.
     keepalive: Duration,
+    head_timeout: Duration,
     /// Deadline of the current client read. One timer per connection, pushed later for
     /// each read: extending a registered tokio timer is a store, where a new timer per
     /// read costs a timer-wheel insertion (and often a reactor wake-up).
