@@ -64,12 +64,17 @@ impl EchoBackend {
         self.flags.unhealthy.store(!healthy, Ordering::SeqCst);
     }
 
-    /// Stops accepting (the port then refuses connections) and closes open connections
-    /// at their next request.
+    /// Stops accepting and closes open connections at their next request. Returns once
+    /// the port refuses connections (at most 2 s), so a caller never races the accept
+    /// loop still holding the listener.
     pub fn stop(&self) {
         self.flags.stopped.store(true, Ordering::SeqCst);
-        // wake the accept loop so it drops the listener
-        let _ = TcpStream::connect(self.addr);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        // Each connect wakes the accept loop, which drops the listener once it sees the
+        // flag; a refused connect shows it is gone.
+        while TcpStream::connect(self.addr).is_ok() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(2));
+        }
     }
 }
 
