@@ -2,7 +2,7 @@
 # Installs what building and testing cohort needs on a fresh Debian/Ubuntu machine:
 # cmake (libz-ng-sys), libssl-dev + pkg-config (OpenSSL linked from the system), python3
 # with the xxhash module (the offline reference implementation scripts/cohort_assign.py),
-# and for the tests curl, nginx and wrk.
+# and for the tests curl, nginx, haproxy and wrk.
 # Idempotent: installs only what is missing. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -20,10 +20,11 @@ command -v pkg-config >/dev/null 2>&1 || pkgs+=(pkg-config)
 command -v cc >/dev/null 2>&1 || pkgs+=(build-essential)
 command -v python3 >/dev/null 2>&1 || pkgs+=(python3 python3-pip)
 if ! pkg-config --exists openssl 2>/dev/null; then pkgs+=(libssl-dev); fi
-# for the tests: curl (HTTP/2 client), nginx + wrk (scripts/bench.sh --smoke backends/load)
+# for the tests: curl (HTTP/2 client), nginx, haproxy + wrk (scripts/bench.sh --smoke peers/load)
 command -v curl >/dev/null 2>&1 || pkgs+=(curl)
 command -v nginx >/dev/null 2>&1 || pkgs+=(nginx)
 command -v wrk >/dev/null 2>&1 || pkgs+=(wrk)
+command -v haproxy >/dev/null 2>&1 || pkgs+=(haproxy)
 command -v ss >/dev/null 2>&1 || pkgs+=(iproute2)
 if [ ${#pkgs[@]} -gt 0 ]; then
   echo "[install-deps] apt-get install ${pkgs[*]}" >&2

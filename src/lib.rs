@@ -21,6 +21,7 @@ pub mod config;
 pub mod demo;
 pub mod explain;
 pub mod fast;
+pub mod forward;
 pub mod lifecycle;
 pub mod metrics;
 pub mod proxy;

@@ -24,8 +24,42 @@ pub const CONFIG_INFO: &str = "cohort_config_info";
 /// Label value for requests that match no service.
 pub const NONE: &str = "_none";
 
-/// Upstream error kinds (the `kind` label).
-pub const ERROR_KINDS: [&str; 5] = ["connect", "timeout", "reset", "protocol", "other"];
+/// The `kind` label of `cohort_upstream_errors_total` (SPEC "Metrics").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    Connect,
+    Timeout,
+    Reset,
+    Protocol,
+    Other,
+}
+
+impl ErrorKind {
+    /// Every kind, in the order of [`ErrorKind::index`].
+    pub const ALL: [ErrorKind; 5] = [
+        ErrorKind::Connect,
+        ErrorKind::Timeout,
+        ErrorKind::Reset,
+        ErrorKind::Protocol,
+        ErrorKind::Other,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ErrorKind::Connect => "connect",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::Reset => "reset",
+            ErrorKind::Protocol => "protocol",
+            ErrorKind::Other => "other",
+        }
+    }
+
+    /// Position in [`ErrorKind::ALL`] (the metric handles are kept in that order).
+    pub fn index(self) -> usize {
+        self as usize
+    }
+}
 
 /// Histogram buckets: 0.5 ms to 10 s, each 20% above the last, so any quantile read by
 /// interpolation is within ±10% of the true value.
@@ -241,9 +275,12 @@ impl VariantMetrics {
                 .map(|r| m.assignments.with_label_values(&[service, variant, r]))
                 .collect(),
             reasons: reasons.to_vec(),
-            errors: ERROR_KINDS
+            errors: ErrorKind::ALL
                 .iter()
-                .map(|k| m.upstream_errors.with_label_values(&[service, variant, k]))
+                .map(|k| {
+                    m.upstream_errors
+                        .with_label_values(&[service, variant, k.as_str()])
+                })
                 .collect(),
         }
     }
@@ -285,13 +322,13 @@ impl VariantMetrics {
         }
     }
 
-    /// `kind` indexes [`ERROR_KINDS`].
+    /// Counts one upstream error of `kind`.
     #[inline]
-    pub fn record_upstream_error(&self, kind: usize) {
+    pub fn record_upstream_error(&self, kind: ErrorKind) {
         if !cfg!(feature = "metrics") {
             return;
         }
-        if let Some(c) = self.errors.get(kind) {
+        if let Some(c) = self.errors.get(kind.index()) {
             c.inc();
         }
     }
@@ -410,8 +447,8 @@ impl TableMetrics {
                     for r in &v.reasons {
                         let _ = m.assignments.remove_label_values(&[s, n, r]);
                     }
-                    for k in ERROR_KINDS {
-                        let _ = m.upstream_errors.remove_label_values(&[s, n, k]);
+                    for k in ErrorKind::ALL {
+                        let _ = m.upstream_errors.remove_label_values(&[s, n, k.as_str()]);
                     }
                     let _ = m.duration.remove_label_values(&[s, n]);
                     let _ = m.upstream.remove_label_values(&[s, n]);

@@ -6,7 +6,7 @@
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::config::{Config, ConfigError, ServerConfig};
-use crate::fast::FastApp;
+use crate::fast::{FastApp, HandOver};
 use crate::lifecycle::{IdleExit, Signals};
 use crate::metrics::METRICS;
 use crate::proxy::CohortProxy;
@@ -16,8 +16,12 @@ use crate::source::{Source, UrlSource};
 use crate::state::State;
 use crate::tls::CertResolver;
 use crate::upstream::health::HealthService;
+use pingora_core::apps::ServerApp;
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
+use pingora_core::protocols::Stream;
+use pingora_core::server::ShutdownWatch;
+use pingora_proxy::HttpProxy;
 
 /// Read buffer per plaintext downstream connection (request heads are far smaller).
 const PLAINTEXT_READ_BUFFER: usize = 4 * 1024;
@@ -105,6 +109,20 @@ fn server_conf(s: &ServerConfig, daemon: bool) -> ServerConf {
     }
 }
 
+/// The Pingora carrier as the engine's hand-over target.
+struct PingoraCarrier(Arc<HttpProxy<CohortProxy>>);
+
+#[async_trait::async_trait]
+impl HandOver for PingoraCarrier {
+    async fn serve(&self, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
+        self.0.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        ServerApp::cleanup(self.0.as_ref()).await;
+    }
+}
+
 /// Runs the proxy until it is stopped. Returns an error only for start-up problems.
 pub fn run(opts: RunOptions) -> Result<(), ConfigError> {
     let source = opts.source();
@@ -151,38 +169,15 @@ pub fn run_table(
     server.bootstrap();
 
     let fast = crate::fast::enabled();
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        CohortProxy {
-            state: state.clone(),
-        },
-        "cohort proxy",
-    );
-    // The fast path reads into its own buffer, so the stream needs none; Pingora's
+    let cohort_proxy = || CohortProxy {
+        state: state.clone(),
+    };
+    // The engine reads into its own buffer, so the stream needs none; Pingora's
     // default is 64 KiB, held by every idle keep-alive connection (see BENCHMARKS.md).
     let read_buffer = if fast { 0 } else { PLAINTEXT_READ_BUFFER };
     let buffers = L4BufferSettings::new(read_buffer, DEFAULT_L4_WRITE_BUFFER_SIZE);
     let plaintext = |addr: &SocketAddr| ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers);
-    if fast && !server_cfg.listen.is_empty() {
-        let app = FastApp::new(
-            state.clone(),
-            pingora_proxy::http_proxy(
-                &server.configuration,
-                CohortProxy {
-                    state: state.clone(),
-                },
-            ),
-        );
-        let mut service = Service::new("cohort fast path".to_string(), app);
-        for addr in &server_cfg.listen {
-            service.add_listener(plaintext(addr));
-        }
-        server.add_service(service);
-    } else {
-        for addr in &server_cfg.listen {
-            proxy.add_listener(plaintext(addr));
-        }
-    }
+    let mut tls_settings = Vec::new();
     for t in &server_cfg.tls {
         let resolver = CertResolver {
             state: state.clone(),
@@ -194,9 +189,33 @@ pub fn run_table(
                 source: std::io::Error::other(e.to_string()),
             })?;
         settings.enable_h2();
-        proxy.add_tls_with_settings(&t.listen.to_string(), None, settings);
+        tls_settings.push((t.listen, settings));
     }
-    if !server_cfg.tls.is_empty() || !fast {
+    if fast {
+        // Every listener on the HTTP/1 engine; HTTP/2 and hand-overs go to the Pingora
+        // carrier behind it.
+        let carrier = pingora_proxy::http_proxy(&server.configuration, cohort_proxy());
+        let app = FastApp::new(state.clone(), Arc::new(PingoraCarrier(Arc::new(carrier))));
+        let mut service = Service::new("cohort proxy".to_string(), app);
+        for addr in &server_cfg.listen {
+            service.add_listener(plaintext(addr));
+        }
+        for (listen, settings) in tls_settings {
+            service.add_tls_with_settings(&listen.to_string(), None, settings);
+        }
+        server.add_service(service);
+    } else {
+        let mut proxy = pingora_proxy::http_proxy_service_with_name(
+            &server.configuration,
+            cohort_proxy(),
+            "cohort proxy",
+        );
+        for addr in &server_cfg.listen {
+            proxy.add_listener(plaintext(addr));
+        }
+        for (listen, settings) in tls_settings {
+            proxy.add_tls_with_settings(&listen.to_string(), None, settings);
+        }
         server.add_service(proxy);
     }
 

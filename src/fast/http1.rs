@@ -109,6 +109,13 @@ pub fn date_header(out: &mut Vec<u8>) {
     });
 }
 
+/// Fields about this connection only (RFC 9110 §7.6.1), never relayed: each hop's
+/// HTTP/1 codec writes its own.
+pub fn is_connection_field(name: &str) -> bool {
+    use crate::forward::edits::is;
+    is(name, "connection") || is(name, "keep-alive") || is(name, "proxy-connection")
+}
+
 /// How the end of a response body is found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BodyFraming {

@@ -1,35 +1,39 @@
-//! The HTTP/1.1 fast path for plaintext listeners. Pingora still accepts the
-//! connections, owns the listening sockets (graceful upgrade hands them over), and runs
-//! the lifecycle; this [`ServerApp`] serves the plain keep-alive requests an API gets
-//! with far less work per request than Pingora's general proxy (no per-request session
-//! objects, header maps or pool watcher tasks: see BENCHMARKS.md). The first request it
-//! does not take on (HTTP/1.0, chunked or `Expect` request bodies, upgrades, absolute
-//! targets, malformed or oversized heads) is handed, with every byte already read, to the
-//! Pingora proxy ([`crate::proxy::CohortProxy`]), which serves the rest of that
-//! connection. Both paths route through the same functions and record the same metrics.
+//! The HTTP/1 engine: a lean HTTP/1.1 carrier for plaintext listeners and, after the
+//! handshake, for TLS connections whose ALPN is `http/1.1` or absent. Pingora still
+//! accepts the connections, terminates TLS (the certificate resolver is
+//! [`crate::tls::CertResolver`]), owns the listening sockets (graceful upgrade hands them
+//! over), and runs the lifecycle; this [`ServerApp`] serves the plain keep-alive requests
+//! an API gets with far less work per request than Pingora's general proxy (no
+//! per-request session objects, header maps or pool watcher tasks: see BENCHMARKS.md).
+//! HTTP/2 connections, and the first request the engine does not take on (HTTP/1.0,
+//! chunked or `Expect` request bodies, upgrades, absolute targets, malformed or oversized
+//! heads), go with every byte already read to a [`HandOver`] target: the Pingora carrier,
+//! wired in by `crate::server`, which serves the rest of that connection. What is
+//! forwarded and how failures are handled is the forwarding core's ([`crate::forward`]).
 //!
-//! `COHORT_FAST_PATH=0` in the environment turns the fast path off.
+//! `COHORT_FAST_PATH=0` in the environment turns the engine off.
 
 mod exchange;
+pub mod handover;
 pub mod http1;
+mod plan;
 mod pool;
+mod relay;
 
-use crate::proxy::CohortProxy;
+use crate::forward::ClientPeer;
 use crate::state::State;
 use async_trait::async_trait;
+pub use handover::{ClientIo, HandOver};
 use pingora_core::apps::ServerApp;
-use pingora_core::protocols::l4::stream::Stream as L4Stream;
-use pingora_core::protocols::{GetSocketDigest, SocketDigest, Stream};
+use pingora_core::protocols::tls::ALPN;
+use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
-use pingora_proxy::HttpProxy;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, BorrowedFd};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tokio::time::Sleep;
@@ -39,25 +43,26 @@ const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
 /// Buffer reserved per connection for reading request heads.
 const READ_CHUNK: usize = 4096;
 
-/// Whether the fast path serves plaintext listeners (on unless `COHORT_FAST_PATH=0`).
+/// Whether the HTTP/1 engine serves HTTP/1.1 connections (on unless `COHORT_FAST_PATH=0`).
 pub fn enabled() -> bool {
     std::env::var("COHORT_FAST_PATH").map_or(true, |v| v != "0")
 }
 
-/// The plaintext listeners' application: the fast path, with the Pingora proxy behind it.
+/// The listeners' application: the HTTP/1 engine, with the Pingora carrier behind it for
+/// HTTP/2 and for what the engine hands over.
 pub struct FastApp {
     state: Arc<State>,
-    proxy: Arc<HttpProxy<CohortProxy>>,
+    handover: Arc<dyn HandOver>,
     /// Set once the service stopped listening: idle connections close.
     closing: AtomicBool,
     wake_idle: Notify,
 }
 
 impl FastApp {
-    pub fn new(state: Arc<State>, proxy: HttpProxy<CohortProxy>) -> FastApp {
+    pub fn new(state: Arc<State>, handover: Arc<dyn HandOver>) -> FastApp {
         FastApp {
             state,
-            proxy: Arc::new(proxy),
+            handover,
             closing: AtomicBool::new(false),
             wake_idle: Notify::new(),
         }
@@ -71,34 +76,50 @@ impl ServerApp for FastApp {
         stream: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let io = match rehome(stream) {
+        if stream.get_ssl().is_some() {
+            // TLS, handshake done: HTTP/2 (ALPN `h2`) is Pingora's; `http/1.1` or no
+            // ALPN is served here, on this task (the TLS state cannot move threads).
+            if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+                return self.handover.serve(stream, shutdown).await;
+            }
+            let peer = handover::peer_ip(&stream);
+            connection(self.clone(), stream, peer, true, shutdown.clone()).await;
+            return None;
+        }
+        let io = match handover::rehome(stream) {
             Ok(io) => io,
-            Err(stream) => return self.proxy.process_new(stream, shutdown).await,
+            Err(stream) => return self.handover.serve(stream, shutdown).await,
         };
+        let peer = io.peer_addr().ok().map(|a| a.ip());
         // The connection gets its own small task on this thread; Pingora's accept task
         // (sized for a TLS handshake) ends here instead of living as long as the
         // connection (see BENCHMARKS.md, memory).
-        tokio::spawn(connection(self.clone(), io, shutdown.clone()));
+        tokio::spawn(connection(self.clone(), io, peer, false, shutdown.clone()));
         None
     }
 
     async fn cleanup(&self) {
         self.closing.store(true, Ordering::SeqCst);
         self.wake_idle.notify_waiters();
-        ServerApp::cleanup(self.proxy.as_ref()).await;
+        self.handover.cleanup().await;
     }
 }
 
-/// Serves one client connection until it closes, or hands it to the Pingora proxy.
-async fn connection(app: Arc<FastApp>, io: TcpStream, shutdown: ShutdownWatch) {
-    let _ = io.set_nodelay(true);
-    let peer = io.peer_addr().ok().map(|a| Peer::new(a.ip()));
+/// Serves one client connection until it closes, or hands it to the Pingora carrier.
+async fn connection<S: ClientIo>(
+    app: Arc<FastApp>,
+    io: S,
+    peer: Option<IpAddr>,
+    tls: bool,
+    shutdown: ShutdownWatch,
+) {
     let server = &app.state.table().config.server;
     let (keepalive, head_timeout) = (server.keepalive_timeout, server.client_header_timeout);
     let mut conn = Conn {
         io,
         buf: Vec::new(),
-        peer,
+        peer: peer.map(ClientPeer::new),
+        tls,
         served: 0,
         keepalive,
         head_timeout,
@@ -106,68 +127,15 @@ async fn connection(app: Arc<FastApp>, io: TcpStream, shutdown: ShutdownWatch) {
         upstream_timer: Box::pin(tokio::time::sleep(keepalive)),
     };
     if let Served::HandOver = conn.serve(&app, &shutdown).await {
-        let fd = conn.io.as_raw_fd();
-        let mut io = L4Stream::from(conn.io);
-        io.set_socket_digest(SocketDigest::from_raw_fd(fd));
-        io.rewind(&conn.buf);
-        let mut next = app.proxy.process_new(Box::new(io), &shutdown).await;
+        let stream = conn.io.into_stream(&conn.buf);
+        let mut next = app.handover.serve(stream, &shutdown).await;
         while let Some(stream) = next {
-            next = app.proxy.process_new(stream, &shutdown).await;
+            next = app.handover.serve(stream, &shutdown).await;
         }
     }
 }
 
-/// Moves an accepted TCP connection onto this thread's reactor. Pingora accepts on one
-/// thread and runs the connection's task on a randomly chosen one, so without this every
-/// readiness event for the client socket would be picked up by the accepting thread and
-/// passed across with a wake-up (an `eventfd` write and a context switch per event; see
-/// BENCHMARKS.md). `Err` gives back streams that are not plain TCP, or if `dup` failed.
-fn rehome(stream: Stream) -> Result<TcpStream, Stream> {
-    let Some(l4) = stream.as_any().downcast_ref::<L4Stream>() else {
-        return Err(stream);
-    };
-    let fd = l4.as_raw_fd();
-    // SAFETY: `fd` is the open socket owned by `stream`, which outlives this borrow; the
-    // borrow is only used to duplicate it.
-    #[allow(unsafe_code)]
-    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
-    let Ok(owned) = borrowed.try_clone_to_owned() else {
-        return Err(stream);
-    };
-    let std_stream = std::net::TcpStream::from(owned);
-    match std_stream
-        .set_nonblocking(true)
-        .and_then(|()| TcpStream::from_std(std_stream))
-    {
-        // Dropping `stream` deregisters the original descriptor and closes it; the
-        // socket lives on in the duplicate.
-        Ok(tcp) => Ok(tcp),
-        Err(_) => Err(stream),
-    }
-}
-
-/// The client's TCP peer, with what each request needs from it precomputed.
-pub(crate) struct Peer {
-    /// As the socket reports it (routing sees this).
-    pub ip: IpAddr,
-    /// IPv4-mapped addresses as IPv4 (trusted-proxy checks, `X-Forwarded-For`).
-    pub canonical: IpAddr,
-    /// `canonical` as text, for `X-Forwarded-For`.
-    pub text: String,
-}
-
-impl Peer {
-    fn new(ip: IpAddr) -> Peer {
-        let canonical = ip.to_canonical();
-        Peer {
-            ip,
-            canonical,
-            text: canonical.to_string(),
-        }
-    }
-}
-
-/// How a connection's fast-path service ended.
+/// How a connection's service on the engine ended.
 enum Served {
     /// The connection is done (closed by either side, or after an error response).
     Closed,
@@ -175,13 +143,15 @@ enum Served {
     HandOver,
 }
 
-/// One client connection on the fast path.
-struct Conn {
-    io: TcpStream,
+/// One client connection on the engine.
+struct Conn<S> {
+    io: S,
     /// Bytes read from the client and not yet consumed (a request head, a pipelined
     /// request, body bytes).
     buf: Vec<u8>,
-    peer: Option<Peer>,
+    peer: Option<ClientPeer>,
+    /// The connection is TLS (cookies get `Secure`, `X-Forwarded-Proto: https`).
+    tls: bool,
     /// Requests answered on this connection so far.
     served: u32,
     /// `server.keepalive_timeout_secs` and `server.client_header_timeout_secs` when the
@@ -196,7 +166,7 @@ struct Conn {
     upstream_timer: Pin<Box<Sleep>>,
 }
 
-impl Conn {
+impl<S: ClientIo> Conn<S> {
     async fn serve(&mut self, app: &FastApp, shutdown: &ShutdownWatch) -> Served {
         // Registered once for the connection's life; fires when the service shuts down.
         let closing = app.wake_idle.notified();
@@ -232,15 +202,16 @@ impl Conn {
         head_deadline: Option<tokio::time::Instant>,
         closing: Pin<&mut Notified<'_>>,
     ) -> std::io::Result<usize> {
+        use futures::FutureExt;
         let idle = head_deadline.is_none();
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
             self.buf.reserve(READ_CHUNK);
         }
         if idle && app.closing.load(Ordering::SeqCst) {
             // Shutting down: serve a request that already arrived, wait for no other.
-            return match self.io.try_read_buf(&mut self.buf) {
-                Ok(n) => Ok(n),
-                Err(_) => Ok(0),
+            return match self.io.read_buf(&mut self.buf).now_or_never() {
+                Some(Ok(n)) => Ok(n),
+                _ => Ok(0),
             };
         }
         let until = head_deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.keepalive);
@@ -257,7 +228,18 @@ impl Conn {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pingora_core::server::configuration::ServerConf;
+    use tokio::net::TcpStream;
+
+    /// A hand-over target for tests that never hand over.
+    struct Refuse;
+
+    #[async_trait]
+    impl HandOver for Refuse {
+        async fn serve(&self, _stream: Stream, _shutdown: &ShutdownWatch) -> Option<Stream> {
+            None
+        }
+        async fn cleanup(&self) {}
+    }
 
     fn app() -> Arc<FastApp> {
         let text = crate::demo::DEMO_CONFIG
@@ -269,13 +251,7 @@ mod tests {
         let state = Arc::new(State::new(
             crate::routing::RoutingTable::build(config).unwrap(),
         ));
-        let proxy = pingora_proxy::http_proxy(
-            &Arc::new(ServerConf::default()),
-            CohortProxy {
-                state: state.clone(),
-            },
-        );
-        Arc::new(FastApp::new(state, proxy))
+        Arc::new(FastApp::new(state, Arc::new(Refuse)))
     }
 
     /// Memory per idle keep-alive connection is mostly its task's future: keep the
@@ -289,7 +265,7 @@ mod tests {
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let (_tx, shutdown) = tokio::sync::watch::channel(false);
-        let task = std::mem::size_of_val(&connection(app, server, shutdown));
+        let task = std::mem::size_of_val(&connection(app, server, None, false, shutdown));
         let sleep = std::mem::size_of::<Sleep>();
         eprintln!("connection future {task} B, timer {sleep} B");
         assert!(task <= 1536, "connection future is {task} bytes");

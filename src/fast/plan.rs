@@ -1,0 +1,132 @@
+//! Parsing and routing one request head on the HTTP/1 engine: the [`Plan`] of what to
+//! forward, with the upstream request head written by the forwarding core's
+//! [`RequestEdits`].
+
+use super::http1::{self, RequestFraming, MAX_HEADERS};
+use crate::forward::edits::is;
+use crate::forward::{self, ClientPeer, RequestEdits};
+use crate::routing::{Decision, RequestView, RoutingTable};
+use crate::state::State;
+use std::sync::Arc;
+
+/// A routed request head, ready to forward.
+pub(super) struct Plan {
+    pub table: Arc<RoutingTable>,
+    pub head_len: usize,
+    pub framing: RequestFraming,
+    pub head_request: bool,
+    pub idempotent: bool,
+    /// `None`: no service matches (404).
+    pub route: Option<(usize, Decision)>,
+    /// The upstream request head without cohort's own headers and the final CRLF.
+    pub out: Vec<u8>,
+    /// Method, path and key for the access log (only when it is on).
+    pub log: Option<LogFields>,
+}
+
+pub(super) struct LogFields {
+    pub method: String,
+    pub path: String,
+    pub key: Option<String>,
+}
+
+pub(super) enum Parsed {
+    Partial,
+    HandOver,
+    Ready(Box<Plan>),
+}
+
+/// Parses the head in `buf` and routes it.
+pub(super) fn plan(state: &State, buf: &[u8], peer: Option<&ClientPeer>, tls: bool) -> Parsed {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let head_len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(_) => return Parsed::HandOver,
+    };
+    let Some(framing) = http1::request_framing(&req) else {
+        return Parsed::HandOver;
+    };
+    let (Some(method), Some(target)) = (req.method, req.path) else {
+        return Parsed::HandOver;
+    };
+    let table = state.table();
+    let view = RequestView::raw(req.headers, target, peer.map(|p| p.ip));
+    let route = table
+        .router
+        .match_service(&view)
+        .map(|svc| (svc, table.router.decide(svc, &view)));
+    let log = state.access_log.as_ref().map(|l| LogFields {
+        method: method.to_string(),
+        path: forward::finish::log_path(target).to_string(),
+        key: match (&route, l.include_keys) {
+            (Some((svc, d)), true) => forward::finish::log_key(&table, *svc, &view, d),
+            _ => None,
+        },
+    });
+    let mut out = Vec::new();
+    if let Some((svc, _)) = &route {
+        out.reserve(head_len + 256);
+        let edits = RequestEdits::new(
+            &table,
+            *svc,
+            peer,
+            req.headers.iter().any(|h| is(h.name, "x-forwarded-proto")),
+            tls,
+        );
+        upstream_head(&mut out, &edits, method, target, req.headers);
+    }
+    Parsed::Ready(Box::new(Plan {
+        head_len,
+        framing,
+        head_request: method == "HEAD",
+        idempotent: forward::is_idempotent(method),
+        route,
+        out,
+        log,
+        table,
+    }))
+}
+
+/// Writes the upstream request head: the client's fields minus connection-level ones
+/// and those the edits drop, then the `X-Forwarded-*` fields the edits set.
+fn upstream_head(
+    out: &mut Vec<u8>,
+    edits: &RequestEdits<'_>,
+    method: &str,
+    target: &str,
+    headers: &[httparse::Header<'_>],
+) {
+    out.extend_from_slice(method.as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(target.as_bytes());
+    out.extend_from_slice(b" HTTP/1.1\r\n");
+    for h in headers {
+        if http1::is_connection_field(h.name) || edits.drops(h.name) {
+            continue;
+        }
+        header(out, h.name.as_bytes(), h.value);
+    }
+    let mark = out.len();
+    out.extend_from_slice(b"x-forwarded-for: ");
+    let client_hops = headers
+        .iter()
+        .filter(|h| is(h.name, "x-forwarded-for"))
+        .map(|h| h.value);
+    if edits.forwarded_for(client_hops, out) {
+        out.extend_from_slice(b"\r\n");
+    } else {
+        out.truncate(mark);
+    }
+    if let Some(proto) = edits.forwarded_proto() {
+        header(out, b"x-forwarded-proto", proto.as_bytes());
+    }
+}
+
+pub(super) fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {
+    out.extend_from_slice(name);
+    out.extend_from_slice(b": ");
+    out.extend_from_slice(value);
+    out.extend_from_slice(b"\r\n");
+}

@@ -1,0 +1,387 @@
+//! The upstream side of one attempt on the HTTP/1 engine: send the request (head, then
+//! the body as it streams in), read the response head, and relay the response to the
+//! client with the forwarding core's [`ResponseEdits`]. Interim responses (1xx other
+//! than 101) are relayed before the final one, as RFC 9110 §15.2 asks of a proxy.
+
+use super::exchange::{Exchange, Next};
+use super::http1::{self, BodyFraming, ChunkedScanner, MAX_HEAD, MAX_HEADERS};
+use super::plan::header;
+use super::{pool, ClientIo};
+use crate::forward::{Attempt, Failure, Phase, ResponseEdits, UpstreamError};
+use pingora_timeout::fast_timeout::fast_timeout;
+use pingora_timeout::tokio_timeout;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::time::Sleep;
+
+/// Response bytes read from the upstream per read.
+const UPSTREAM_CHUNK: usize = 16 * 1024;
+
+/// Why an attempt stopped before the response reached the client.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum UpErr {
+    Upstream(UpstreamError),
+    /// The client went away (or stalled) while sending the request body.
+    ClientGone,
+}
+
+type Attempted = Result<(u16, Next), (UpErr, Phase)>;
+
+impl<S: ClientIo> Exchange<'_, S> {
+    /// Sends the request on `up` and relays the response. `Err` only before any byte of
+    /// the final response reached the client.
+    pub(super) async fn exchange(
+        &mut self,
+        attempt: &mut Attempt,
+        mut up: TcpStream,
+        addr: SocketAddr,
+        read_timeout: Duration,
+    ) -> Attempted {
+        let at = |e| (e, Phase::Exchange);
+        let sent_at = Instant::now();
+        send_upstream(&mut up, &self.plan.out, read_timeout)
+            .await
+            .map_err(at)?;
+        if self.body_left > 0 {
+            self.stream_request_body(&mut up, read_timeout)
+                .await
+                .map_err(at)?;
+        }
+        let mut rbuf = Vec::with_capacity(UPSTREAM_CHUNK);
+        let (head_len, status, framing) = 'head: loop {
+            let timer = self.conn.upstream_timer.as_mut();
+            if read(&mut up, &mut rbuf, timer, read_timeout)
+                .await
+                .map_err(at)?
+                == 0
+            {
+                return Err(at(UpErr::Upstream(UpstreamError::Closed)));
+            }
+            while let Some(h) = self.response_head(attempt, &rbuf).map_err(at)? {
+                if !is_interim(h.1) {
+                    break 'head h;
+                }
+                // The interim head was written into `plan.out`.
+                let interim = std::mem::take(&mut self.plan.out);
+                self.write_client(&interim)
+                    .await
+                    .map_err(|()| at(UpErr::ClientGone))?;
+                rbuf.drain(..h.0);
+            }
+            if rbuf.len() >= MAX_HEAD {
+                return Err(at(UpErr::Upstream(UpstreamError::Protocol)));
+            }
+        };
+        if status == 101 {
+            return Err(at(UpErr::Upstream(UpstreamError::Protocol)));
+        }
+        if let Some(m) = attempt.metrics() {
+            m.record_upstream(sent_at.elapsed().as_secs_f64());
+        }
+        self.close |= framing.body == BodyFraming::UntilClose;
+        // The client's head was written into `plan.out` by `response_head`.
+        let reusable = self
+            .relay_body(
+                attempt,
+                addr,
+                &mut up,
+                rbuf,
+                head_len,
+                framing.body,
+                read_timeout,
+            )
+            .await;
+        let client_ok = reusable.is_some();
+        if reusable == Some(true) && framing.reusable {
+            pool::put(addr, up);
+        }
+        let next = match (client_ok, self.close) {
+            (false, _) => Next::Gone,
+            (true, true) => Next::Close,
+            (true, false) => Next::KeepAlive,
+        };
+        Ok((status, next))
+    }
+
+    /// Streams the rest of the request body from the client to the upstream.
+    async fn stream_request_body(
+        &mut self,
+        up: &mut TcpStream,
+        limit: Duration,
+    ) -> Result<(), UpErr> {
+        if self.body_left > 16 * 1024 {
+            // Large bodies move in 64 KiB reads rather than the head buffer's 4 KiB.
+            self.conn.buf.reserve(64 * 1024);
+        }
+        while self.body_left > 0 {
+            if self.conn.buf.is_empty() {
+                match fast_timeout(
+                    super::BODY_READ_TIMEOUT,
+                    self.conn.io.read_buf(&mut self.conn.buf),
+                )
+                .await
+                {
+                    Ok(Ok(n)) if n > 0 => {}
+                    // The client is gone mid-body: nothing more can be served.
+                    _ => return Err(UpErr::ClientGone),
+                }
+            }
+            let take = (self.body_left.min(self.conn.buf.len() as u64)) as usize;
+            self.body_left -= take as u64;
+            send_upstream(up, &self.conn.buf[..take], limit).await?;
+            self.conn.buf.drain(..take);
+        }
+        Ok(())
+    }
+
+    /// Parses a response head in `rbuf` and writes the head the client gets into
+    /// `plan.out`. `Ok(None)`: incomplete.
+    fn response_head(
+        &mut self,
+        attempt: &Attempt,
+        rbuf: &[u8],
+    ) -> Result<Option<(usize, u16, http1::ResponseFraming)>, UpErr> {
+        let protocol = UpErr::Upstream(UpstreamError::Protocol);
+        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut resp = httparse::Response::new(&mut headers);
+        let n = match resp.parse(rbuf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(_) => return Err(protocol),
+        };
+        let framing = http1::response_framing(&resp, self.plan.head_request).ok_or(protocol)?;
+        let status = resp.code.unwrap_or(0);
+        if is_interim(status) {
+            self.plan.out.clear();
+            status_line(&mut self.plan.out, status, resp.reason.unwrap_or(""));
+            for h in resp.headers.iter() {
+                if !http1::is_connection_field(h.name) {
+                    header(&mut self.plan.out, h.name.as_bytes(), h.value);
+                }
+            }
+            self.plan.out.extend_from_slice(b"\r\n");
+            return Ok(Some((n, status, framing)));
+        }
+        let close = self.close || framing.body == BodyFraming::UntilClose;
+        self.client_head(attempt, &resp, framing.body, close);
+        Ok(Some((n, status, framing)))
+    }
+
+    /// The response head the client gets: the upstream's, minus connection-level fields,
+    /// with the forwarding core's response edits.
+    fn client_head(
+        &mut self,
+        attempt: &Attempt,
+        resp: &httparse::Response<'_, '_>,
+        body: BodyFraming,
+        close: bool,
+    ) {
+        let Some((_, d)) = &self.plan.route else {
+            return;
+        };
+        let service = &self.plan.table.router.services[attempt.service()];
+        let edits = ResponseEdits::new(service, attempt.served(), d, self.conn.tls);
+        let out = &mut self.plan.out;
+        out.clear();
+        status_line(out, resp.code.unwrap_or(0), resp.reason.unwrap_or(""));
+        let mut has_date = false;
+        for h in resp.headers.iter() {
+            let n = h.name;
+            has_date |= crate::forward::edits::is(n, "date");
+            if http1::is_connection_field(n)
+                || edits.drops(n)
+                || (body == BodyFraming::Chunked && crate::forward::edits::is(n, "content-length"))
+            {
+                continue;
+            }
+            header(out, n.as_bytes(), h.value);
+        }
+        if !has_date {
+            http1::date_header(out);
+        }
+        if let Some((name, value)) = edits.expose {
+            header(out, name.as_bytes(), value.as_bytes());
+        }
+        if let Some(cookie) = &edits.set_cookie {
+            header(out, b"set-cookie", cookie.as_bytes());
+        }
+        if close {
+            out.extend_from_slice(b"connection: close\r\n");
+        }
+        out.extend_from_slice(b"\r\n");
+    }
+
+    /// Sends the client head (in `plan.out`) and the body. Returns `None` if the client
+    /// went away, else whether the upstream connection ended cleanly at the body's end.
+    #[allow(clippy::too_many_arguments)]
+    async fn relay_body(
+        &mut self,
+        attempt: &mut Attempt,
+        addr: SocketAddr,
+        up: &mut TcpStream,
+        mut rbuf: Vec<u8>,
+        head_len: usize,
+        body: BodyFraming,
+        read_timeout: Duration,
+    ) -> Option<bool> {
+        let mut out = std::mem::take(&mut self.plan.out);
+        let head_end = out.len();
+        let avail = &rbuf[head_len..];
+        let mut clean = true;
+        let mut left = match body {
+            BodyFraming::None => {
+                clean = avail.is_empty();
+                0
+            }
+            BodyFraming::Length(n) => {
+                let take = (n.min(avail.len() as u64)) as usize;
+                out.extend_from_slice(&avail[..take]);
+                clean = avail.len() as u64 <= n;
+                n - take as u64
+            }
+            BodyFraming::Chunked | BodyFraming::UntilClose => 1,
+        };
+        let mut scanner = ChunkedScanner::default();
+        if body == BodyFraming::Chunked {
+            match scanner.feed(avail) {
+                Ok(Some(end)) => {
+                    out.extend_from_slice(&avail[..end]);
+                    clean = end == avail.len();
+                    left = 0;
+                }
+                Ok(None) => out.extend_from_slice(avail),
+                Err(_) => {
+                    out.extend_from_slice(avail);
+                    clean = false;
+                    left = 0;
+                    self.close = true;
+                }
+            }
+        } else if body == BodyFraming::UntilClose {
+            out.extend_from_slice(avail);
+        }
+        self.sent += out.len() - head_end;
+        self.send_client(&out).await?;
+        while left > 0 {
+            rbuf.clear();
+            let timer = self.conn.upstream_timer.as_mut();
+            let n = match read(up, &mut rbuf, timer, read_timeout).await {
+                Ok(n) if n > 0 => n,
+                // The upstream closing is the end of an until-close body.
+                Ok(_) if body == BodyFraming::UntilClose => {
+                    clean = false;
+                    break;
+                }
+                failed => {
+                    // The upstream broke mid-body: the client's response ends here, cut
+                    // short, so its connection cannot be reused.
+                    let error = match failed {
+                        Err(UpErr::Upstream(e)) => e,
+                        _ => UpstreamError::Closed,
+                    };
+                    let failure = Failure {
+                        error,
+                        phase: Phase::Relay,
+                        reused: false,
+                        idempotent: self.plan.idempotent,
+                        body: self.body(),
+                    };
+                    attempt.failed(addr, failure);
+                    self.close = true;
+                    clean = false;
+                    break;
+                }
+            };
+            let chunk = &rbuf[..n];
+            let forward = match body {
+                BodyFraming::Length(_) => {
+                    let take = (left.min(n as u64)) as usize;
+                    left -= take as u64;
+                    clean = take == n;
+                    take
+                }
+                BodyFraming::Chunked => match scanner.feed(chunk) {
+                    Ok(Some(end)) => {
+                        left = 0;
+                        clean = end == n;
+                        end
+                    }
+                    Ok(None) => n,
+                    Err(_) => {
+                        left = 0;
+                        clean = false;
+                        self.close = true;
+                        n
+                    }
+                },
+                _ => n,
+            };
+            self.sent += forward;
+            self.send_client(&chunk[..forward]).await?;
+        }
+        self.conn.io.flush().await.ok()?;
+        Some(clean)
+    }
+}
+
+/// `HTTP/1.1 <code> <reason>\r\n` without going through `fmt`.
+fn status_line(out: &mut Vec<u8>, code: u16, reason: &str) {
+    out.extend_from_slice(b"HTTP/1.1 ");
+    let code = code.min(999);
+    out.extend_from_slice(&[
+        b'0' + (code / 100) as u8,
+        b'0' + (code / 10 % 10) as u8,
+        b'0' + (code % 10) as u8,
+        b' ',
+    ]);
+    out.extend_from_slice(reason.as_bytes());
+    out.extend_from_slice(b"\r\n");
+}
+
+/// A 1xx response other than 101 (which cohort never asks for).
+fn is_interim(status: u16) -> bool {
+    (100..200).contains(&status) && status != 101
+}
+
+/// Reads from the upstream into `buf` within `limit`.
+async fn read(
+    up: &mut TcpStream,
+    buf: &mut Vec<u8>,
+    mut timer: Pin<&mut Sleep>,
+    limit: Duration,
+) -> Result<usize, UpErr> {
+    if buf.capacity() - buf.len() < UPSTREAM_CHUNK / 4 {
+        buf.reserve(UPSTREAM_CHUNK);
+    }
+    timer.as_mut().reset(tokio::time::Instant::now() + limit);
+    tokio::select! {
+        biased;
+        r = up.read_buf(buf) => r.map_err(|_| UpErr::Upstream(UpstreamError::Closed)),
+        _ = timer => Err(UpErr::Upstream(UpstreamError::Timeout)),
+    }
+}
+
+/// Writes request bytes to the upstream; an upstream that does not take them within
+/// `limit` (the variant's `read_timeout_ms`) is a timeout.
+async fn send_upstream(up: &mut TcpStream, bytes: &[u8], limit: Duration) -> Result<(), UpErr> {
+    match tokio_timeout(limit, up.write_all(bytes)).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(_)) => Err(UpErr::Upstream(UpstreamError::Closed)),
+        Err(_) => Err(UpErr::Upstream(UpstreamError::Timeout)),
+    }
+}
+
+/// A new upstream connection.
+pub(super) async fn connect(addr: SocketAddr, limit: Duration) -> Result<TcpStream, UpstreamError> {
+    match fast_timeout(limit, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => {
+            let _ = s.set_nodelay(true);
+            Ok(s)
+        }
+        Ok(Err(_)) => Err(UpstreamError::Connect),
+        Err(_) => Err(UpstreamError::ConnectTimeout),
+    }
+}

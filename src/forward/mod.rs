@@ -1,0 +1,24 @@
+//! The forwarding core: every rule about *what* is forwarded and *how failures are
+//! handled*, once, for both carriers. It knows requests, responses and failures, and
+//! nothing of sockets or of Pingora's session:
+//!
+//! - [`edits`]: the fields cohort removes and adds on the way up and on the way down;
+//! - [`attempt`]: select a backend, fall back, retry, give up ([`attempt::judge`]);
+//! - [`error`]: one upstream error type, mapped to a status and a metric kind;
+//! - [`finish`]: end-of-request metrics and the access log line;
+//! - [`plain`]: cohort's own short responses.
+//!
+//! The carriers are [`crate::fast`] (the HTTP/1 engine: plaintext and TLS HTTP/1.1) and
+//! [`crate::proxy`] (Pingora's `ProxyHttp`: HTTP/2 and what the engine hands over).
+//! Neither imports the other.
+
+pub mod attempt;
+pub mod edits;
+pub mod error;
+pub mod finish;
+pub mod plain;
+
+pub use attempt::{is_idempotent, Attempt, Body, Failure, Phase, Retry};
+pub use edits::{ClientPeer, RequestEdits, ResponseEdits};
+pub use error::{ErrorKind, UpstreamError};
+pub use finish::{Finished, Served};
