@@ -152,9 +152,17 @@ backends = ["{canary}"]
     )
 }
 
-/// Cohort in front of one upstream (all traffic on `stable`).
+/// Cohort in front of one upstream (all traffic on `stable`), on the carrier the suite
+/// runs on.
 fn only(up: &Upstream) -> Cohort {
     Cohort::start(&config([up.addr, closed_addr()], [100, 0]))
+}
+
+/// Like [`only`], on the HTTP/1 engine whatever the suite runs on: for tests of the
+/// framing the engine itself writes (Pingora's differs, e.g. it relays the upstream's
+/// `Connection` field and re-chunks).
+fn only_engine(up: &Upstream) -> Cohort {
+    Cohort::start_with_env(&config([up.addr, closed_addr()], [100, 0]), ENGINE)
 }
 
 fn connect(addr: SocketAddr) -> BufReader<TcpStream> {
@@ -207,7 +215,7 @@ fn chunked_upstream_responses_are_relayed_and_the_connection_stays_usable() {
             }
         }
     });
-    let px = only(&up);
+    let px = only_engine(&up);
     let mut c = connect(px.addr);
     for path in ["/c1", "/c2"] {
         let (resp, keep) = send(&mut c, get(path, "u1").as_bytes());
@@ -247,7 +255,7 @@ fn close_delimited_upstream_responses_reach_the_client_and_close_it() {
             let _ = s.shutdown(Shutdown::Both);
         }
     });
-    let px = only(&up);
+    let px = only_engine(&up);
     for round in 1..=2 {
         let mut c = connect(px.addr);
         let (resp, keep) = send(&mut c, get("/eof", "u1").as_bytes());
@@ -316,7 +324,7 @@ fn large_request_bodies_are_streamed_to_the_upstream_intact() {
             }
         }
     });
-    let px = only(&up);
+    let px = only_engine(&up);
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     let body: Vec<u8> = (0..1 << 20)
         .map(|_| {
@@ -406,8 +414,8 @@ fn http_1_0_and_chunked_requests_are_handed_to_pingora_and_still_routed() {
 fn with_cohort_fast_path_0_the_same_requests_are_served_by_pingora() {
     let (s, c) = (backend("stable"), backend("canary"));
     let cfg = config([s.addr, c.addr], [50, 50]);
-    let fast = Cohort::start(&cfg);
-    let slow = Cohort::start_with_env(&cfg, &[("COHORT_FAST_PATH", "0")]);
+    let fast = Cohort::start_with_env(&cfg, ENGINE);
+    let slow = Cohort::start_with_env(&cfg, PINGORA);
     let (mut fc, mut sc) = (fast.client(), slow.client());
     let mut served = Vec::new();
     for i in 0..20 {

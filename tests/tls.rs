@@ -65,6 +65,12 @@ fn start() -> Tls {
     let px = Cohort::start_prepared(&cfg, |d| {
         write_cert(d, 1);
     });
+    // Listeners start one by one: the plaintext one being up says nothing of this one.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while TcpStream::connect(("127.0.0.1", tls_port)).is_err() {
+        assert!(std::time::Instant::now() < deadline, "TLS listener not up");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
     Tls {
         px,
         tls_port,
@@ -77,7 +83,9 @@ fn start() -> Tls {
 fn connect(t: &Tls, alpn: &[u8]) -> (openssl::ssl::SslStream<TcpStream>, Vec<u8>, Option<Vec<u8>>) {
     let mut c = SslConnector::builder(SslMethod::tls()).unwrap();
     c.set_verify(SslVerifyMode::NONE);
-    c.set_alpn_protos(alpn).unwrap();
+    if !alpn.is_empty() {
+        c.set_alpn_protos(alpn).unwrap();
+    }
     let c = c.build();
     let tcp = TcpStream::connect(("127.0.0.1", t.tls_port)).unwrap();
     let s = c.connect("localhost", tcp).unwrap();
@@ -121,6 +129,56 @@ fn http1_over_tls_sets_secure_cookies_and_forwarded_proto_https() {
         plain.upstream_header("x-forwarded-proto").as_deref(),
         Some("http")
     );
+}
+
+/// HTTP/1.1 over TLS, with ALPN `http/1.1` or none offered, is served by the HTTP/1
+/// engine when it is on: keep-alive requests, then a chunked request body (which the
+/// engine hands to the Pingora carrier with the bytes already read over TLS) pipelined
+/// with a request behind it, both answered on the same connection.
+#[test]
+fn http1_over_tls_keeps_alive_and_hands_over_mid_connection() {
+    let t = start();
+    // Pingora writes `Connection: keep-alive` in that spelling; the engine writes none.
+    let by_pingora = |h: &[(String, String)]| h.iter().any(|(k, _)| k == "Connection");
+    for alpn in [&b"\x08http/1.1"[..], b""] {
+        let (s, _, proto) = connect(&t, alpn);
+        let case = format!("ALPN offered {alpn:?}, chosen {proto:?}");
+        let mut r = BufReader::new(s);
+        for path in ["/a", "/b"] {
+            let req = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nx-user-id: u1\r\n\r\n");
+            r.get_mut().write_all(req.as_bytes()).unwrap();
+            let (status, headers, body) = read_tls_response(&mut r);
+            assert_eq!(status, 200, "{case} {path}");
+            assert_eq!(
+                by_pingora(&headers),
+                !engine_on(),
+                "{case} {path}: {headers:?}"
+            );
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v["target"], path, "{case}");
+            assert_eq!(v["headers"]["x-forwarded-proto"], "https", "{case}");
+        }
+        let chunked = "POST /c HTTP/1.1\r\nHost: localhost\r\nx-user-id: u1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+        let after = "GET /d HTTP/1.1\r\nHost: localhost\r\nx-user-id: u1\r\n\r\n";
+        r.get_mut()
+            .write_all(format!("{chunked}{after}").as_bytes())
+            .unwrap();
+        for (method, path) in [("POST", "/c"), ("GET", "/d")] {
+            let (status, headers, body) = read_tls_response(&mut r);
+            assert_eq!(status, 200, "{case} {path}");
+            assert!(
+                by_pingora(&headers),
+                "{case} {path}: handed over: {headers:?}"
+            );
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(
+                (&v["method"], &v["target"]),
+                (&method.into(), &path.into()),
+                "{case}"
+            );
+            assert_eq!(v["headers"]["x-forwarded-proto"], "https", "{case}");
+        }
+    }
 }
 
 fn read_tls_response<R: std::io::BufRead>(r: &mut R) -> (u16, Vec<(String, String)>, Vec<u8>) {

@@ -16,6 +16,21 @@ pub fn bin() -> &'static str {
 }
 
 /// A free TCP port on 127.0.0.1 (bound then released).
+/// Environment that pins a cohort process to the HTTP/1 engine, whatever carrier the
+/// suite runs on (`COHORT_FAST_PATH` in the test's own environment is inherited
+/// otherwise: `scripts/test.sh` runs the integration suite once per carrier).
+#[allow(dead_code)]
+pub const ENGINE: &[(&str, &str)] = &[("COHORT_FAST_PATH", "1")];
+/// Environment that pins a cohort process to the Pingora carrier.
+#[allow(dead_code)]
+pub const PINGORA: &[(&str, &str)] = &[("COHORT_FAST_PATH", "0")];
+
+/// Whether the cohort processes this suite starts use the HTTP/1 engine (the default).
+#[allow(dead_code)]
+pub fn engine_on() -> bool {
+    std::env::var("COHORT_FAST_PATH").map_or(true, |v| v != "0")
+}
+
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
