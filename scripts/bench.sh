@@ -10,23 +10,26 @@
 #
 # Usage: scripts/bench.sh [--compare] [--duration 10s] [--connections 64] [--threads 1]
 #                         [--keys 100000] [--rounds 3] [--workers N] [--bin PATH]
-#                         [--out DIR] [--smoke]
+#                         [--out DIR] [--smoke] [--tls]
 #   --smoke     a few seconds, cohort only, fails unless every request succeeded (CI)
 #   --bin PATH  use this cohort binary instead of building target/release/cohort
 #   --workers N worker threads for cohort, nginx and haproxy alike (default: nproc)
+#   --tls       every proxy terminates TLS (ECDSA P-256, HTTP/1.1 keep-alive; the
+#               harness's TLS=1), so this measures TLS records, not handshakes
 # Traffic goes only to 127.0.0.1. Every process started is stopped by its process group.
 # wrk, nginx and haproxy are installed with apt-get when missing (root needed).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 ROOT="$(cd "$HERE/.." && pwd)"
 
-COMPARE=0 SMOKE=0 BIN="" OUT=""
+COMPARE=0 SMOKE=0 BIN="" OUT="" TLS="${TLS:-0}"
 DURATION="${DURATION:-10s}" CONNS="${CONNS:-64}" THREADS="${THREADS:-1}" KEYS="${ID_POOL:-100000}"
 ROUNDS="${RUNS:-3}" WORKERS="${PROXY_WORKERS:-$(nproc)}"
 while [ $# -gt 0 ]; do
   case "$1" in
     --compare) COMPARE=1; shift ;;
     --smoke) SMOKE=1; shift ;;
+    --tls) TLS=1; shift ;;
     --duration) DURATION="$2"; shift 2 ;;
     --connections) CONNS="$2"; shift 2 ;;
     --threads) THREADS="$2"; shift 2 ;;
@@ -35,7 +38,7 @@ while [ $# -gt 0 ]; do
     --workers) WORKERS="$2"; shift 2 ;;
     --bin) BIN="$2"; shift 2 ;;
     --out) OUT="$2"; shift 2 ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) echo "bench.sh: unknown argument $1 (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -57,11 +60,21 @@ export EXTRA_PROXY_PORT="${EXTRA_PROXY_PORT:-$(free_port)}"
 ADMIN_PORT="$(free_port)"
 CONF_DIR="$(mktemp -d /tmp/cohort-bench.XXXXXX)"
 trap 'rm -rf "$CONF_DIR"' EXIT
-cohort_bench_config "$EXTRA_PROXY_PORT" "$ADMIN_PORT" "$CONF_DIR" "$BACKEND1_PORT" "$BACKEND2_PORT" "$WORKERS" >"$CONF_DIR/bench.toml"
+if [ "$TLS" = 1 ]; then
+  # TLS on the measured port (the harness makes the certificate at start and passes its
+  # paths in TLS_CERT/TLS_KEY), plaintext on another.
+  cohort_bench_config "$(free_port)" "$ADMIN_PORT" "$CONF_DIR" "$BACKEND1_PORT" "$BACKEND2_PORT" "$WORKERS" >"$CONF_DIR/bench.tmpl"
+  printf '\n[[server.tls]]\nlisten = "127.0.0.1:%s"\ncert = "@CERT@"\nkey = "@KEY@"\n' "$EXTRA_PROXY_PORT" >>"$CONF_DIR/bench.tmpl"
+  PREPARE="sed -e \"s#@CERT@#\$TLS_CERT#\" -e \"s#@KEY@#\$TLS_KEY#\" '$CONF_DIR/bench.tmpl' >'$CONF_DIR/bench.toml' && "
+else
+  cohort_bench_config "$EXTRA_PROXY_PORT" "$ADMIN_PORT" "$CONF_DIR" "$BACKEND1_PORT" "$BACKEND2_PORT" "$WORKERS" >"$CONF_DIR/bench.toml"
+  PREPARE=""
+fi
+export TLS
 
 export DURATION RUNS="$ROUNDS" THREADS CONNS ID_POOL="$KEYS" PROXY_WORKERS="$WORKERS"
 export EXTRA_PROXY_NAME=cohort
-export EXTRA_PROXY_CMD="RUST_LOG=warn exec '$BIN' run -c '$CONF_DIR/bench.toml'"
+export EXTRA_PROXY_CMD="${PREPARE}RUST_LOG=warn exec '$BIN' run -c '$CONF_DIR/bench.toml'"
 export BEFORE_STOP_CMD="'$ROOT/scripts/variant-report' --admin 127.0.0.1:$ADMIN_PORT --since-start --json"
 if [ "$COMPARE" = 1 ]; then export TARGETS="direct nginx haproxy"; else export TARGETS=""; fi
 OUT="${OUT:-/tmp/cohort-bench-$(date +%Y%m%d-%H%M%S)}"
@@ -72,7 +85,7 @@ mkdir -p "$OUT"
 
 CSV="$OUT/results.csv"
 echo
-echo "cohort bench: wrk -t$THREADS -c$CONNS -d$DURATION, $KEYS user ids, $ROUNDS round(s), $WORKERS worker(s)"
+echo "cohort bench$([ "$TLS" = 1 ] && echo ' (TLS)'): wrk -t$THREADS -c$CONNS -d$DURATION, $KEYS user ids, $ROUNDS round(s), $WORKERS worker(s)"
 python3 - "$CSV" "$OUT/before_stop.txt" "$SMOKE" <<'PY'
 import csv, json, statistics, sys
 rows = list(csv.DictReader(open(sys.argv[1])))

@@ -15,8 +15,6 @@ use std::sync::Arc;
 pub struct Admin {
     state: Arc<State>,
     reloader: Option<Arc<Reloader>>,
-    /// Bearer token for POST calls (from `server.admin_token_env` at start).
-    token: Option<String>,
 }
 
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -48,20 +46,8 @@ pub fn json_reply(status: StatusCode, v: &Value) -> Response<Vec<u8>> {
 
 impl Admin {
     pub fn new(state: Arc<State>, reloader: Option<Arc<Reloader>>) -> Admin {
-        let token = state.running.admin_token_env.as_ref().map(|var| {
-            let t = std::env::var(var).unwrap_or_default();
-            if t.is_empty() {
-                log::warn!(
-                    "server.admin_token_env names {var}, which is unset or empty: every POST admin call will be refused"
-                );
-            }
-            t
-        });
-        Admin {
-            state,
-            reloader,
-            token,
-        }
+        warn_if_token_unset(&state.table().config.server);
+        Admin { state, reloader }
     }
 
     fn authorize(&self, session: &ServerSession) -> Result<(), Box<Response<Vec<u8>>>> {
@@ -74,7 +60,15 @@ impl Admin {
             .client_addr()
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
-        match authorize_post(self.token.as_deref(), header, peer) {
+        // Live: the variable `server.admin_token_env` names now (a reload can rotate it).
+        let table = self.state.table();
+        let token = table
+            .config
+            .server
+            .admin_token_env
+            .as_ref()
+            .map(|var| std::env::var(var).unwrap_or_default());
+        match authorize_post(token.as_deref(), header, peer) {
             Ok(()) => Ok(()),
             Err(Denied::Unauthorized) => {
                 let mut r = text(StatusCode::UNAUTHORIZED, "unauthorized: bearer token required\n");
@@ -293,12 +287,22 @@ pub fn authorize_post(
     }
 }
 
-/// Compares secrets in time independent of where they differ.
+/// Compares secrets in time independent of where they differ (OpenSSL's `CRYPTO_memcmp`;
+/// only the length can be told apart).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
+    a.len() == b.len() && openssl::memcmp::eq(a, b)
+}
+
+/// Says so at start and after a reload when `server.admin_token_env` names a variable
+/// that is unset or empty (every POST admin call is then refused).
+pub fn warn_if_token_unset(server: &crate::config::ServerConfig) {
+    if let Some(var) = &server.admin_token_env {
+        if std::env::var(var).map_or(true, |t| t.is_empty()) {
+            log::warn!(
+                "server.admin_token_env names {var}, which is unset or empty: every POST admin call will be refused"
+            );
+        }
     }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 #[cfg(test)]

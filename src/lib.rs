@@ -7,10 +7,15 @@
 //!                                                                     │ (immutable)
 //!                                               State: ArcSwap<RoutingTable>
 //!                                                                     │ one load per request
-//! request ─▶ fast (plaintext HTTP/1.1) or proxy hooks (TLS, HTTP/2, the rest):
-//!            RequestView ─▶ Router::match_service / decide ─▶ Decision
-//!         ─▶ upstream::Pool::select ─▶ upstream connection ─▶ response headers / cookie
+//! request ─▶ carrier: fast (HTTP/1 engine: HTTP/1.1, plaintext and TLS)
+//!                   | proxy (Pingora ProxyHttp: HTTP/2, hand-overs)
+//!         ─▶ RequestView ─▶ Router::match_service / decide ─▶ Decision
+//!         ─▶ forward (the core): edits, Attempt (select/fallback/retry/give up)
+//!         ─▶ upstream ─▶ response edits ─▶ forward::Finished (metrics, access log)
 //! ```
+//!
+//! The carriers move bytes and never import each other; every rule about what is
+//! forwarded and how failures are handled is in [`forward`].
 //!
 //! The assignment function ([`routing::cohort`]) is normative: SPEC "Assignment algorithm".
 

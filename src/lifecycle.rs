@@ -58,10 +58,10 @@ impl BackgroundService for IdleExit {
     }
 }
 
-/// Maps Unix signals to Pingora's shutdown kinds, with the SIGTERM drain delay first.
+/// Maps Unix signals to Pingora's shutdown kinds, with the SIGTERM drain delay first
+/// (`server.drain_delay_secs` as the current table has it).
 pub struct Signals {
     pub state: Arc<State>,
-    pub drain_delay: Duration,
 }
 
 #[async_trait]
@@ -82,12 +82,13 @@ impl ShutdownSignalWatch for Signals {
             }
             _ = term.recv() => {
                 self.state.start_draining();
+                let drain_delay = self.state.table().config.server.drain_delay;
                 log::info!(
                     "SIGTERM: draining; /readyz answers 503, still accepting for {:?}",
-                    self.drain_delay
+                    drain_delay
                 );
                 tokio::select! {
-                    _ = tokio::time::sleep(self.drain_delay) => {
+                    _ = tokio::time::sleep(drain_delay) => {
                         log::info!("drain delay over: stopping accepting, finishing in-flight requests");
                         ShutdownSignal::GracefulTerminate
                     }

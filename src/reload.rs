@@ -3,7 +3,7 @@
 //! resolved addresses) *before* one atomic swap. A failed reload changes nothing and is
 //! recorded for `/status`, the log and `cohort_config_reloads_total{result="error"}`.
 
-use crate::config::{version_of, Config, ConfigError, ServerConfig};
+use crate::config::{version_of, Config, ConfigError};
 use crate::metrics::{ReloadResult, METRICS};
 use crate::routing::RoutingTable;
 use crate::server::RunOptions;
@@ -181,11 +181,12 @@ impl Reloader {
             Err(e) => return Outcome::Rejected { errors: e.lines() },
         };
         crate::server::apply_overrides(&mut config.server, &self.opts);
-        let needs_upgrade = upgrade_only_changes(&self.state.running, &config.server);
+        let needs_upgrade = self.state.bound.changes(&config.server.bound());
         let table = match RoutingTable::build(config) {
             Ok(t) => t,
             Err(e) => return Outcome::Rejected { errors: e.lines() },
         };
+        crate::admin::warn_if_token_unset(&table.config.server);
         let previous = self.state.install(table);
         if let Source::Url(u) = &self.source {
             u.commit(&text, etag);
@@ -196,43 +197,6 @@ impl Reloader {
             needs_upgrade,
         }
     }
-}
-
-/// Settings bound at process start that a reload cannot change.
-pub fn upgrade_only_changes(running: &ServerConfig, new: &ServerConfig) -> Vec<String> {
-    let mut out = Vec::new();
-    if running.listen != new.listen {
-        out.push("server.listen".to_string());
-    }
-    if running.admin != new.admin {
-        out.push("server.admin".to_string());
-    }
-    if running.threads != new.threads {
-        out.push("server.threads".to_string());
-    }
-    if running.upgrade_sock != new.upgrade_sock {
-        out.push("server.upgrade_sock".to_string());
-    }
-    if running.pid_file != new.pid_file {
-        out.push("server.pid_file".to_string());
-    }
-    let tls_addrs = |s: &ServerConfig| s.tls.iter().map(|t| t.listen).collect::<Vec<_>>();
-    if tls_addrs(running) != tls_addrs(new) {
-        out.push("server.tls.listen".to_string());
-    }
-    if running.access_log != new.access_log {
-        out.push("server.access_log".to_string());
-    }
-    if running.access_log_keys != new.access_log_keys {
-        out.push("server.access_log_keys".to_string());
-    }
-    if running.resolve_interval != new.resolve_interval {
-        out.push("server.resolve_interval_secs".to_string());
-    }
-    if running.shutdown_timeout != new.shutdown_timeout {
-        out.push("server.shutdown_timeout_secs".to_string());
-    }
-    out
 }
 
 /// Background work that triggers reloads: SIGHUP, and the file watcher when the loaded
@@ -286,7 +250,7 @@ impl BackgroundService for ReloadTriggers {
         let mut tick = tokio::time::interval(WATCH_INTERVAL);
         let mut poll_tick = tokio::time::interval(poll);
         poll_tick.tick().await; // the first tick is immediate: the initial fetch just ran
-        let resolve_every = self.reloader.state.running.resolve_interval;
+        let resolve_every = self.reloader.state.bound.resolve_interval_secs.map(Duration::from_secs);
         let mut resolve_tick =
             tokio::time::interval(resolve_every.unwrap_or(Duration::from_secs(3600)));
         resolve_tick.tick().await;

@@ -266,10 +266,7 @@ pub fn run_table(
         state.table().config.version
     );
     server.run(RunArgs {
-        shutdown_signal: Box::new(Signals {
-            state,
-            drain_delay: server_cfg.drain_delay,
-        }),
+        shutdown_signal: Box::new(Signals { state }),
     });
     Ok(())
 }

@@ -3,7 +3,7 @@
 //! with, the last reload's outcome, the drain flag and the in-flight request count.
 
 use crate::access_log::AccessLog;
-use crate::config::ServerConfig;
+use crate::config::bound::Bound;
 use crate::routing::RoutingTable;
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -26,8 +26,8 @@ pub struct ReloadRecord {
 /// snapshot per request with [`State::table`].
 pub struct State {
     table: ArcSwap<RoutingTable>,
-    /// Listener settings bound at start (a reload cannot change them).
-    pub running: ServerConfig,
+    /// The settings bound at start (a reload cannot change them).
+    pub bound: Bound,
     draining: AtomicBool,
     in_flight: AtomicUsize,
     last_reload: Mutex<Option<ReloadRecord>>,
@@ -43,7 +43,7 @@ impl State {
     pub fn with_access_log(table: RoutingTable, access_log: Option<AccessLog>) -> State {
         State {
             access_log,
-            running: table.config.server.clone(),
+            bound: table.config.server.bound(),
             table: ArcSwap::from_pointee(table),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),

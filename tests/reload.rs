@@ -292,6 +292,48 @@ fn listener_changes_are_reported_as_needing_an_upgrade_and_the_rest_applies() {
     assert!(px.stderr().contains("need a process upgrade"));
 }
 
+/// A reload that changes server settings applies the live ones and names the bound ones
+/// in `needs_upgrade`: here the admin token rotates (the variable named by
+/// `admin_token_env` changes) and a longer `drain_delay_secs` holds on SIGTERM, while
+/// `access_log_keys` and `shutdown_timeout_secs` are reported.
+#[test]
+fn a_reload_applies_live_server_settings_and_names_the_bound_ones() {
+    let s = backend("stable");
+    let v = [("stable", 1.0, addr(&s))];
+    let before = "admin_token_env = \"COHORT_TOKEN_A\"\ndrain_delay_secs = 0";
+    let env = [("COHORT_TOKEN_A", "token-a"), ("COHORT_TOKEN_B", "token-b")];
+    let px = Cohort::start_with_env(&config(&v, before), &env);
+    let after = "admin_token_env = \"COHORT_TOKEN_B\"\ndrain_delay_secs = 30\naccess_log_keys = true\nshutdown_timeout_secs = 7";
+    px.rewrite(&config(&v, after));
+    let mut adm = px.admin_client();
+    let bearer = |t: &str| format!("Bearer {t}");
+    let r = adm.request("POST", "/reload", &[("authorization", &bearer("token-a"))], b"");
+    assert_eq!(r.status, 200, "{}", r.text());
+    let body = r.json();
+    assert_eq!(body["result"], "applied", "{body}");
+    assert_eq!(
+        body["needs_upgrade"],
+        serde_json::json!(["server.access_log_keys", "server.shutdown_timeout_secs"]),
+        "{body}"
+    );
+    // The token rotated with the reload.
+    let old = adm.request("POST", "/reload", &[("authorization", &bearer("token-a"))], b"");
+    assert_eq!(old.status, 401, "the old token is refused");
+    let new = adm.request("POST", "/reload", &[("authorization", &bearer("token-b"))], b"");
+    assert_eq!(new.status, 200, "the new token is taken: {}", new.text());
+    // The new drain delay holds: with the old 0 s the proxy would stop accepting at once.
+    px.signal("TERM");
+    assert!(
+        wait_until(Duration::from_secs(5), || {
+            px.admin_client().get("/readyz", &[]).status == 503
+        }),
+        "draining"
+    );
+    std::thread::sleep(Duration::from_millis(1500));
+    let r = px.client().get("/", &[("x-user-id", "u1")]);
+    assert_eq!(r.status, 200, "still accepting during the 30 s drain delay");
+}
+
 #[test]
 fn admin_post_is_loopback_only_without_token_and_needs_the_token_with_one() {
     let s = backend("stable");

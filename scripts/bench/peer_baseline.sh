@@ -42,9 +42,17 @@
 #     flagged "(!)" in the table).
 #   WRK_CPUS / SERVER_CPUS: optional taskset CPU lists (e.g. on a bigger box:
 #     WRK_CPUS=0-3 SERVER_CPUS=4-7); default: no pinning.
+#   PROXY_CPUS: optional taskset CPU list for the proxies alone (SERVER_CPUS then pins
+#     only the backends). On 2 cores, `PROXY_CPUS=0 PROXY_WORKERS=1 SERVER_CPUS=1
+#     WRK_CPUS=1` gives each proxy one core of its own, so the proxy is what limits.
 #   OUT_DIR: where results.md / results.csv / raw wrk outputs go (default: temp dir,
 #     kept).  KEEP_TMP=1 keeps the rendered configs and logs as well.
 #   NO_INSTALL=1: never call apt-get.
+#   TLS=1: the proxies terminate TLS (self-signed ECDSA P-256 certificate made with
+#     openssl at start; nginx `listen ... ssl`, haproxy `bind ... ssl crt`), and wrk and
+#     the sanity check speak https to them (keep-alive, so this measures TLS records, not
+#     handshakes). `direct` stays plaintext. The extra proxy gets TLS_CERT and TLS_KEY
+#     (PEM paths) in its environment and must listen with TLS on EXTRA_PROXY_PORT.
 set -Eeuo pipefail
 trap 'echo "[peer_baseline] failed (rc=$?) at line $LINENO: $BASH_COMMAND" >&2' ERR
 
@@ -70,8 +78,10 @@ EXTRA_PROXY_NAME="${EXTRA_PROXY_NAME:-extra}"
 EXTRA_PROXY_WAIT="${EXTRA_PROXY_WAIT:-30}"
 WRK_CPUS="${WRK_CPUS:-}"
 SERVER_CPUS="${SERVER_CPUS:-}"
+PROXY_CPUS="${PROXY_CPUS:-}"
 KEEP_TMP="${KEEP_TMP:-0}"
 NO_INSTALL="${NO_INSTALL:-0}"
+TLS="${TLS:-0}"
 IDLE_MAX="${IDLE_MAX:-0.25}"
 IDLE_WAIT="${IDLE_WAIT:-300}"
 RETRIES="${RETRIES:-3}"
@@ -114,7 +124,8 @@ LAST_PID=""
 
 start_group() { # name logfile cmd...   -> sets LAST_PID (== process group id)
   local name="$1" logf="$2"; shift 2
-  if [ -n "$SERVER_CPUS" ]; then set -- taskset -c "$SERVER_CPUS" "$@"; fi
+  if [ -n "$PROXY_CPUS" ] && [[ "$name" == proxy_* ]]; then set -- taskset -c "$PROXY_CPUS" "$@"
+  elif [ -n "$SERVER_CPUS" ]; then set -- taskset -c "$SERVER_CPUS" "$@"; fi
   # non-interactive shell: the child is not a group leader, so setsid does not fork
   setsid "$@" >"$logf" 2>&1 </dev/null &
   LAST_PID=$!
@@ -262,8 +273,12 @@ to_ms() { # "512.00us" | "1.23ms" | "1.02s" | "1.5m" -> ms
     else printf "nan" }'
 }
 
+scheme_of() { # port -> http or https (with TLS=1 every proxy speaks https, backends http)
+  if [ "$TLS" = 1 ] && [ "$1" != "$BACKEND1_PORT" ] && [ "$1" != "$BACKEND2_PORT" ]; then echo https; else echo http; fi
+}
+
 run_wrk() { # duration port outfile
-  local cmd=(wrk -t"$THREADS" -c"$CONNS" -d"$1" --latency -s "$LUA" "http://127.0.0.1:$2/")
+  local cmd=(wrk -t"$THREADS" -c"$CONNS" -d"$1" --latency -s "$LUA" "$(scheme_of "$2")://127.0.0.1:$2/")
   if [ -n "$WRK_CPUS" ]; then cmd=(taskset -c "$WRK_CPUS" "${cmd[@]}"); fi
   ID_POOL="$ID_POOL" "${cmd[@]}" >"$3" 2>&1
 }
@@ -273,7 +288,7 @@ sanity_check() { # name port -> prints split + stickiness
   for pass in 1 2; do
     args=()
     for ((i = 1; i <= SANITY_REQS; i++)); do
-      args+=(-s --max-time 5 -H "X-User-Id: user-$i" "http://127.0.0.1:$port/")
+      args+=(-s -k --max-time 5 -H "X-User-Id: user-$i" "$(scheme_of "$port")://127.0.0.1:$port/")
       ((i < SANITY_REQS)) && args+=(--next)
     done
     curl "${args[@]}" >"$TMPD/sanity_${name}_$pass.txt" 2>/dev/null || true
@@ -324,6 +339,13 @@ OUT_DIR="${OUT_DIR:-$TMPD/results}"
 mkdir -p "$OUT_DIR/raw"
 export BENCH_TMP="$TMPD" BACKEND1_PORT BACKEND2_PORT EXTRA_PROXY_PORT PROXY_WORKERS
 
+if [ "$TLS" = 1 ]; then
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
+    -subj /CN=localhost -keyout "$TMPD/tls.key" -out "$TMPD/tls.crt" 2>/dev/null || die "openssl could not make a certificate"
+  cat "$TMPD/tls.crt" "$TMPD/tls.key" >"$TMPD/tls.pem"
+  export TLS_CERT="$TMPD/tls.crt" TLS_KEY="$TMPD/tls.key"
+fi
+
 render() { # template out [port body]
   sed -e "s#@@DIR@@#$TMPD#g" -e "s#@@WORKERS@@#$PROXY_WORKERS#g" \
       -e "s#@@BACKEND1_PORT@@#$BACKEND1_PORT#g" -e "s#@@BACKEND2_PORT@@#$BACKEND2_PORT#g" \
@@ -347,11 +369,17 @@ for t in $TARGETS; do
   case "$t" in
     nginx)
       render proxy_nginx.conf.tmpl "$TMPD/proxy_nginx.conf"
+      if [ "$TLS" = 1 ]; then
+        sed -i -e "s#reuseport backlog=4096;#ssl reuseport backlog=4096;\n        ssl_certificate $TMPD/tls.crt;\n        ssl_certificate_key $TMPD/tls.key;#" "$TMPD/proxy_nginx.conf"
+      fi
       nginx -t -q -e "$TMPD/proxy_nginx.nginx-t.log" -c "$TMPD/proxy_nginx.conf" -p "$TMPD/" || die "nginx proxy config invalid"
       start_group proxy_nginx "$TMPD/proxy_nginx.log" nginx -e "$TMPD/proxy_nginx.error.log" -c "$TMPD/proxy_nginx.conf" -p "$TMPD/"
       GROUP_OF[nginx]="$LAST_PID"; wait_port "$NGINX_PORT" "$LAST_PID" proxy_nginx ;;
     haproxy)
       render proxy_haproxy.cfg.tmpl "$TMPD/proxy_haproxy.cfg"
+      if [ "$TLS" = 1 ]; then
+        sed -i -e "s#^\(    bind 127.0.0.1:$HAPROXY_PORT\)\$#\1 ssl crt $TMPD/tls.pem alpn http/1.1#" "$TMPD/proxy_haproxy.cfg"
+      fi
       haproxy -c -q -f "$TMPD/proxy_haproxy.cfg" || die "haproxy config invalid"
       start_group proxy_haproxy "$TMPD/proxy_haproxy.log" haproxy -db -f "$TMPD/proxy_haproxy.cfg"
       GROUP_OF[haproxy]="$LAST_PID"; wait_port "$HAPROXY_PORT" "$LAST_PID" proxy_haproxy ;;
@@ -372,7 +400,7 @@ cp "$TMPD"/*.conf "$TMPD"/*.cfg "$OUT_DIR/" 2>/dev/null || true
   echo "- loadavg at start: $(cut -d' ' -f1-3 /proc/loadavg)"
   echo "- nginx: $(nginx -v 2>&1 | sed 's#.*/##')  haproxy: $(haproxy -v | awk 'NR==1 { print $3 }')  wrk: $( { wrk -v 2>&1 || true; } | awk 'NR==1 { print $2 }')"
   echo "- wrk: -t$THREADS -c$CONNS -d$DURATION --latency, X-User-Id from pool of $ID_POOL; warmup $WARMUP per target; $RUNS interleaved rounds"
-  echo "- proxies: $PROXY_WORKERS workers/threads; backends: 2 x nginx (1 worker); pinning: wrk=${WRK_CPUS:-none} servers=${SERVER_CPUS:-none}"
+  echo "- proxies: $PROXY_WORKERS workers/threads; backends: 2 x nginx (1 worker); pinning: wrk=${WRK_CPUS:-none} servers=${SERVER_CPUS:-none} proxies=${PROXY_CPUS:-as servers}"
   echo "- targets: $(for t in $TARGETS; do printf '%s(:%s) ' "${LABEL_OF[$t]}" "${PORT_OF[$t]}"; done)"
   [ -n "$EXTRA_PROXY_CMD" ] && echo "- extra proxy cmd: \`$EXTRA_PROXY_CMD\`"
   echo

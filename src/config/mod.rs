@@ -2,6 +2,7 @@
 //! [`Config`] (checked, typed, every reference resolved to an index). Compilation into the
 //! runtime routing table happens in [`crate::routing`] and [`crate::upstream`].
 
+pub mod bound;
 pub mod error;
 pub mod file;
 mod key_set;
