@@ -5,8 +5,9 @@ use crate::config::{
     Config, ConfigError, KeySource, MatchOp, Matcher, RuleAction, RuleConfig, ServiceConfig,
 };
 use crate::explain::{self, ExplainInput};
+use crate::options::RunOptions;
 use crate::routing::{Router, RoutingTable};
-use crate::server::{self, RunOptions};
+use crate::server;
 use crate::simulate;
 use clap::{Parser, Subcommand, ValueEnum};
 use std::net::{IpAddr, SocketAddr};

@@ -4,8 +4,9 @@
 //! JSON naming itself and echoing the request line and headers it received.
 
 use crate::config::{Config, ConfigError};
+use crate::options::RunOptions;
 use crate::routing::RoutingTable;
-use crate::server::{self, RunOptions};
+use crate::server;
 use serde_json::{json, Map, Value};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};

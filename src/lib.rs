@@ -29,6 +29,7 @@ pub mod fast;
 pub mod forward;
 pub mod lifecycle;
 pub mod metrics;
+pub mod options;
 pub mod proxy;
 pub mod reload;
 pub mod routing;

@@ -5,8 +5,8 @@
 
 use crate::config::{version_of, Config, ConfigError};
 use crate::metrics::{ReloadResult, METRICS};
+use crate::options::{apply_overrides, RunOptions};
 use crate::routing::RoutingTable;
-use crate::server::RunOptions;
 use crate::source::{Fetched, Source};
 use crate::state::{ReloadRecord, State};
 use async_trait::async_trait;
@@ -180,7 +180,7 @@ impl Reloader {
             Ok(c) => c,
             Err(e) => return Outcome::Rejected { errors: e.lines() },
         };
-        crate::server::apply_overrides(&mut config.server, &self.opts);
+        apply_overrides(&mut config.server, &self.opts);
         let needs_upgrade = self.state.bound.changes(&config.server.bound());
         let table = match RoutingTable::build(config) {
             Ok(t) => t,
@@ -250,7 +250,12 @@ impl BackgroundService for ReloadTriggers {
         let mut tick = tokio::time::interval(WATCH_INTERVAL);
         let mut poll_tick = tokio::time::interval(poll);
         poll_tick.tick().await; // the first tick is immediate: the initial fetch just ran
-        let resolve_every = self.reloader.state.bound.resolve_interval_secs.map(Duration::from_secs);
+        let resolve_every = self
+            .reloader
+            .state
+            .bound
+            .resolve_interval_secs
+            .map(Duration::from_secs);
         let mut resolve_tick =
             tokio::time::interval(resolve_every.unwrap_or(Duration::from_secs(3600)));
         resolve_tick.tick().await;

@@ -5,14 +5,15 @@
 
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
-use crate::config::{Config, ConfigError, ServerConfig};
+use crate::config::{ConfigError, ServerConfig};
 use crate::fast::{FastApp, HandOver};
 use crate::lifecycle::{IdleExit, Signals};
 use crate::metrics::METRICS;
+use crate::options::{load_config, RunOptions};
 use crate::proxy::CohortProxy;
 use crate::reload::{ReloadTriggers, Reloader};
 use crate::routing::RoutingTable;
-use crate::source::{Source, UrlSource};
+use crate::source::Source;
 use crate::state::State;
 use crate::tls::CertResolver;
 use crate::upstream::health::HealthService;
@@ -30,67 +31,8 @@ use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
 use pingora_core::services::listening::Service;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-
-/// How `cohort run` was invoked.
-#[derive(Debug, Clone, Default)]
-pub struct RunOptions {
-    /// `-c FILE` (exclusive with `config_url`).
-    pub config: PathBuf,
-    /// `--config-url URL`: fleet config source, polled.
-    pub config_url: Option<String>,
-    /// `--config-poll-secs` (with `--config-url`).
-    pub config_poll: std::time::Duration,
-    /// `--config-cache FILE`: last good fetched copy.
-    pub config_cache: Option<PathBuf>,
-    /// `--listen` (repeatable): replaces `server.listen`.
-    pub listen: Vec<SocketAddr>,
-    /// `--admin`: replaces `server.admin`.
-    pub admin: Option<SocketAddr>,
-    pub upgrade: bool,
-    pub daemon: bool,
-}
-
-impl RunOptions {
-    /// The config source these options name.
-    pub fn source(&self) -> Source {
-        match &self.config_url {
-            Some(url) => Source::Url(UrlSource::new(
-                url.clone(),
-                self.config_cache.clone(),
-                self.config_poll,
-            )),
-            None => Source::File(self.config.clone()),
-        }
-    }
-}
-
-/// Reads the initial config from `source` (a URL falls back to its cached copy) and
-/// applies the command-line overrides.
-pub fn load_config(opts: &RunOptions, source: &Source) -> Result<Config, ConfigError> {
-    let mut config = match source {
-        Source::File(p) => Config::load(p)?,
-        Source::Url(u) => {
-            let (text, etag) = u.initial()?;
-            let config = Config::parse(&text)?;
-            u.commit(&text, etag);
-            config
-        }
-    };
-    apply_overrides(&mut config.server, opts);
-    Ok(config)
-}
-
-pub fn apply_overrides(server: &mut ServerConfig, opts: &RunOptions) {
-    if !opts.listen.is_empty() {
-        server.listen = opts.listen.clone();
-    }
-    if opts.admin.is_some() {
-        server.admin = opts.admin;
-    }
-}
 
 /// Pingora's server settings derived from `[server]`.
 fn server_conf(s: &ServerConfig, daemon: bool) -> ServerConf {

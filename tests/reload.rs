@@ -307,7 +307,12 @@ fn a_reload_applies_live_server_settings_and_names_the_bound_ones() {
     px.rewrite(&config(&v, after));
     let mut adm = px.admin_client();
     let bearer = |t: &str| format!("Bearer {t}");
-    let r = adm.request("POST", "/reload", &[("authorization", &bearer("token-a"))], b"");
+    let r = adm.request(
+        "POST",
+        "/reload",
+        &[("authorization", &bearer("token-a"))],
+        b"",
+    );
     assert_eq!(r.status, 200, "{}", r.text());
     let body = r.json();
     assert_eq!(body["result"], "applied", "{body}");
@@ -317,9 +322,19 @@ fn a_reload_applies_live_server_settings_and_names_the_bound_ones() {
         "{body}"
     );
     // The token rotated with the reload.
-    let old = adm.request("POST", "/reload", &[("authorization", &bearer("token-a"))], b"");
+    let old = adm.request(
+        "POST",
+        "/reload",
+        &[("authorization", &bearer("token-a"))],
+        b"",
+    );
     assert_eq!(old.status, 401, "the old token is refused");
-    let new = adm.request("POST", "/reload", &[("authorization", &bearer("token-b"))], b"");
+    let new = adm.request(
+        "POST",
+        "/reload",
+        &[("authorization", &bearer("token-b"))],
+        b"",
+    );
     assert_eq!(new.status, 200, "the new token is taken: {}", new.text());
     // The new drain delay holds: with the old 0 s the proxy would stop accepting at once.
     px.signal("TERM");

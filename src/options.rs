@@ -1,0 +1,67 @@
+//! How `cohort run` was invoked ([`RunOptions`]) and the initial config it names, with
+//! the command-line overrides applied. The reloader applies the same overrides to every
+//! new version, so this sits beside the config source, below both the server and the
+//! reloader.
+
+use crate::config::{Config, ConfigError, ServerConfig};
+use crate::source::{Source, UrlSource};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// How `cohort run` was invoked.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// `-c FILE` (exclusive with `config_url`).
+    pub config: PathBuf,
+    /// `--config-url URL`: fleet config source, polled.
+    pub config_url: Option<String>,
+    /// `--config-poll-secs` (with `--config-url`).
+    pub config_poll: std::time::Duration,
+    /// `--config-cache FILE`: last good fetched copy.
+    pub config_cache: Option<PathBuf>,
+    /// `--listen` (repeatable): replaces `server.listen`.
+    pub listen: Vec<SocketAddr>,
+    /// `--admin`: replaces `server.admin`.
+    pub admin: Option<SocketAddr>,
+    pub upgrade: bool,
+    pub daemon: bool,
+}
+
+impl RunOptions {
+    /// The config source these options name.
+    pub fn source(&self) -> Source {
+        match &self.config_url {
+            Some(url) => Source::Url(UrlSource::new(
+                url.clone(),
+                self.config_cache.clone(),
+                self.config_poll,
+            )),
+            None => Source::File(self.config.clone()),
+        }
+    }
+}
+
+/// Reads the initial config from `source` (a URL falls back to its cached copy) and
+/// applies the command-line overrides.
+pub fn load_config(opts: &RunOptions, source: &Source) -> Result<Config, ConfigError> {
+    let mut config = match source {
+        Source::File(p) => Config::load(p)?,
+        Source::Url(u) => {
+            let (text, etag) = u.initial()?;
+            let config = Config::parse(&text)?;
+            u.commit(&text, etag);
+            config
+        }
+    };
+    apply_overrides(&mut config.server, opts);
+    Ok(config)
+}
+
+pub fn apply_overrides(server: &mut ServerConfig, opts: &RunOptions) {
+    if !opts.listen.is_empty() {
+        server.listen = opts.listen.clone();
+    }
+    if opts.admin.is_some() {
+        server.admin = opts.admin;
+    }
+}
