@@ -46,7 +46,7 @@ pub fn json_reply(status: StatusCode, v: &Value) -> Response<Vec<u8>> {
 
 impl Admin {
     pub fn new(state: Arc<State>, reloader: Option<Arc<Reloader>>) -> Admin {
-        warn_if_token_unset(&state.table().config.server);
+        state.table().config.server.warn_if_admin_token_unset();
         Admin { state, reloader }
     }
 
@@ -291,18 +291,6 @@ pub fn authorize_post(
 /// only the length can be told apart).
 pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && openssl::memcmp::eq(a, b)
-}
-
-/// Says so at start and after a reload when `server.admin_token_env` names a variable
-/// that is unset or empty (every POST admin call is then refused).
-pub fn warn_if_token_unset(server: &crate::config::ServerConfig) {
-    if let Some(var) = &server.admin_token_env {
-        if std::env::var(var).map_or(true, |t| t.is_empty()) {
-            log::warn!(
-                "server.admin_token_env names {var}, which is unset or empty: every POST admin call will be refused"
-            );
-        }
-    }
 }
 
 #[cfg(test)]

@@ -186,7 +186,7 @@ impl Reloader {
             Ok(t) => t,
             Err(e) => return Outcome::Rejected { errors: e.lines() },
         };
-        crate::admin::warn_if_token_unset(&table.config.server);
+        table.config.server.warn_if_admin_token_unset();
         let previous = self.state.install(table);
         if let Source::Url(u) = &self.source {
             u.commit(&text, etag);

@@ -65,6 +65,20 @@ pub struct ServerConfig {
     pub keepalive_timeout: Duration,
 }
 
+impl ServerConfig {
+    /// Says so at start and after a reload when `admin_token_env` names a variable that
+    /// is unset or empty (every POST admin call is then refused).
+    pub fn warn_if_admin_token_unset(&self) {
+        if let Some(var) = &self.admin_token_env {
+            if std::env::var(var).map_or(true, |t| t.is_empty()) {
+                log::warn!(
+                    "server.admin_token_env names {var}, which is unset or empty: every POST admin call will be refused"
+                );
+            }
+        }
+    }
+}
+
 /// A `[[server.tls]]` listener; the PEM files are read when the table is compiled (at
 /// start and on every reload).
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -4,7 +4,7 @@
 //! record the finished request with [`forward::Finished`].
 
 use super::plan::{plan, Parsed, Plan};
-use super::relay::{connect, UpErr};
+use super::upstream_io::{connect, UpErr};
 use super::{http1, pool, ClientIo, Conn, FastApp};
 use crate::forward::plain::{error_body, plain_fields};
 use crate::forward::{self, Attempt, Body, Failure, Phase, Retry};

@@ -19,6 +19,7 @@ pub mod http1;
 mod plan;
 mod pool;
 mod relay;
+mod upstream_io;
 
 use crate::forward::ClientPeer;
 use crate::state::State;

@@ -6,27 +6,14 @@
 use super::exchange::{Exchange, Next};
 use super::http1::{self, BodyFraming, ChunkedScanner, MAX_HEAD, MAX_HEADERS};
 use super::plan::header;
+use super::upstream_io::{read, send_upstream, UpErr, UPSTREAM_CHUNK};
 use super::{pool, ClientIo};
 use crate::forward::{Attempt, Failure, Phase, ResponseEdits, UpstreamError};
 use pingora_timeout::fast_timeout::fast_timeout;
-use pingora_timeout::tokio_timeout;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::time::Sleep;
-
-/// Response bytes read from the upstream per read.
-const UPSTREAM_CHUNK: usize = 16 * 1024;
-
-/// Why an attempt stopped before the response reached the client.
-#[derive(Debug, Clone, Copy)]
-pub(super) enum UpErr {
-    Upstream(UpstreamError),
-    /// The client went away (or stalled) while sending the request body.
-    ClientGone,
-}
 
 type Attempted = Result<(u16, Next), (UpErr, Phase)>;
 
@@ -344,44 +331,4 @@ fn status_line(out: &mut Vec<u8>, code: u16, reason: &str) {
 /// A 1xx response other than 101 (which cohort never asks for).
 fn is_interim(status: u16) -> bool {
     (100..200).contains(&status) && status != 101
-}
-
-/// Reads from the upstream into `buf` within `limit`.
-async fn read(
-    up: &mut TcpStream,
-    buf: &mut Vec<u8>,
-    mut timer: Pin<&mut Sleep>,
-    limit: Duration,
-) -> Result<usize, UpErr> {
-    if buf.capacity() - buf.len() < UPSTREAM_CHUNK / 4 {
-        buf.reserve(UPSTREAM_CHUNK);
-    }
-    timer.as_mut().reset(tokio::time::Instant::now() + limit);
-    tokio::select! {
-        biased;
-        r = up.read_buf(buf) => r.map_err(|_| UpErr::Upstream(UpstreamError::Closed)),
-        _ = timer => Err(UpErr::Upstream(UpstreamError::Timeout)),
-    }
-}
-
-/// Writes request bytes to the upstream; an upstream that does not take them within
-/// `limit` (the variant's `read_timeout_ms`) is a timeout.
-async fn send_upstream(up: &mut TcpStream, bytes: &[u8], limit: Duration) -> Result<(), UpErr> {
-    match tokio_timeout(limit, up.write_all(bytes)).await {
-        Ok(Ok(())) => Ok(()),
-        Ok(Err(_)) => Err(UpErr::Upstream(UpstreamError::Closed)),
-        Err(_) => Err(UpErr::Upstream(UpstreamError::Timeout)),
-    }
-}
-
-/// A new upstream connection.
-pub(super) async fn connect(addr: SocketAddr, limit: Duration) -> Result<TcpStream, UpstreamError> {
-    match fast_timeout(limit, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
-        Ok(Err(_)) => Err(UpstreamError::Connect),
-        Err(_) => Err(UpstreamError::ConnectTimeout),
-    }
 }
