@@ -100,27 +100,44 @@ pub struct Entry<'a> {
     pub key: Option<&'a str>,
 }
 
+/// An access log line as it is written (field names are the documented ones).
+#[derive(serde::Serialize)]
+struct Line<'a> {
+    time: String,
+    service: &'a str,
+    variant: &'a str,
+    reason: &'a str,
+    method: &'a str,
+    path: &'a str,
+    status: u16,
+    duration_ms: f64,
+    upstream: Option<std::net::SocketAddr>,
+    bytes: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    key: Option<&'a str>,
+}
+
 impl Entry<'_> {
     /// The entry as one JSON line, newline included.
     pub fn line(&self) -> String {
-        let mut v = serde_json::json!({
-            "time": humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
-            "service": self.service,
-            "variant": self.variant,
-            "reason": self.reason,
-            "method": self.method,
-            "path": self.path,
-            "status": self.status,
-            "duration_ms": (self.seconds * 1e6).round() / 1e3,
-            "upstream": self.upstream.map(|a| a.to_string()),
-            "bytes": self.bytes,
-        });
-        if let Some(k) = self.key {
-            v["key"] = serde_json::Value::String(k.to_string());
-        }
-        let mut line = v.to_string();
-        line.push('\n');
-        line
+        let line = Line {
+            time: humantime::format_rfc3339_millis(std::time::SystemTime::now()).to_string(),
+            service: self.service,
+            variant: self.variant,
+            reason: self.reason,
+            method: self.method,
+            path: self.path,
+            status: self.status,
+            duration_ms: (self.seconds * 1e6).round() / 1e3,
+            upstream: self.upstream,
+            bytes: self.bytes,
+            key: self.key,
+        };
+        let mut out = Vec::with_capacity(256);
+        // Serializing this struct to a Vec cannot fail (no map keys, no I/O errors).
+        let _ = serde_json::to_writer(&mut out, &line);
+        out.push(b'\n');
+        String::from_utf8(out).unwrap_or_default()
     }
 }
 

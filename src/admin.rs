@@ -124,12 +124,9 @@ impl Admin {
     /// decision code as the proxy, on the live table.
     fn explain(&self, query: Option<&str>) -> Response<Vec<u8>> {
         let mut input = ExplainInput::default();
-        for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
-            let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-            let v = percent_encoding::percent_decode_str(&v.replace('+', " "))
-                .decode_utf8_lossy()
-                .into_owned();
-            match k {
+        for (k, v) in form_urlencoded::parse(query.unwrap_or("").as_bytes()) {
+            let v = v.into_owned();
+            match k.as_ref() {
                 "service" => input.service = Some(v),
                 "key" => input.key = Some(v),
                 "ip" => match v.parse() {

@@ -333,29 +333,21 @@ fn service_summary(s: &ServiceConfig) -> String {
     out
 }
 
-/// `GET /readyz` over a plain TCP connection: 0 on 200, 1 otherwise.
+/// `GET /readyz` on the admin API: 0 on 200, 1 otherwise.
 fn health(admin: SocketAddr, timeout_ms: u64) -> i32 {
-    use std::io::{Read, Write};
     let timeout = std::time::Duration::from_millis(timeout_ms.max(1));
-    let probe = || -> std::io::Result<String> {
-        let mut s = std::net::TcpStream::connect_timeout(&admin, timeout)?;
-        s.set_read_timeout(Some(timeout))?;
-        s.set_write_timeout(Some(timeout))?;
-        s.write_all(
-            format!("GET /readyz HTTP/1.1\r\nHost: {admin}\r\nConnection: close\r\n\r\n")
-                .as_bytes(),
-        )?;
-        let mut buf = [0u8; 64];
-        let n = s.read(&mut buf)?;
-        Ok(String::from_utf8_lossy(&buf[..n]).into_owned())
-    };
-    match probe() {
-        Ok(head) if head.starts_with("HTTP/1.1 200") => {
+    let agent = ureq::AgentBuilder::new().timeout(timeout).build();
+    match agent.get(&format!("http://{admin}/readyz")).call() {
+        Ok(r) if r.status() == 200 => {
             out("ready\n");
             0
         }
-        Ok(head) => {
-            eprintln!("not ready: {}", head.lines().next().unwrap_or(""));
+        Ok(r) => {
+            eprintln!("not ready: HTTP/1.1 {} {}", r.status(), r.status_text());
+            1
+        }
+        Err(ureq::Error::Status(code, r)) => {
+            eprintln!("not ready: HTTP/1.1 {code} {}", r.status_text());
             1
         }
         Err(e) => {

@@ -23,6 +23,8 @@ pub struct UrlSource {
     pub poll: Duration,
     /// ETag of the version serving (sent as `If-None-Match`).
     etag: Mutex<Option<String>>,
+    /// Built once, on the first fetch.
+    agent: Mutex<Option<ureq::Agent>>,
 }
 
 /// What a fetch produced.
@@ -61,12 +63,28 @@ impl UrlSource {
             url,
             poll,
             etag: Mutex::new(None),
+            agent: Mutex::new(None),
         }
+    }
+
+    /// The HTTP agent (and its TLS connector), built on first use and kept: every poll
+    /// reuses it and its connections.
+    fn agent(&self) -> Result<ureq::Agent, String> {
+        let mut slot = self
+            .agent
+            .lock()
+            .map_err(|_| "agent lock poisoned".to_string())?;
+        if let Some(a) = slot.as_ref() {
+            return Ok(a.clone());
+        }
+        let a = agent()?;
+        *slot = Some(a.clone());
+        Ok(a)
     }
 
     /// GETs the URL; conditional on the serving version's ETag when `conditional`.
     pub fn fetch(&self, conditional: bool) -> Result<Fetched, String> {
-        let mut req = agent()?.get(&self.url);
+        let mut req = self.agent()?.get(&self.url);
         if conditional {
             if let Some(tag) = self.etag.lock().ok().and_then(|t| t.clone()) {
                 req = req.set("If-None-Match", &tag);

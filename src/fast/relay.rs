@@ -15,6 +15,19 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+/// How relaying a response ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relayed {
+    /// The client went away (or stopped reading).
+    ClientGone,
+    /// The whole response reached the client and the upstream connection ended exactly
+    /// at the body's end: it can be pooled.
+    Clean,
+    /// The response reached the client, but the upstream connection cannot be reused
+    /// (it sent more than the body, broke off, or ends by closing).
+    Unclean,
+}
+
 type Attempted = Result<(u16, Next), (UpErr, Phase)>;
 
 impl<S: ClientIo> Exchange<'_, S> {
@@ -70,7 +83,7 @@ impl<S: ClientIo> Exchange<'_, S> {
         }
         self.close |= framing.body == BodyFraming::UntilClose;
         // The client's head was written into `plan.out` by `response_head`.
-        let reusable = self
+        let relayed = self
             .relay_body(
                 attempt,
                 addr,
@@ -81,14 +94,13 @@ impl<S: ClientIo> Exchange<'_, S> {
                 read_timeout,
             )
             .await;
-        let client_ok = reusable.is_some();
-        if reusable == Some(true) && framing.reusable {
+        if relayed == Relayed::Clean && framing.reusable {
             pool::put(addr, up);
         }
-        let next = match (client_ok, self.close) {
-            (false, _) => Next::Gone,
-            (true, true) => Next::Close,
-            (true, false) => Next::KeepAlive,
+        let next = match (relayed, self.close) {
+            (Relayed::ClientGone, _) => Next::Gone,
+            (_, true) => Next::Close,
+            (_, false) => Next::KeepAlive,
         };
         Ok((status, next))
     }
@@ -201,8 +213,7 @@ impl<S: ClientIo> Exchange<'_, S> {
         out.extend_from_slice(b"\r\n");
     }
 
-    /// Sends the client head (in `plan.out`) and the body. Returns `None` if the client
-    /// went away, else whether the upstream connection ended cleanly at the body's end.
+    /// Sends the client head (in `plan.out`) and the body.
     #[allow(clippy::too_many_arguments)]
     async fn relay_body(
         &mut self,
@@ -213,7 +224,7 @@ impl<S: ClientIo> Exchange<'_, S> {
         head_len: usize,
         body: BodyFraming,
         read_timeout: Duration,
-    ) -> Option<bool> {
+    ) -> Relayed {
         let mut out = std::mem::take(&mut self.plan.out);
         let head_end = out.len();
         let avail = &rbuf[head_len..];
@@ -251,7 +262,9 @@ impl<S: ClientIo> Exchange<'_, S> {
             out.extend_from_slice(avail);
         }
         self.sent += out.len() - head_end;
-        self.send_client(&out).await?;
+        if self.send_client(&out).await.is_none() {
+            return Relayed::ClientGone;
+        }
         while left > 0 {
             rbuf.clear();
             let timer = self.conn.upstream_timer.as_mut();
@@ -307,10 +320,15 @@ impl<S: ClientIo> Exchange<'_, S> {
                 _ => n,
             };
             self.sent += forward;
-            self.send_client(&chunk[..forward]).await?;
+            if self.send_client(&chunk[..forward]).await.is_none() {
+                return Relayed::ClientGone;
+            }
         }
-        self.conn.io.flush().await.ok()?;
-        Some(clean)
+        match (self.conn.io.flush().await, clean) {
+            (Err(_), _) => Relayed::ClientGone,
+            (Ok(()), true) => Relayed::Clean,
+            (Ok(()), false) => Relayed::Unclean,
+        }
     }
 }
 

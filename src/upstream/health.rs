@@ -127,7 +127,12 @@ impl HealthBook {
     }
 }
 
-/// One active probe. HTTP: `GET path`, 2xx within the timeout. TCP: connect.
+/// The most of a probe response cohort reads (head and body).
+const PROBE_MAX: usize = 64 * 1024;
+
+/// One active probe. HTTP: `GET path`, a well-formed HTTP/1.x response with a 2xx status
+/// within the timeout, read to its end (so the backend sees a clean close, not a reset).
+/// TCP: connect.
 pub async fn probe(addr: SocketAddr, hc: &HealthCheck) -> bool {
     let attempt = async {
         let mut s = tokio::net::TcpStream::connect(addr).await?;
@@ -138,16 +143,30 @@ pub async fn probe(addr: SocketAddr, hc: &HealthCheck) -> bool {
             "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: cohort-health-check\r\nConnection: close\r\n\r\n"
         );
         s.write_all(req.as_bytes()).await?;
-        let mut head = [0u8; 16];
-        let mut n = 0;
-        while n < 12 {
-            let r = s.read(&mut head[n..]).await?;
-            if r == 0 {
+        let mut buf = Vec::with_capacity(1024);
+        let status = loop {
+            if s.read_buf(&mut buf).await? == 0 || buf.len() > PROBE_MAX {
+                return Ok(false);
+            }
+            let mut headers = [httparse::EMPTY_HEADER; 64];
+            let mut resp = httparse::Response::new(&mut headers);
+            match resp.parse(&buf) {
+                Ok(httparse::Status::Complete(_)) => break resp.code.unwrap_or(0),
+                Ok(httparse::Status::Partial) => {}
+                Err(_) => return Ok(false),
+            }
+        };
+        // `Connection: close` was asked for: the body ends when the backend closes.
+        let mut total = buf.len();
+        let mut sink = [0u8; 4096];
+        loop {
+            let n = s.read(&mut sink).await?;
+            total += n;
+            if n == 0 || total > PROBE_MAX {
                 break;
             }
-            n += r;
         }
-        Ok(head.starts_with(b"HTTP/1.") && n >= 12 && head[9] == b'2')
+        Ok((200..300).contains(&status))
     };
     matches!(
         tokio::time::timeout(hc.timeout, attempt).await,
