@@ -84,6 +84,8 @@ pub struct VariantFile {
     pub balance: Option<String>,
     pub connect_timeout_ms: Option<u64>,
     pub read_timeout_ms: Option<u64>,
+    pub max_fails: Option<u32>,
+    pub fail_timeout_secs: Option<u64>,
     pub health_check: Option<HealthCheckFile>,
 }
 

@@ -170,8 +170,30 @@ pub struct VariantConfig {
     pub balance: Balance,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
+    /// Passive ejection after upstream hang-ups ([`Passive`]).
+    pub passive: Passive,
     /// Active health checks (`None`: passive ejection only).
     pub health_check: Option<HealthCheck>,
+}
+
+/// When requests' failures take a backend out (NGINX's `max_fails`/`fail_timeout`). A
+/// hang-up without an answer can be the request's own doing (a request that crashes the
+/// backend), so it takes `max_fails` of them within `fail_timeout` to eject a backend
+/// for `fail_timeout`, and never the last healthy backend of the variant. A refused or
+/// timed-out connect is the backend's alone: it ejects at once (SPEC).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Passive {
+    pub max_fails: u32,
+    pub fail_timeout: Duration,
+}
+
+impl Default for Passive {
+    fn default() -> Passive {
+        Passive {
+            max_fails: 3,
+            fail_timeout: Duration::from_secs(10),
+        }
+    }
 }
 
 /// Active health check settings of a variant's pool.

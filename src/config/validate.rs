@@ -344,6 +344,7 @@ fn variants(vs: &[VariantFile], path: &str, errs: &mut Errors) -> Vec<VariantCon
                     "read_timeout_ms",
                     errs,
                 ),
+                passive: passive(v, &p, errs),
                 health_check: v
                     .health_check
                     .as_ref()
@@ -402,6 +403,26 @@ fn seconds(
             errs.push(path, format!("must be 1 to {max} seconds ({what})"));
             Duration::from_secs(default)
         }
+    }
+}
+
+/// `max_fails` (1–100, default 3) and `fail_timeout_secs` (1–3600, default 10).
+fn passive(v: &VariantFile, path: &str, errs: &mut Errors) -> Passive {
+    let d = Passive::default();
+    let max_fails = v.max_fails.unwrap_or(d.max_fails);
+    if !(1..=100).contains(&max_fails) {
+        errs.push(format!("{path}.max_fails"), "must be between 1 and 100");
+    }
+    let secs = v.fail_timeout_secs.unwrap_or(d.fail_timeout.as_secs());
+    if !(1..=3600).contains(&secs) {
+        errs.push(
+            format!("{path}.fail_timeout_secs"),
+            "must be between 1 and 3600",
+        );
+    }
+    Passive {
+        max_fails,
+        fail_timeout: Duration::from_secs(secs),
     }
 }
 

@@ -55,6 +55,17 @@ pub enum Retry {
     GiveUp(u16),
 }
 
+/// What a failure says about the backend, for its passive health.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// Nothing: the failure says nothing certain about the backend.
+    None,
+    /// It refused or did not take the connection: the backend's failure alone.
+    ConnectFailed,
+    /// A fresh connection closed without answering: the backend's, or the request's.
+    HungUp,
+}
+
 /// The verdict on one failure: what to do next, and what it says about the backend.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Verdict {
@@ -62,7 +73,7 @@ pub struct Verdict {
     /// Counted in `cohort_upstream_errors_total`.
     pub counted: bool,
     /// Counted against the backend's passive health.
-    pub against_backend: bool,
+    pub against_backend: Signal,
 }
 
 /// Retries already spent by this request.
@@ -81,19 +92,26 @@ pub struct Spent {
 pub fn judge(f: Failure, spent: Spent) -> Verdict {
     let resend_ok = f.idempotent && f.body == Body::Replayable;
     let closed = f.error == UpstreamError::Closed;
+    // A pooled connection closing is the keep-alive race as often as a failing
+    // backend: only a fresh connection's hang-up counts against the backend.
+    let hung_up = if closed && !f.reused {
+        Signal::HungUp
+    } else {
+        Signal::None
+    };
     let (retry, counted, against_backend) = match f.phase {
-        Phase::Connect if !spent.other_backend => (Retry::OtherBackend, true, true),
-        Phase::Connect => (Retry::GiveUp(f.error.status()), true, true),
+        Phase::Connect if !spent.other_backend => {
+            (Retry::OtherBackend, true, Signal::ConnectFailed)
+        }
+        Phase::Connect => (Retry::GiveUp(f.error.status()), true, Signal::ConnectFailed),
         Phase::Exchange if closed && f.reused && resend_ok && !spent.fresh => {
-            (Retry::Fresh, false, false)
+            (Retry::Fresh, false, Signal::None)
         }
         Phase::Exchange if closed && !f.reused && resend_ok && !spent.other_backend => {
-            (Retry::OtherBackend, true, true)
+            (Retry::OtherBackend, true, hung_up)
         }
-        // A pooled connection closing is the keep-alive race as often as a failing
-        // backend: only a fresh connection's hang-up counts against the backend.
-        Phase::Exchange => (Retry::GiveUp(f.error.status()), true, closed && !f.reused),
-        Phase::Relay => (Retry::GiveUp(f.error.status()), true, false),
+        Phase::Exchange => (Retry::GiveUp(f.error.status()), true, hung_up),
+        Phase::Relay => (Retry::GiveUp(f.error.status()), true, Signal::None),
     };
     Verdict {
         retry,
@@ -175,8 +193,10 @@ impl Attempt {
                 m.record_upstream_error(f.error.kind());
             }
         }
-        if v.against_backend {
-            self.pool().mark_failed(addr);
+        match v.against_backend {
+            Signal::None => {}
+            Signal::ConnectFailed => self.pool().connect_failed(addr),
+            Signal::HungUp => self.pool().hung_up(addr),
         }
         match v.retry {
             Retry::Fresh => {
@@ -234,6 +254,7 @@ mod tests {
     use Body::*;
     use Phase::{Exchange, Relay};
     use Retry::*;
+    use Signal::{ConnectFailed, HungUp};
     use UpstreamError::*;
 
     const NONE: Spent = Spent {
@@ -255,32 +276,32 @@ mod tests {
         #[rustfmt::skip]
         let table = [
             // Connect failures: nothing was sent, so any request moves to another backend once.
-            (Phase::Connect, UpstreamError::Connect, false, false, Consumed, NONE, OtherBackend, true, true),
-            (Phase::Connect, ConnectTimeout, false, true, Replayable, NONE, OtherBackend, true, true),
-            (Phase::Connect, UpstreamError::Connect, false, true, Replayable, OTHER, GiveUp(502), true, true),
-            (Phase::Connect, ConnectTimeout, false, true, Replayable, OTHER, GiveUp(504), true, true),
+            (Phase::Connect, UpstreamError::Connect, false, false, Consumed, NONE, OtherBackend, true, ConnectFailed),
+            (Phase::Connect, ConnectTimeout, false, true, Replayable, NONE, OtherBackend, true, ConnectFailed),
+            (Phase::Connect, UpstreamError::Connect, false, true, Replayable, OTHER, GiveUp(502), true, ConnectFailed),
+            (Phase::Connect, ConnectTimeout, false, true, Replayable, OTHER, GiveUp(504), true, ConnectFailed),
             // A stale pooled connection: once more on a fresh one, not held against the backend.
-            (Exchange, Closed, true, true, Replayable, NONE, Fresh, false, false),
-            (Exchange, Closed, true, true, Replayable, OTHER, Fresh, false, false),
-            (Exchange, Closed, true, true, Replayable, FRESH, GiveUp(502), true, false),
+            (Exchange, Closed, true, true, Replayable, NONE, Fresh, false, Signal::None),
+            (Exchange, Closed, true, true, Replayable, OTHER, Fresh, false, Signal::None),
+            (Exchange, Closed, true, true, Replayable, FRESH, GiveUp(502), true, Signal::None),
             // ... but never a request that cannot be sent twice as it was.
-            (Exchange, Closed, true, false, Replayable, NONE, GiveUp(502), true, false),
-            (Exchange, Closed, true, true, Consumed, NONE, GiveUp(502), true, false),
+            (Exchange, Closed, true, false, Replayable, NONE, GiveUp(502), true, Signal::None),
+            (Exchange, Closed, true, true, Consumed, NONE, GiveUp(502), true, Signal::None),
             // A fresh connection that closed without answering: the backend is failing.
-            (Exchange, Closed, false, true, Replayable, NONE, OtherBackend, true, true),
-            (Exchange, Closed, false, true, Replayable, FRESH, OtherBackend, true, true),
-            (Exchange, Closed, false, true, Replayable, OTHER, GiveUp(502), true, true),
-            (Exchange, Closed, false, false, Replayable, NONE, GiveUp(502), true, true),
-            (Exchange, Closed, false, true, Consumed, NONE, GiveUp(502), true, true),
+            (Exchange, Closed, false, true, Replayable, NONE, OtherBackend, true, HungUp),
+            (Exchange, Closed, false, true, Replayable, FRESH, OtherBackend, true, HungUp),
+            (Exchange, Closed, false, true, Replayable, OTHER, GiveUp(502), true, HungUp),
+            (Exchange, Closed, false, false, Replayable, NONE, GiveUp(502), true, HungUp),
+            (Exchange, Closed, false, true, Consumed, NONE, GiveUp(502), true, HungUp),
             // Timeouts and bad responses are answered, never retried.
-            (Exchange, Timeout, false, true, Replayable, NONE, GiveUp(504), true, false),
-            (Exchange, Timeout, true, true, Replayable, NONE, GiveUp(504), true, false),
-            (Exchange, Protocol, false, true, Replayable, NONE, GiveUp(502), true, false),
-            (Exchange, Other, false, true, Replayable, NONE, GiveUp(502), true, false),
+            (Exchange, Timeout, false, true, Replayable, NONE, GiveUp(504), true, Signal::None),
+            (Exchange, Timeout, true, true, Replayable, NONE, GiveUp(504), true, Signal::None),
+            (Exchange, Protocol, false, true, Replayable, NONE, GiveUp(502), true, Signal::None),
+            (Exchange, Other, false, true, Replayable, NONE, GiveUp(502), true, Signal::None),
             // Once the response has started, nothing is retried or held against the backend.
-            (Relay, Closed, false, true, Replayable, NONE, GiveUp(502), true, false),
-            (Relay, Timeout, true, true, Replayable, NONE, GiveUp(504), true, false),
-            (Relay, Protocol, false, true, Replayable, NONE, GiveUp(502), true, false),
+            (Relay, Closed, false, true, Replayable, NONE, GiveUp(502), true, Signal::None),
+            (Relay, Timeout, true, true, Replayable, NONE, GiveUp(504), true, Signal::None),
+            (Relay, Protocol, false, true, Replayable, NONE, GiveUp(502), true, Signal::None),
         ];
         for (phase, error, reused, idempotent, body, spent, retry, counted, against) in table {
             let f = Failure {

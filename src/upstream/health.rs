@@ -6,7 +6,7 @@
 //! works from the *current* table: a table's checks start when it is swapped in and stop
 //! when it is swapped out.
 
-use crate::config::HealthCheck;
+use crate::config::{HealthCheck, Passive};
 use crate::state::State;
 use async_trait::async_trait;
 use pingora_core::server::ShutdownWatch;
@@ -17,9 +17,6 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex};
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// Without active checks, a backend that fails to connect is skipped this long.
-pub const PASSIVE_EJECT: Duration = Duration::from_secs(10);
 
 /// Milliseconds since process start (monotonic), for lock-free timestamps.
 fn now_ms() -> u64 {
@@ -38,6 +35,9 @@ pub struct BackendHealth {
     ejected_until: AtomicU64,
     successes: AtomicU32,
     failures: AtomicU32,
+    /// Hang-ups counted since `window_start` (ms since start; 0 = no window open).
+    window_start: AtomicU64,
+    window_fails: AtomicU32,
     /// When the next active probe is due (ms since start).
     next_probe: AtomicU64,
     probing: AtomicBool,
@@ -51,6 +51,8 @@ impl BackendHealth {
             ejected_until: AtomicU64::new(0),
             successes: AtomicU32::new(0),
             failures: AtomicU32::new(0),
+            window_start: AtomicU64::new(0),
+            window_fails: AtomicU32::new(0),
             next_probe: AtomicU64::new(0),
             probing: AtomicBool::new(false),
         }
@@ -82,21 +84,50 @@ impl BackendHealth {
         }
     }
 
-    /// A request could not connect (or the connection reset before any answer).
-    /// With active checks the failure counts toward `unhealthy_after`; without them the
-    /// backend is ejected for [`PASSIVE_EJECT`].
-    pub fn passive_failure(&self, hc: Option<&HealthCheck>) {
+    /// A request could not connect: the backend's own failure. With active checks it
+    /// counts toward `unhealthy_after`; without them the backend is ejected for
+    /// `fail_timeout` at once.
+    pub fn connect_failed(&self, hc: Option<&HealthCheck>, p: Passive) {
         match hc {
             Some(hc) => self.record(false, hc),
-            None => {
-                let until = now_ms() + PASSIVE_EJECT.as_millis() as u64;
-                if self.ejected_until.swap(until, Ordering::Relaxed) <= now_ms() {
-                    log::warn!(
-                        "backend {} ejected for {PASSIVE_EJECT:?} after a connect failure",
-                        self.addr
-                    );
-                }
-            }
+            None => self.eject(p.fail_timeout, "a connect failure"),
+        }
+    }
+
+    /// A fresh connection closed without answering a request: possibly the request's own
+    /// doing. The backend is ejected for `fail_timeout` once `max_fails` such hang-ups
+    /// fall within `fail_timeout`, unless `last_healthy` (the variant has no other
+    /// healthy backend: ejecting it would turn one client's requests into an outage).
+    pub fn hung_up(&self, p: Passive, last_healthy: bool) {
+        let now = now_ms();
+        let window = p.fail_timeout.as_millis() as u64;
+        let start = self.window_start.load(Ordering::Relaxed);
+        let n = if start == 0 || now.saturating_sub(start) > window {
+            self.window_start.store(now.max(1), Ordering::Relaxed);
+            self.window_fails.store(1, Ordering::Relaxed);
+            1
+        } else {
+            self.window_fails.fetch_add(1, Ordering::Relaxed) + 1
+        };
+        if n < p.max_fails {
+            return;
+        }
+        if last_healthy {
+            log::warn!(
+                "backend {} hung up {n} times within {:?}; not ejected: it is the variant's last healthy backend",
+                self.addr,
+                p.fail_timeout
+            );
+            return;
+        }
+        self.window_start.store(0, Ordering::Relaxed);
+        self.eject(p.fail_timeout, "repeated hang-ups");
+    }
+
+    fn eject(&self, period: Duration, why: &str) {
+        let until = now_ms() + period.as_millis() as u64;
+        if self.ejected_until.swap(until, Ordering::Relaxed) <= now_ms() {
+            log::warn!("backend {} ejected for {period:?} after {why}", self.addr);
         }
     }
 }
@@ -256,12 +287,51 @@ mod tests {
     }
 
     #[test]
-    fn passive_failure_without_checks_ejects_for_a_while() {
+    fn a_connect_failure_without_checks_ejects_for_fail_timeout() {
         let h = BackendHealth::new("127.0.0.1:1".parse().unwrap());
-        h.passive_failure(None);
+        h.connect_failed(None, Passive::default());
         assert!(!h.is_up());
         let until = h.ejected_until.load(Ordering::Relaxed);
-        assert!(until >= now_ms() + PASSIVE_EJECT.as_millis() as u64 - 1000);
+        assert!(until >= now_ms() + 10_000 - 1000);
+    }
+
+    #[test]
+    fn hang_ups_eject_only_at_max_fails_and_never_the_last_healthy_backend() {
+        let p = Passive {
+            max_fails: 3,
+            fail_timeout: Duration::from_secs(10),
+        };
+        let h = BackendHealth::new("127.0.0.1:2".parse().unwrap());
+        h.hung_up(p, false);
+        h.hung_up(p, false);
+        assert!(h.is_up(), "2 hang-ups < max_fails");
+        h.hung_up(p, false);
+        assert!(!h.is_up(), "the third within the window ejects");
+        let last = BackendHealth::new("127.0.0.1:3".parse().unwrap());
+        for _ in 0..10 {
+            last.hung_up(p, true);
+        }
+        assert!(
+            last.is_up(),
+            "the last healthy backend is never ejected passively"
+        );
+    }
+
+    #[test]
+    fn hang_ups_outside_the_window_start_a_new_count() {
+        let p = Passive {
+            max_fails: 2,
+            fail_timeout: Duration::from_secs(1),
+        };
+        let h = BackendHealth::new("127.0.0.1:4".parse().unwrap());
+        h.hung_up(p, false);
+        // As if the first hang-up were 2 s old: outside the 1 s window.
+        h.window_start
+            .store(now_ms().saturating_sub(2000).max(1), Ordering::Relaxed);
+        h.hung_up(p, false);
+        assert!(h.is_up(), "a new window counts 1");
+        h.hung_up(p, false);
+        assert!(!h.is_up(), "2 within the window");
     }
 
     #[test]

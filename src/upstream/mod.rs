@@ -8,7 +8,7 @@ pub mod health;
 use health::{BackendHealth, HEALTH};
 use std::sync::Arc;
 
-use crate::config::{Balance, FieldError, HealthCheck, VariantConfig};
+use crate::config::{Balance, FieldError, HealthCheck, Passive, VariantConfig};
 use futures::FutureExt;
 use pingora_core::protocols::l4::socket::SocketAddr as PSocketAddr;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -41,6 +41,7 @@ pub struct Pool {
     /// Health per address, aligned with `addrs` (shared with other tables).
     health: Vec<Arc<BackendHealth>>,
     check: Option<HealthCheck>,
+    passive: Passive,
 }
 
 impl std::fmt::Debug for Pool {
@@ -72,6 +73,7 @@ impl Pool {
             connect_timeout: v.connect_timeout,
             read_timeout: v.read_timeout,
             check: v.health_check.clone(),
+            passive: v.passive,
         }
     }
 
@@ -101,11 +103,21 @@ impl Pool {
         &self.health
     }
 
-    /// A request failed to connect to `addr` (or it reset): passive health.
-    pub fn mark_failed(&self, addr: SocketAddr) {
+    /// A request failed to connect to `addr`: passive health.
+    pub fn connect_failed(&self, addr: SocketAddr) {
         if let Some(h) = self.health.iter().find(|h| h.addr == addr) {
-            h.passive_failure(self.check.as_ref());
+            h.connect_failed(self.check.as_ref(), self.passive);
         }
+    }
+
+    /// A fresh connection to `addr` closed without answering a request: passive health
+    /// ([`crate::config::Passive`]).
+    pub fn hung_up(&self, addr: SocketAddr) {
+        let Some(h) = self.health.iter().find(|h| h.addr == addr) else {
+            return;
+        };
+        let last_healthy = !self.health.iter().any(|o| o.addr != addr && o.is_up());
+        h.hung_up(self.passive, last_healthy);
     }
 
     /// Picks a healthy backend, skipping `exclude` (the one a connect just failed on).
