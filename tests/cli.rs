@@ -578,6 +578,35 @@ fn invalid_cases() -> Vec<Case> {
         }
     }
 
+    for (line, field, message) in [
+        ("max_fails = 0", "max_fails", "must be between 1 and 100"),
+        ("max_fails = 101", "max_fails", "must be between 1 and 100"),
+        (
+            "fail_timeout_secs = 0",
+            "fail_timeout_secs",
+            "must be between 1 and 3600",
+        ),
+        (
+            "fail_timeout_secs = 3601",
+            "fail_timeout_secs",
+            "must be between 1 and 3600",
+        ),
+    ] {
+        cases.push(Case {
+            name: "passive ejection setting out of range",
+            text: base_config(
+                "",
+                "",
+                &variants(
+                    &format!("weight = 95\n{line}\n{BACKEND0}"),
+                    &format!("weight = 5\n{BACKEND1}"),
+                ),
+                "",
+            ),
+            expect: vec![(format!("service[0].variant[0].{field}"), message)],
+        });
+    }
+
     cases.push(case(
         "bad CIDR in a rule's client_cidr",
         base_config(
