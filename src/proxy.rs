@@ -39,6 +39,10 @@ pub struct Ctx {
     upstream_start: Option<Instant>,
     /// The cohort key, kept only when the access log includes keys.
     key: Option<String>,
+    /// Request body bytes seen so far, and the most allowed
+    /// (`server.max_request_body_bytes`): a streamed (chunked) body is cut off there.
+    body_seen: u64,
+    max_body: u64,
 }
 
 fn client_peer(session: &Session) -> Option<ClientPeer> {
@@ -94,6 +98,8 @@ impl ProxyHttp for CohortProxy {
             start: Instant::now(),
             upstream_start: None,
             key: None,
+            body_seen: 0,
+            max_body: u64::MAX,
         }
     }
 
@@ -115,6 +121,15 @@ impl ProxyHttp for CohortProxy {
             session.set_keepalive(Some(table.config.server.keepalive_timeout.as_secs()));
         }
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
+        ctx.max_body = table.config.server.max_request_body_bytes;
+        let req = session.req_header();
+        let fields = req.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
+        let http11 = req.version == http::Version::HTTP_11;
+        if let Err(refusal) = forward::request::check(http11, fields, ctx.max_body) {
+            ctx.table = Some(table);
+            write_error(session, refusal.status()).await?;
+            return Ok(true);
+        }
         let req = session.req_header();
         let peer_ip = session
             .client_addr()
@@ -206,6 +221,25 @@ impl ProxyHttp for CohortProxy {
         };
         e.set_retry(!matches!(attempt.failed(*addr, failure), Retry::GiveUp(_)));
         e
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(b) = body {
+            ctx.body_seen += b.len() as u64;
+            if ctx.body_seen > ctx.max_body {
+                return Error::e_explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body over server.max_request_body_bytes",
+                );
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_response_filter(

@@ -681,6 +681,82 @@ fn conflicting_content_lengths_are_rejected_and_nothing_is_forwarded() {
     }
 }
 
+/// Framing two parsers could read two ways, a missing or empty `Host` on HTTP/1.1, and
+/// bodies over `server.max_request_body_bytes` are refused on every carrier before
+/// routing, and nothing reaches an upstream. Observed (both carriers, this build):
+/// exactly the statuses below. Before: `Content-Length: 5, 5` and two equal
+/// `Content-Length`s were forwarded, a head without `Host` (or with an empty one) was
+/// forwarded, and a huge `Content-Length` was waited for. NGINX 1.22 answers 400 to the
+/// first five and 413 to the oversized bodies (its `client_max_body_size`).
+#[test]
+fn ambiguous_lengths_missing_hosts_and_oversized_bodies_are_refused() {
+    let mut f = start(100, 0, "max_request_body_bytes = 10", "");
+    let cases: [(&str, &str, u16); 8] = [
+        (
+            "Content-Length list 5, 5",
+            "POST /refuse-1 HTTP/1.1\r\nHost: x\r\nx-user-id: u1\r\nContent-Length: 5, 5\r\n\r\nhello",
+            400,
+        ),
+        (
+            "two equal Content-Lengths",
+            "POST /refuse-2 HTTP/1.1\r\nHost: x\r\nx-user-id: u1\r\nContent-Length: 5\r\nContent-Length: 5\r\n\r\nhello",
+            400,
+        ),
+        (
+            "no Host",
+            "GET /refuse-3 HTTP/1.1\r\nx-user-id: u1\r\n\r\n",
+            400,
+        ),
+        (
+            "empty Host",
+            "GET /refuse-4 HTTP/1.1\r\nHost: \r\nx-user-id: u1\r\n\r\n",
+            400,
+        ),
+        (
+            "two Hosts",
+            "GET /refuse-5 HTTP/1.1\r\nHost: x\r\nHost: y\r\nx-user-id: u1\r\n\r\n",
+            400,
+        ),
+        (
+            "Content-Length over the limit",
+            "POST /refuse-6 HTTP/1.1\r\nHost: x\r\nx-user-id: u1\r\nContent-Length: 11\r\n\r\nhello world",
+            413,
+        ),
+        (
+            "18-digit Content-Length",
+            "POST /refuse-7 HTTP/1.1\r\nHost: x\r\nx-user-id: u1\r\nContent-Length: 999999999999999999\r\n\r\nhello",
+            413,
+        ),
+        (
+            "chunked body over the limit",
+            "POST /refuse-8 HTTP/1.1\r\nHost: x\r\nx-user-id: u1\r\nTransfer-Encoding: chunked\r\n\r\n10\r\n0123456789abcdef\r\n0\r\n\r\n",
+            413,
+        ),
+    ];
+    for (case, req, want) in cases {
+        let r = exchange(f.px.addr, req.as_bytes(), false);
+        observe(case, &r);
+        assert_eq!(r.status(), Some(want), "{case}: {r:?}");
+        if want == 400 || !req.contains("chunked") {
+            f.assert_not_forwarded(case, "/refuse");
+        }
+        f.assert_nothing_smuggled(case);
+        f.still_serves(case);
+    }
+    // HTTP/1.0 may omit Host; a body at the limit is taken.
+    for (case, req) in [
+        ("HTTP/1.0 without Host", "GET /ok-1 HTTP/1.0\r\nx-user-id: u1\r\n\r\n"),
+        (
+            "body at the limit",
+            "POST /ok-2 HTTP/1.1\r\nHost: x\r\nx-user-id: u1\r\nContent-Length: 10\r\n\r\n0123456789",
+        ),
+    ] {
+        let r = exchange(f.px.addr, req.as_bytes(), false);
+        observe(case, &r);
+        assert_eq!(r.status(), Some(200), "{case}: {r:?}");
+    }
+}
+
 /// obs-fold (a header line starting with whitespace) is rejected by httparse for
 /// requests: observed 400, nothing forwarded.
 #[test]

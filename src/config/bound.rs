@@ -56,6 +56,7 @@ impl ServerConfig {
             client_write_timeout: _,
             client_header_timeout: _,
             keepalive_timeout: _,
+            max_request_body_bytes: _,
         } = self;
         Bound {
             listen: listen.clone(),
@@ -134,6 +135,7 @@ mod tests {
             "client_write_timeout_secs = 9",
             "client_header_timeout_secs = 9",
             "keepalive_timeout_secs = 9",
+            "max_request_body_bytes = 9",
         ] {
             assert!(base.changes(&server(line).bound()).is_empty(), "{line}");
         }

@@ -63,7 +63,14 @@ pub struct ServerConfig {
     /// ALB closes idle connections first and never sends a request on one cohort is
     /// closing (a 502 at the ALB).
     pub keepalive_timeout: Duration,
+    /// Largest request body accepted (`Content-Length`, or streamed); over it the
+    /// answer is 413.
+    pub max_request_body_bytes: u64,
 }
+
+/// Default `server.max_request_body_bytes`: 1 GiB, far above what an API takes, low
+/// enough that a 19-digit `Content-Length` is refused at once.
+pub const DEFAULT_MAX_REQUEST_BODY: u64 = 1 << 30;
 
 impl ServerConfig {
     /// Says so at start and after a reload when `admin_token_env` names a variable that

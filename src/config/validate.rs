@@ -99,6 +99,13 @@ fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
         "how long an idle keep-alive connection stays open",
         errs,
     );
+    let max_request_body_bytes = f.max_request_body_bytes.unwrap_or(DEFAULT_MAX_REQUEST_BODY);
+    if max_request_body_bytes == 0 || max_request_body_bytes > 1 << 50 {
+        errs.push(
+            "server.max_request_body_bytes",
+            "must be 1 to 1125899906842624 (2^50) bytes",
+        );
+    }
     let port = listen.first().map_or(0, |a| a.port());
     let upgrade_sock = f
         .upgrade_sock
@@ -129,6 +136,7 @@ fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
         client_write_timeout,
         client_header_timeout,
         keepalive_timeout,
+        max_request_body_bytes,
         tls: f
             .tls
             .iter()

@@ -88,9 +88,10 @@ async fn serve_plan<S: ClientIo>(
     let mut ex = Exchange::new(*plan, conn);
     let closing = *shutdown.borrow() || app.closing.load(Ordering::Relaxed);
     ex.close = ex.plan.framing.close || closing;
-    let (code, next) = match ex.attempt.take() {
-        None => ex.not_found().await,
-        Some(mut attempt) => {
+    let (code, next) = match (ex.plan.refused, ex.attempt.take()) {
+        (Some(code), _) => ex.error(code).await,
+        (None, None) => ex.not_found().await,
+        (None, Some(mut attempt)) => {
             let done = ex.proxy(&mut attempt).await;
             ex.attempt = Some(attempt);
             done

@@ -22,6 +22,8 @@ pub(super) struct Plan {
     pub out: Vec<u8>,
     /// Method, path and key for the access log (only when it is on).
     pub log: Option<LogFields>,
+    /// The request is refused with this status before routing ([`forward::request`]).
+    pub refused: Option<u16>,
 }
 
 pub(super) struct LogFields {
@@ -45,13 +47,35 @@ pub(super) fn plan(state: &State, buf: &[u8], peer: Option<&ClientPeer>, tls: bo
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(_) => return Parsed::HandOver,
     };
-    let Some(framing) = http1::request_framing(&req) else {
-        return Parsed::HandOver;
-    };
     let (Some(method), Some(target)) = (req.method, req.path) else {
         return Parsed::HandOver;
     };
     let table = state.table();
+    let fields = req.headers.iter().map(|h| (h.name, h.value));
+    let max_body = table.config.server.max_request_body_bytes;
+    if let Err(refusal) = forward::request::check(req.version == Some(1), fields, max_body) {
+        return Parsed::Ready(Box::new(Plan {
+            head_len,
+            framing: RequestFraming {
+                content_length: 0,
+                close: true,
+            },
+            head_request: false,
+            idempotent: false,
+            route: None,
+            out: Vec::new(),
+            log: state.access_log.as_ref().map(|_| LogFields {
+                method: method.to_string(),
+                path: forward::finish::log_path(target).to_string(),
+                key: None,
+            }),
+            refused: Some(refusal.status()),
+            table,
+        }));
+    }
+    let Some(framing) = http1::request_framing(&req) else {
+        return Parsed::HandOver;
+    };
     let view = RequestView::raw(req.headers, target, peer.map(|p| p.ip));
     let route = table
         .router
@@ -85,6 +109,7 @@ pub(super) fn plan(state: &State, buf: &[u8], peer: Option<&ClientPeer>, tls: bo
         route,
         out,
         log,
+        refused: None,
         table,
     }))
 }

@@ -6,7 +6,8 @@
 //! - [`attempt`]: select a backend, fall back, retry, give up ([`attempt::judge`]);
 //! - [`error`]: one upstream error type, mapped to a status and a metric kind;
 //! - [`finish`]: end-of-request metrics and the access log line;
-//! - [`plain`]: cohort's own short responses.
+//! - [`plain`]: cohort's own short responses;
+//! - [`request`]: the requests refused before routing (ambiguous framing, `Host`, size).
 //!
 //! The carriers are [`crate::fast`] (the HTTP/1 engine: plaintext and TLS HTTP/1.1) and
 //! [`crate::proxy`] (Pingora's `ProxyHttp`: HTTP/2 and what the engine hands over).
@@ -17,6 +18,7 @@ pub mod edits;
 pub mod error;
 pub mod finish;
 pub mod plain;
+pub mod request;
 
 pub use attempt::{is_idempotent, Attempt, Body, Failure, Phase, Retry};
 pub use edits::{ClientPeer, RequestEdits, ResponseEdits};
