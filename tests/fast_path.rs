@@ -434,3 +434,121 @@ fn with_cohort_fast_path_0_the_same_requests_are_served_by_pingora() {
     }
     assert!(served.contains(&"stable".to_string()) && served.contains(&"canary".to_string()));
 }
+
+/// Reads whatever arrives on `c` until the proxy closes or is silent for `quiet`.
+fn read_all_raw(c: &mut BufReader<TcpStream>, quiet: Duration) -> Vec<u8> {
+    c.get_ref().set_read_timeout(Some(quiet)).unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match c.read(&mut buf) {
+            Ok(0) | Err(_) => return out,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+        }
+    }
+}
+
+/// An upstream chunked body that breaks the grammar (a 17-digit chunk size) is relayed
+/// up to the error and no further, and the client connection closes: bytes past the
+/// error never reach the client. Before, the engine relayed them. (Both carriers.)
+#[test]
+fn bytes_past_a_chunked_grammar_error_never_reach_the_client() {
+    let up = Upstream::spawn(|mut r, seen| {
+        if next(&mut r, seen).is_some() {
+            let _ = r.get_mut().write_all(
+                b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n5\r\nhello\r\n11111111111111111\r\nSECRET-AFTER-THE-ERROR\r\n0\r\n\r\n",
+            );
+            thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let px = only(&up);
+    let mut c = connect(px.addr);
+    c.get_mut()
+        .write_all(get("/bad-chunk", "u1").as_bytes())
+        .unwrap();
+    let raw = read_all_raw(&mut c, Duration::from_secs(3));
+    let text = String::from_utf8_lossy(&raw);
+    assert!(
+        !text.contains("SECRET"),
+        "bytes past the error reached the client: {text}"
+    );
+    assert!(
+        !text.contains("\r\n0\r\n\r\n"),
+        "the cut body must not look complete: {text}"
+    );
+}
+
+/// A response with 100 header fields is served (Pingora takes 256 and NGINX limits the
+/// head's size, not its fields); the engine used to answer 502 past 64.
+#[test]
+fn a_response_with_a_hundred_header_fields_is_served() {
+    let up = Upstream::spawn(|mut r, seen| {
+        while next(&mut r, seen).is_some() {
+            let mut head = String::from("HTTP/1.1 200 OK\r\ncontent-length: 2\r\n");
+            for i in 0..100 {
+                head.push_str(&format!("x-field-{i}: {i}\r\n"));
+            }
+            head.push_str("\r\nok");
+            if r.get_mut().write_all(head.as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    let px = only(&up);
+    let mut c = connect(px.addr);
+    let (resp, _) = send(&mut c, get("/many", "u1").as_bytes());
+    assert_eq!(
+        (resp.status, resp.text()),
+        (200, "ok".to_string()),
+        "{resp:?}"
+    );
+    assert_eq!(resp.header("x-field-99"), Some("99"));
+}
+
+/// A request head longer than `server.max_request_head_bytes` (default 32 KiB), or with
+/// more than 256 fields, gets 431 at once and the connection closes, even while it is
+/// still arriving: the engine no longer hands it to Pingora, which waited for up to
+/// 1 MiB at 60 s per read. Engine only: under `COHORT_FAST_PATH=0` Pingora's own limits
+/// apply (README).
+#[test]
+fn a_request_head_over_the_limit_gets_431_at_once() {
+    let up = Upstream::spawn(
+        |mut r, seen| {
+            while next(&mut r, seen).is_some() && reply(&mut r, b"ok") {}
+        },
+    );
+    let px = only_engine(&up);
+    let start = b"GET /big HTTP/1.1\r\nHost: x\r\nx-user-id: u1\r\n".to_vec();
+    // 5 fields of 8 KB: over 32 KiB, few fields.
+    let mut long = start.clone();
+    for i in 0..5 {
+        long.extend_from_slice(format!("x-long-{i}: {}\r\n", "a".repeat(8000)).as_bytes());
+    }
+    // 300 short fields: under 32 KiB, too many fields.
+    let mut many = start.clone();
+    for i in 0..300 {
+        many.extend_from_slice(format!("x-f-{i}: v\r\n").as_bytes());
+    }
+    for (case, head) in [("long", long), ("many", many)] {
+        let mut c = connect(px.addr);
+        // No blank line: the head is still "arriving".
+        c.get_mut().write_all(&head).unwrap();
+        c.get_ref()
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
+        let (resp, keep) = read_response(&mut c, false).expect("an answer, not a wait");
+        assert_eq!(resp.status, 431, "{case}: {resp:?}");
+        assert!(!keep, "{case}: the connection closes after a 431");
+    }
+    assert!(up.seen().is_empty(), "nothing was forwarded");
+    // 100 fields, well under both limits: served by the engine.
+    let mut ok = start;
+    for i in 0..100 {
+        ok.extend_from_slice(format!("x-f-{i}: v\r\n").as_bytes());
+    }
+    ok.extend_from_slice(b"\r\n");
+    let mut c = connect(px.addr);
+    let (resp, _) = send(&mut c, &ok);
+    assert_eq!(resp.status, 200, "{resp:?}");
+    assert!(!by_pingora(&resp), "{resp:?}");
+}

@@ -57,6 +57,7 @@ impl ServerConfig {
             client_header_timeout: _,
             keepalive_timeout: _,
             max_request_body_bytes: _,
+            max_request_head_bytes: _,
         } = self;
         Bound {
             listen: listen.clone(),
@@ -136,6 +137,7 @@ mod tests {
             "client_header_timeout_secs = 9",
             "keepalive_timeout_secs = 9",
             "max_request_body_bytes = 9",
+            "max_request_head_bytes = 4096",
         ] {
             assert!(base.changes(&server(line).bound()).is_empty(), "{line}");
         }

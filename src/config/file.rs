@@ -37,6 +37,7 @@ pub struct ServerFile {
     pub client_header_timeout_secs: Option<u64>,
     pub keepalive_timeout_secs: Option<u64>,
     pub max_request_body_bytes: Option<u64>,
+    pub max_request_head_bytes: Option<u64>,
     #[serde(default)]
     pub tls: Vec<TlsFile>,
 }

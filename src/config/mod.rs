@@ -66,6 +66,9 @@ pub struct ServerConfig {
     /// Largest request body accepted (`Content-Length`, or streamed); over it the
     /// answer is 413.
     pub max_request_body_bytes: u64,
+    /// Largest request head (request line and fields) the HTTP/1 engine reads; a longer
+    /// one gets 431 and the connection closes.
+    pub max_request_head_bytes: usize,
 }
 
 /// Default `server.max_request_body_bytes`: 1 GiB, far above what an API takes, low

@@ -106,6 +106,13 @@ fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
             "must be 1 to 1125899906842624 (2^50) bytes",
         );
     }
+    let max_request_head_bytes = f.max_request_head_bytes.unwrap_or(32 * 1024);
+    if !(1024..=1024 * 1024).contains(&max_request_head_bytes) {
+        errs.push(
+            "server.max_request_head_bytes",
+            "must be 1024 to 1048576 bytes",
+        );
+    }
     let port = listen.first().map_or(0, |a| a.port());
     let upgrade_sock = f
         .upgrade_sock
@@ -137,6 +144,7 @@ fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
         client_header_timeout,
         keepalive_timeout,
         max_request_body_bytes,
+        max_request_head_bytes: max_request_head_bytes as usize,
         tls: f
             .tls
             .iter()

@@ -57,8 +57,11 @@ async fn next_head<S: ClientIo>(
             match plan(&app.state, &conn.buf, conn.peer.as_ref(), conn.tls) {
                 Parsed::Ready(p) => return Ok(p),
                 Parsed::HandOver => return Err(Next::HandOver),
-                Parsed::Partial if conn.buf.len() >= http1::MAX_HEAD => return Err(Next::HandOver),
-                Parsed::Partial => {}
+                Parsed::Partial if conn.buf.len() >= conn.max_head => {
+                    let table = app.state.table();
+                    return Ok(super::plan::refused(table, conn.buf.len(), 431, None));
+                }
+                Parsed::Partial | Parsed::TooManyFields => {}
             }
         }
         // Between requests the connection is idle (a shutdown may close it). A new

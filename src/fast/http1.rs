@@ -202,9 +202,12 @@ enum Chunk {
     Done,
 }
 
-/// A chunked body that breaks the grammar.
+/// A chunked body that breaks the grammar; `at` is the offset (in the data fed last) of
+/// the first byte that breaks it: the bytes before it were well-formed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct BadChunk;
+pub struct BadChunk {
+    pub at: usize,
+}
 
 impl ChunkedScanner {
     /// Consumes `data`; `Ok(Some(n))` when the body ends after `n` bytes of it.
@@ -226,7 +229,7 @@ impl ChunkedScanner {
                 (Chunk::Size, b) if b.is_ascii_hexdigit() => {
                     self.digits += 1;
                     if self.digits > 15 {
-                        return Err(BadChunk);
+                        return Err(BadChunk { at: i - 1 });
                     }
                     self.size = self.size * 16 + u64::from(hex(b));
                     Chunk::Size
@@ -234,7 +237,7 @@ impl ChunkedScanner {
                 (Chunk::Size, b';' | b' ' | b'\t') if self.digits > 0 => Chunk::Extension,
                 (Chunk::Size, b'\r') if self.digits > 0 => Chunk::SizeLf,
                 (Chunk::Extension, b'\r') => Chunk::SizeLf,
-                (Chunk::Extension, b'\n') => return Err(BadChunk),
+                (Chunk::Extension, b'\n') => return Err(BadChunk { at: i - 1 }),
                 (Chunk::Extension, _) => Chunk::Extension,
                 (Chunk::SizeLf, b'\n') if self.size == 0 => Chunk::TrailerStart,
                 (Chunk::SizeLf, b'\n') => Chunk::Data,
@@ -244,7 +247,9 @@ impl ChunkedScanner {
                     Chunk::Size
                 }
                 (Chunk::TrailerStart, b'\r') => Chunk::FinalLf,
-                (Chunk::TrailerStart | Chunk::TrailerLine, b'\n') => return Err(BadChunk),
+                (Chunk::TrailerStart | Chunk::TrailerLine, b'\n') => {
+                    return Err(BadChunk { at: i - 1 })
+                }
                 (Chunk::TrailerLine, b'\r') => Chunk::TrailerLf,
                 (Chunk::TrailerStart | Chunk::TrailerLine, _) => Chunk::TrailerLine,
                 (Chunk::TrailerLf, b'\n') => Chunk::TrailerStart,
@@ -252,7 +257,7 @@ impl ChunkedScanner {
                     self.state = Chunk::Done;
                     return Ok(Some(i));
                 }
-                _ => return Err(BadChunk),
+                _ => return Err(BadChunk { at: i - 1 }),
             };
         }
         Ok(None)
@@ -404,20 +409,22 @@ mod tests {
         assert_eq!(s.feed(b"0\r\n\r\n"), Ok(Some(5)));
     }
 
+    /// Each error names the first byte that breaks the grammar, so a relay can stop
+    /// right before it.
     #[test]
-    fn broken_chunked_bodies_are_errors() {
-        for bad in [
-            &b"x\r\n"[..],
-            b"\r\n",
-            b"5\r\nhelloXX",
-            b"5\nhello",
-            b"ffffffffffffffff0\r\n",
-            b"0\r\nbad\ntrailer",
+    fn broken_chunked_bodies_are_errors_at_the_first_bad_byte() {
+        for (bad, at) in [
+            (&b"x\r\n"[..], 0),
+            (b"\r\n", 0),
+            (b"5\r\nhelloXX", 8),
+            (b"5\nhello", 1),
+            (b"ffffffffffffffff0\r\n", 15),
+            (b"0\r\nbad\ntrailer", 6),
         ] {
             let mut s = ChunkedScanner::default();
             assert_eq!(
                 s.feed(bad),
-                Err(BadChunk),
+                Err(BadChunk { at }),
                 "{}",
                 String::from_utf8_lossy(bad)
             );

@@ -116,6 +116,7 @@ async fn connection<S: ClientIo>(
 ) {
     let server = &app.state.table().config.server;
     let (keepalive, head_timeout) = (server.keepalive_timeout, server.client_header_timeout);
+    let max_head = server.max_request_head_bytes;
     let mut conn = Conn {
         io,
         buf: Vec::new(),
@@ -124,6 +125,7 @@ async fn connection<S: ClientIo>(
         served: 0,
         keepalive,
         head_timeout,
+        max_head,
         client_timer: Box::pin(tokio::time::sleep(keepalive)),
         upstream_timer: Box::pin(tokio::time::sleep(keepalive)),
     };
@@ -159,6 +161,8 @@ struct Conn<S> {
     /// connection was accepted.
     keepalive: Duration,
     head_timeout: Duration,
+    /// `server.max_request_head_bytes` when the connection was accepted.
+    max_head: usize,
     /// Deadline of the current client read. One timer per connection, pushed later for
     /// each read: extending a registered tokio timer is a store, where a new timer per
     /// read costs a timer-wheel insertion (and often a reactor wake-up).

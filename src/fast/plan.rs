@@ -36,15 +36,44 @@ pub(super) enum Parsed {
     Partial,
     HandOver,
     Ready(Box<Plan>),
+    /// More fields than the slots given (internal to [`plan`]).
+    TooManyFields,
 }
 
-/// Parses the head in `buf` and routes it.
+/// Most fields a request head may carry (Pingora's limit): more get 431.
+const MAX_FIELDS: usize = 256;
+
+/// Parses the head in `buf` and routes it. Most heads fit [`MAX_HEADERS`] slots; a
+/// longer one is parsed again with [`MAX_FIELDS`] (rare, so the common parse does not
+/// pay for the larger array).
 pub(super) fn plan(state: &State, buf: &[u8], peer: Option<&ClientPeer>, tls: bool) -> Parsed {
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut req = httparse::Request::new(&mut headers);
+    match plan_with(state, buf, peer, tls, &mut headers) {
+        Parsed::TooManyFields => {
+            let mut many = [httparse::EMPTY_HEADER; MAX_FIELDS];
+            match plan_with(state, buf, peer, tls, &mut many) {
+                Parsed::TooManyFields => {
+                    Parsed::Ready(refused(state.table(), buf.len(), 431, None))
+                }
+                parsed => parsed,
+            }
+        }
+        parsed => parsed,
+    }
+}
+
+fn plan_with<'b>(
+    state: &State,
+    buf: &'b [u8],
+    peer: Option<&ClientPeer>,
+    tls: bool,
+    headers: &mut [httparse::Header<'b>],
+) -> Parsed {
+    let mut req = httparse::Request::new(headers);
     let head_len = match req.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(httparse::Error::TooManyHeaders) => return Parsed::TooManyFields,
         Err(_) => return Parsed::HandOver,
     };
     let (Some(method), Some(target)) = (req.method, req.path) else {
@@ -52,26 +81,23 @@ pub(super) fn plan(state: &State, buf: &[u8], peer: Option<&ClientPeer>, tls: bo
     };
     let table = state.table();
     let fields = req.headers.iter().map(|h| (h.name, h.value));
-    let max_body = table.config.server.max_request_body_bytes;
-    if let Err(refusal) = forward::request::check(req.version == Some(1), fields, max_body) {
-        return Parsed::Ready(Box::new(Plan {
-            head_len,
-            framing: RequestFraming {
-                content_length: 0,
-                close: true,
-            },
-            head_request: false,
-            idempotent: false,
-            route: None,
-            out: Vec::new(),
-            log: state.access_log.as_ref().map(|_| LogFields {
-                method: method.to_string(),
-                path: forward::finish::log_path(target).to_string(),
-                key: None,
-            }),
-            refused: Some(refusal.status()),
-            table,
-        }));
+    let server = &table.config.server;
+    let refusal = match forward::request::check(
+        req.version == Some(1),
+        fields,
+        server.max_request_body_bytes,
+    ) {
+        Err(r) => Some(r.status()),
+        Ok(()) if head_len > server.max_request_head_bytes => Some(431),
+        Ok(()) => None,
+    };
+    if let Some(code) = refusal {
+        let log = state.access_log.as_ref().map(|_| LogFields {
+            method: method.to_string(),
+            path: forward::finish::log_path(target).to_string(),
+            key: None,
+        });
+        return Parsed::Ready(refused(table, head_len, code, log));
     }
     let Some(framing) = http1::request_framing(&req) else {
         return Parsed::HandOver;
@@ -112,6 +138,29 @@ pub(super) fn plan(state: &State, buf: &[u8], peer: Option<&ClientPeer>, tls: bo
         refused: None,
         table,
     }))
+}
+
+/// A request refused with `code` before routing; the connection closes after the answer.
+pub(super) fn refused(
+    table: Arc<RoutingTable>,
+    head_len: usize,
+    code: u16,
+    log: Option<LogFields>,
+) -> Box<Plan> {
+    Box::new(Plan {
+        head_len,
+        framing: RequestFraming {
+            content_length: 0,
+            close: true,
+        },
+        head_request: false,
+        idempotent: false,
+        route: None,
+        out: Vec::new(),
+        log,
+        refused: Some(code),
+        table,
+    })
 }
 
 /// Writes the upstream request head: the client's fields minus connection-level ones

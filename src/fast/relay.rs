@@ -4,7 +4,7 @@
 //! than 101) are relayed before the final one, as RFC 9110 §15.2 asks of a proxy.
 
 use super::exchange::{Exchange, Next};
-use super::http1::{self, BodyFraming, ChunkedScanner, MAX_HEAD, MAX_HEADERS};
+use super::http1::{self, BodyFraming, ChunkedScanner, MAX_HEAD};
 use super::plan::header;
 use super::upstream_io::{read, send_upstream, UpErr, UPSTREAM_CHUNK};
 use super::{pool, ClientIo};
@@ -27,6 +27,10 @@ enum Relayed {
     /// (it sent more than the body, broke off, or ends by closing).
     Unclean,
 }
+
+/// Most fields a response head may carry (as many as Pingora takes; NGINX limits the
+/// head's size, not its field count).
+const RESPONSE_MAX_HEADERS: usize = 256;
 
 type Attempted = Result<(u16, Next), (UpErr, Phase)>;
 
@@ -144,7 +148,7 @@ impl<S: ClientIo> Exchange<'_, S> {
         rbuf: &[u8],
     ) -> Result<Option<(usize, u16, http1::ResponseFraming)>, UpErr> {
         let protocol = UpErr::Upstream(UpstreamError::Protocol);
-        let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+        let mut headers = [httparse::EMPTY_HEADER; RESPONSE_MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut headers);
         let n = match resp.parse(rbuf) {
             Ok(httparse::Status::Complete(n)) => n,
@@ -251,8 +255,9 @@ impl<S: ClientIo> Exchange<'_, S> {
                     left = 0;
                 }
                 Ok(None) => out.extend_from_slice(avail),
-                Err(_) => {
-                    out.extend_from_slice(avail);
+                Err(bad) => {
+                    // Relay what was well-formed, nothing past the error, then close.
+                    out.extend_from_slice(&avail[..bad.at]);
                     clean = false;
                     left = 0;
                     self.close = true;
@@ -310,11 +315,11 @@ impl<S: ClientIo> Exchange<'_, S> {
                         end
                     }
                     Ok(None) => n,
-                    Err(_) => {
+                    Err(bad) => {
                         left = 0;
                         clean = false;
                         self.close = true;
-                        n
+                        bad.at
                     }
                 },
                 _ => n,

@@ -11,6 +11,7 @@ pub fn error_body(code: u16) -> &'static str {
         504 => "504 gateway timeout: the upstream did not answer in time\n",
         404 => "404 not found: no service matches this host and path\n",
         400 => "400 bad request\n",
+        431 => "431 request header fields too large: over server.max_request_head_bytes\n",
         413 => "413 content too large: the request body is over server.max_request_body_bytes\n",
         _ => "error\n",
     }

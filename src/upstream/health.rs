@@ -327,7 +327,10 @@ mod tests {
         h.hung_up(p, false);
         std::thread::sleep(Duration::from_millis(120));
         h.hung_up(p, false);
-        assert!(h.is_up(), "the first hang-up's window is over: a new window counts 1");
+        assert!(
+            h.is_up(),
+            "the first hang-up's window is over: a new window counts 1"
+        );
         h.hung_up(p, false);
         assert!(!h.is_up(), "2 within the window");
     }
