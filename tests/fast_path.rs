@@ -552,3 +552,58 @@ fn a_request_head_over_the_limit_gets_431_at_once() {
     assert_eq!(resp.status, 200, "{resp:?}");
     assert!(!by_pingora(&resp), "{resp:?}");
 }
+
+/// A `PUT` whose 20-byte body arrives in two pieces meets a pooled connection that the
+/// upstream closes after reading it (the keep-alive race): the retry on a new connection
+/// carries the whole body again. Before, the engine sent the head with
+/// `Content-Length: 20` but only the first 10 bytes on the retry, and the client got a
+/// 504 after `read_timeout_ms`. (Both carriers; bodies up to 64 KiB are replayable.)
+#[test]
+fn a_retried_request_carries_its_whole_body_again() {
+    let conns = Arc::new(AtomicUsize::new(0));
+    let up = Upstream::spawn(move |mut r, seen| {
+        if conns.fetch_add(1, Ordering::SeqCst) == 0 {
+            // The first connection answers once, then reads the next request whole and
+            // hangs up without an answer.
+            if next(&mut r, seen).is_some() && reply(&mut r, b"first") {
+                let _ = next(&mut r, seen);
+            }
+            let _ = r.get_mut().shutdown(Shutdown::Both);
+            return;
+        }
+        // Later connections answer with the body they got.
+        while let Some(req) = next(&mut r, seen) {
+            if !reply(&mut r, &req.body) {
+                return;
+            }
+        }
+    });
+    let px = only(&up);
+    let mut c = connect(px.addr);
+    let (first, _) = send(&mut c, get("/one", "u1").as_bytes());
+    assert_eq!(first.text(), "first");
+    let head = "PUT /put HTTP/1.1\r\nHost: x\r\nx-user-id: u1\r\nContent-Length: 20\r\n\r\n";
+    c.get_mut()
+        .write_all(format!("{head}0123456789").as_bytes())
+        .unwrap();
+    thread::sleep(Duration::from_millis(150));
+    c.get_mut().write_all(b"abcdefghij").unwrap();
+    let (resp, _) = read_response(&mut c, false).unwrap();
+    assert_eq!(
+        (resp.status, resp.text()),
+        (200, "0123456789abcdefghij".to_string()),
+        "{resp:?}"
+    );
+    let puts: Vec<Req> = up
+        .seen()
+        .into_iter()
+        .filter(|r| r.line.starts_with("PUT"))
+        .collect();
+    assert_eq!(puts.len(), 2, "sent, then retried once");
+    for p in &puts {
+        assert_eq!(
+            p.body, b"0123456789abcdefghij",
+            "every attempt carries the whole body"
+        );
+    }
+}

@@ -17,6 +17,11 @@ use std::time::Instant;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::futures::Notified;
 
+/// Request bodies up to this size are read whole before they go upstream, so that a
+/// retry resends exactly what was sent; larger ones stream, and are never retried once
+/// part of them went upstream.
+const REPLAY_BODY: usize = 64 * 1024;
+
 /// What the connection does after an exchange.
 pub enum Next {
     KeepAlive,
@@ -224,6 +229,13 @@ impl<'c, S: ClientIo> Exchange<'c, S> {
 
     /// Drives `attempt` until a response was relayed or cohort gives up.
     async fn proxy(&mut self, attempt: &mut Attempt) -> (u16, Next) {
+        if self.body_left > 0 && self.plan.framing.content_length <= REPLAY_BODY as u64 {
+            // A small body is read whole before the first attempt, so a retry can send
+            // it again exactly (Envoy's retry buffer; NGINX buffers every body).
+            if self.buffer_body().await.is_err() {
+                return (499, Next::Gone);
+            }
+        }
         let mark = self.plan.out.len();
         loop {
             let addr = match attempt.next_backend() {
@@ -264,6 +276,28 @@ impl<'c, S: ClientIo> Exchange<'c, S> {
                 return self.error(code).await;
             }
         }
+    }
+
+    /// Reads the rest of the request body into `body_prefix`.
+    async fn buffer_body(&mut self) -> Result<(), ()> {
+        use tokio::io::AsyncReadExt;
+        while self.body_left > 0 {
+            if self.conn.buf.is_empty() {
+                let read = self.conn.io.read_buf(&mut self.conn.buf);
+                match pingora_timeout::fast_timeout::fast_timeout(super::BODY_READ_TIMEOUT, read)
+                    .await
+                {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return Err(()),
+                }
+            }
+            let take = (self.body_left.min(self.conn.buf.len() as u64)) as usize;
+            self.body_prefix.extend_from_slice(&self.conn.buf[..take]);
+            self.conn.buf.drain(..take);
+            self.body_left -= take as u64;
+        }
+        self.body_rest = 0;
+        Ok(())
     }
 
     /// Appends cohort's fields for the variant now serving, the end of the head and the
