@@ -607,3 +607,49 @@ fn a_retried_request_carries_its_whole_body_again() {
         );
     }
 }
+
+/// An upstream that sends a late body after answering `HEAD` (here a whole fake response)
+/// cannot poison the next user's request: the engine does not pool a connection after a
+/// response that carries no body by rule (HEAD, 204, 304), so the next request goes on a
+/// new connection and gets the real answer. Before, the pooled connection was taken
+/// before the late bytes arrived and the next user got them (3 runs of 3). Engine only:
+/// under `COHORT_FAST_PATH=0` Pingora's own connection pool decides, and cohort's hooks
+/// cannot mark a connection unfit for reuse.
+#[test]
+fn late_bytes_after_a_head_response_never_reach_the_next_user() {
+    let conns = Arc::new(AtomicUsize::new(0));
+    let up = Upstream::spawn(move |mut r, seen| {
+        let first = conns.fetch_add(1, Ordering::SeqCst) == 0;
+        while let Some(req) = next(&mut r, seen) {
+            if first && req.line.starts_with("HEAD") {
+                let s = r.get_mut();
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\n");
+                thread::sleep(Duration::from_millis(150));
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nPOISON");
+                continue;
+            }
+            if !reply(&mut r, b"real") {
+                return;
+            }
+        }
+    });
+    let px = only_engine(&up);
+    let mut a = connect(px.addr);
+    a.get_mut()
+        .write_all(b"HEAD /h HTTP/1.1\r\nHost: x\r\nx-user-id: u1\r\n\r\n")
+        .unwrap();
+    let mut line = String::new();
+    a.read_line(&mut line).unwrap();
+    assert!(line.starts_with("HTTP/1.1 200"), "{line}");
+    // The next user asks at once, before the late bytes arrive.
+    let mut b = connect(px.addr);
+    let (resp, _) = send(&mut b, get("/next", "u2").as_bytes());
+    assert_eq!(
+        (resp.status, resp.text()),
+        (200, "real".to_string()),
+        "{resp:?}"
+    );
+    thread::sleep(Duration::from_millis(300));
+    let (again, _) = send(&mut b, get("/again", "u2").as_bytes());
+    assert_eq!(again.text(), "real", "{again:?}");
+}
