@@ -653,3 +653,32 @@ fn late_bytes_after_a_head_response_never_reach_the_next_user() {
     let (again, _) = send(&mut b, get("/again", "u2").as_bytes());
     assert_eq!(again.text(), "real", "{again:?}");
 }
+
+/// An upstream response with both `Transfer-Encoding: chunked` and `Content-Length`
+/// reaches the client with the chunked coding and without the `Content-Length`
+/// (RFC 9112 §6.1). (Both carriers.)
+#[test]
+fn a_response_with_chunked_and_content_length_loses_the_length() {
+    let up = Upstream::spawn(|mut r, seen| {
+        while next(&mut r, seen).is_some() {
+            let resp = b"HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\ncontent-length: 100\r\n\r\n5\r\nhello\r\n0\r\n\r\n";
+            if r.get_mut().write_all(resp).is_err() {
+                return;
+            }
+        }
+    });
+    let px = only(&up);
+    let mut c = connect(px.addr);
+    let (resp, _) = send(&mut c, get("/te-cl", "u1").as_bytes());
+    assert_eq!(
+        (resp.status, resp.text()),
+        (200, "hello".to_string()),
+        "{resp:?}"
+    );
+    assert_eq!(resp.header("content-length"), None, "{resp:?}");
+    assert!(
+        resp.header("transfer-encoding")
+            .is_some_and(|v| v.eq_ignore_ascii_case("chunked")),
+        "{resp:?}"
+    );
+}
