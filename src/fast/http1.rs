@@ -25,6 +25,11 @@ pub fn request_framing(req: &httparse::Request<'_, '_>) -> Option<RequestFraming
     if req.version != Some(1) || !req.path?.starts_with('/') || req.method? == "CONNECT" {
         return None;
     }
+    // httparse lets raw bytes >= 0x80 through in the target; RFC 9112 does not, and
+    // Pingora answers 400 to them. Leave such a request to Pingora.
+    if !req.path?.bytes().all(|b| (0x21..0x7f).contains(&b)) {
+        return None;
+    }
     let mut content_length = None;
     let mut close = false;
     let mut hosts = 0;
