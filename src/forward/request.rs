@@ -32,26 +32,30 @@ pub fn check<'a>(
     fields: impl Iterator<Item = (&'a str, &'a [u8])>,
     max_body: u64,
 ) -> Result<(), Refusal> {
-    let mut lengths = 0;
-    let mut hosts = 0;
-    let mut empty_host = false;
+    let (mut lengths, mut length, mut bad_length) = (0, 0, false);
+    let (mut hosts, mut empty_host) = (0, false);
     for (name, value) in fields {
         if is(name, "content-length") {
             lengths += 1;
-            let n = decimal(value).ok_or(Refusal::AmbiguousLength)?;
-            if lengths > 1 {
-                return Err(Refusal::AmbiguousLength);
-            }
-            if n > max_body {
-                return Err(Refusal::BodyTooLarge);
+            match decimal(value) {
+                Some(n) => length = n,
+                None => bad_length = true,
             }
         } else if is(name, "host") {
             hosts += 1;
             empty_host |= trim(value).is_empty();
         }
     }
+    // Ambiguity first: a head that two parsers could frame two ways is refused as such,
+    // whatever else is wrong with it.
+    if bad_length || lengths > 1 {
+        return Err(Refusal::AmbiguousLength);
+    }
     if http11 && (hosts != 1 || empty_host) {
         return Err(Refusal::BadHost);
+    }
+    if length > max_body {
+        return Err(Refusal::BodyTooLarge);
     }
     Ok(())
 }
@@ -97,6 +101,11 @@ mod tests {
                 Err(AmbiguousLength),
             ),
             (vec![h, ("Content-Length", "101")], Err(BodyTooLarge)),
+            (
+                vec![h, ("Content-Length", "101"), ("Content-Length", "1")],
+                Err(AmbiguousLength),
+            ),
+            (vec![("Content-Length", "101")], Err(BadHost)),
             (vec![h, ("Content-Length", "100")], Ok(())),
             (vec![], Err(BadHost)),
             (vec![("Host", "")], Err(BadHost)),
