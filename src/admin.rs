@@ -61,13 +61,7 @@ impl Admin {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         // Live: the variable `server.admin_token_env` names now (a reload can rotate it).
-        let table = self.state.table();
-        let token = table
-            .config
-            .server
-            .admin_token_env
-            .as_ref()
-            .map(|var| std::env::var(var).unwrap_or_default());
+        let token = self.state.table().config.server.admin_token();
         match authorize_post(token.as_deref(), header, peer) {
             Ok(()) => Ok(()),
             Err(Denied::Unauthorized) => {

@@ -39,10 +39,8 @@ pub struct Ctx {
     upstream_start: Option<Instant>,
     /// The cohort key, kept only when the access log includes keys.
     key: Option<String>,
-    /// Request body bytes seen so far, and the most allowed
-    /// (`server.max_request_body_bytes`): a streamed (chunked) body is cut off there.
-    body_seen: u64,
-    max_body: u64,
+    /// `server.max_request_body_bytes` for a body that streams (chunked).
+    body_limit: forward::request::BodyLimit,
 }
 
 fn client_peer(session: &Session) -> Option<ClientPeer> {
@@ -98,8 +96,7 @@ impl ProxyHttp for CohortProxy {
             start: Instant::now(),
             upstream_start: None,
             key: None,
-            body_seen: 0,
-            max_body: u64::MAX,
+            body_limit: forward::request::BodyLimit::new(u64::MAX),
         }
     }
 
@@ -121,11 +118,12 @@ impl ProxyHttp for CohortProxy {
             session.set_keepalive(Some(table.config.server.keepalive_timeout.as_secs()));
         }
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
-        ctx.max_body = table.config.server.max_request_body_bytes;
+        let max_body = table.config.server.max_request_body_bytes;
+        ctx.body_limit = forward::request::BodyLimit::new(max_body);
         let req = session.req_header();
         let fields = req.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
         let http11 = req.version == http::Version::HTTP_11;
-        if let Err(refusal) = forward::request::check(http11, fields, ctx.max_body) {
+        if let Err(refusal) = forward::request::check(http11, fields, max_body) {
             ctx.table = Some(table);
             write_error(session, refusal.status()).await?;
             return Ok(true);
@@ -230,16 +228,13 @@ impl ProxyHttp for CohortProxy {
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
-        if let Some(b) = body {
-            ctx.body_seen += b.len() as u64;
-            if ctx.body_seen > ctx.max_body {
-                return Error::e_explain(
-                    ErrorType::HTTPStatus(413),
-                    "request body over server.max_request_body_bytes",
-                );
-            }
+        match body.as_ref().map(|b| ctx.body_limit.add(b.len())) {
+            Some(Err(refusal)) => Error::e_explain(
+                ErrorType::HTTPStatus(refusal.status()),
+                "request body over server.max_request_body_bytes",
+            ),
+            _ => Ok(()),
         }
-        Ok(())
     }
 
     async fn upstream_response_filter(

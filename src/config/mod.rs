@@ -76,11 +76,19 @@ pub struct ServerConfig {
 pub const DEFAULT_MAX_REQUEST_BODY: u64 = 1 << 30;
 
 impl ServerConfig {
+    /// The admin bearer token: the value of the variable `admin_token_env` names, read
+    /// now (`Some("")` when it is unset: every POST is then refused).
+    pub fn admin_token(&self) -> Option<String> {
+        self.admin_token_env
+            .as_ref()
+            .map(|var| std::env::var(var).unwrap_or_default())
+    }
+
     /// Says so at start and after a reload when `admin_token_env` names a variable that
     /// is unset or empty (every POST admin call is then refused).
     pub fn warn_if_admin_token_unset(&self) {
-        if let Some(var) = &self.admin_token_env {
-            if std::env::var(var).map_or(true, |t| t.is_empty()) {
+        if let (Some(var), Some(token)) = (&self.admin_token_env, self.admin_token()) {
+            if token.is_empty() {
                 log::warn!(
                     "server.admin_token_env names {var}, which is unset or empty: every POST admin call will be refused"
                 );

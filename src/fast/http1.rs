@@ -5,6 +5,10 @@
 
 /// Most headers a request or response head may carry on the fast path.
 pub const MAX_HEADERS: usize = 64;
+/// Most fields a request or response head may carry at all (Pingora's limit; NGINX limits
+/// the head's size, not its fields). Heads up to [`MAX_HEADERS`] are parsed with that
+/// many slots; longer ones again with this many.
+pub const MAX_FIELDS: usize = 256;
 /// Largest request head the fast path buffers before handing over to Pingora.
 pub const MAX_HEAD: usize = 32 * 1024;
 

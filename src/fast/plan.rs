@@ -2,7 +2,7 @@
 //! forward, with the upstream request head written by the forwarding core's
 //! [`RequestEdits`].
 
-use super::http1::{self, RequestFraming, MAX_HEADERS};
+use super::http1::{self, RequestFraming, MAX_FIELDS, MAX_HEADERS};
 use crate::forward::edits::is;
 use crate::forward::{self, ClientPeer, RequestEdits};
 use crate::routing::{Decision, RequestView, RoutingTable};
@@ -39,9 +39,6 @@ pub(super) enum Parsed {
     /// More fields than the slots given (internal to [`plan`]).
     TooManyFields,
 }
-
-/// Most fields a request head may carry (Pingora's limit): more get 431.
-const MAX_FIELDS: usize = 256;
 
 /// Parses the head in `buf` and routes it. Most heads fit [`MAX_HEADERS`] slots; a
 /// longer one is parsed again with [`MAX_FIELDS`] (rare, so the common parse does not

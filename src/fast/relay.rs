@@ -28,10 +28,6 @@ enum Relayed {
     Unclean,
 }
 
-/// Most fields a response head may carry (as many as Pingora takes; NGINX limits the
-/// head's size, not its field count).
-const RESPONSE_MAX_HEADERS: usize = 256;
-
 type Attempted = Result<(u16, Next), (UpErr, Phase)>;
 
 impl<S: ClientIo> Exchange<'_, S> {
@@ -152,7 +148,7 @@ impl<S: ClientIo> Exchange<'_, S> {
         rbuf: &[u8],
     ) -> Result<Option<(usize, u16, http1::ResponseFraming)>, UpErr> {
         let protocol = UpErr::Upstream(UpstreamError::Protocol);
-        let mut headers = [httparse::EMPTY_HEADER; RESPONSE_MAX_HEADERS];
+        let mut headers = [httparse::EMPTY_HEADER; http1::MAX_FIELDS];
         let mut resp = httparse::Response::new(&mut headers);
         let n = match resp.parse(rbuf) {
             Ok(httparse::Status::Complete(n)) => n,

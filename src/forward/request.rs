@@ -60,6 +60,30 @@ pub fn check<'a>(
     Ok(())
 }
 
+/// The body limit for a body that streams without a `Content-Length` (chunked): counts
+/// the bytes as they pass and refuses once they go over `server.max_request_body_bytes`.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimit {
+    seen: u64,
+    max: u64,
+}
+
+impl BodyLimit {
+    pub fn new(max: u64) -> BodyLimit {
+        BodyLimit { seen: 0, max }
+    }
+
+    /// Counts `n` more body bytes.
+    pub fn add(&mut self, n: usize) -> Result<(), Refusal> {
+        self.seen = self.seen.saturating_add(n as u64);
+        if self.seen > self.max {
+            Err(Refusal::BodyTooLarge)
+        } else {
+            Ok(())
+        }
+    }
+}
+
 /// A `Content-Length` value: digits only (surrounding spaces allowed), at most 18 of
 /// them, so it fits a `u64` with room.
 fn decimal(v: &[u8]) -> Option<u64> {
@@ -114,6 +138,14 @@ mod tests {
         ] {
             assert_eq!(run(true, &fields, 100), want, "{fields:?}");
         }
+    }
+
+    #[test]
+    fn a_streamed_body_is_refused_once_it_passes_the_limit() {
+        let mut limit = BodyLimit::new(10);
+        assert_eq!(limit.add(6), Ok(()));
+        assert_eq!(limit.add(4), Ok(()), "exactly the limit is taken");
+        assert_eq!(limit.add(1), Err(Refusal::BodyTooLarge));
     }
 
     #[test]
