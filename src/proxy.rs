@@ -50,11 +50,14 @@ fn client_peer(session: &Session) -> Option<ClientPeer> {
         .map(|a| ClientPeer::new(a.ip()))
 }
 
-/// A short plain-text response header.
-fn plain_header(code: u16, body: &str) -> Result<ResponseHeader> {
-    let mut resp = ResponseHeader::build(code, Some(4))?;
+/// A short plain-text response header, with the variant's field when given.
+fn plain_header(code: u16, body: &str, variant: Option<(&str, &str)>) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(code, Some(5))?;
     for (name, value) in plain_fields(code, body) {
         resp.insert_header(name, value)?;
+    }
+    if let Some((name, value)) = variant {
+        resp.insert_header(name.to_string(), value)?;
     }
     Ok(resp)
 }
@@ -62,7 +65,7 @@ fn plain_header(code: u16, body: &str) -> Result<ResponseHeader> {
 /// Writes a short plain-text response and keeps the connection usable.
 async fn respond(session: &mut Session, code: u16) -> Result<()> {
     let body = error_body(code);
-    let resp = plain_header(code, body)?;
+    let resp = plain_header(code, body, None)?;
     session.write_response_header(Box::new(resp), false).await?;
     session
         .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
@@ -70,9 +73,13 @@ async fn respond(session: &mut Session, code: u16) -> Result<()> {
 }
 
 /// A short plain-text error response; the connection closes.
-async fn write_error(session: &mut Session, code: u16) -> Result<()> {
+async fn write_error(
+    session: &mut Session,
+    code: u16,
+    variant: Option<(&str, &str)>,
+) -> Result<()> {
     let body = error_body(code);
-    let resp = plain_header(code, body)?;
+    let resp = plain_header(code, body, variant)?;
     session
         .as_downstream_mut()
         .write_error_response(resp, Bytes::from_static(body.as_bytes()))
@@ -125,7 +132,7 @@ impl ProxyHttp for CohortProxy {
         let http11 = req.version == http::Version::HTTP_11;
         if let Err(refusal) = forward::request::check(http11, fields, max_body) {
             ctx.table = Some(table);
-            write_error(session, refusal.status()).await?;
+            write_error(session, refusal.status(), None).await?;
             return Ok(true);
         }
         let req = session.req_header();
@@ -349,10 +356,14 @@ impl ProxyHttp for CohortProxy {
         Ok(())
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, _ctx: &mut Ctx) -> FailToProxy {
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
         let code = status_for(e);
+        let variant = ctx
+            .route
+            .as_ref()
+            .and_then(|(_, attempt)| forward::variant_field(attempt));
         if code > 0 {
-            if let Err(err) = write_error(session, code).await {
+            if let Err(err) = write_error(session, code, variant).await {
                 log::debug!("could not send the {code} error response: {err}");
             }
         }

@@ -396,3 +396,61 @@ fn repeated_hang_ups_never_eject_the_last_healthy_backend() {
         assert_eq!(r.status, 200, "user u{i} still served: {}", r.text());
     }
 }
+
+/// The canary's only backend is dead and there are no health checks: a canary user's
+/// request goes to `fallback` at once (nothing was sent upstream), not 502.
+#[test]
+fn a_connect_failure_with_no_other_backend_goes_to_fallback_at_once() {
+    let s = backend("stable");
+    let dead = closed_addr();
+    let cfg = format!(
+        "[server]\nlisten = [\"@LISTEN@\"]\nadmin = \"@ADMIN@\"\nthreads = 1\n[[service]]\nname = \"api\"\nkey = [\"header:x-user-id\"]\nfallback = \"stable\"\nexpose_header = \"x-cohort-variant\"\n[[service.variant]]\nname = \"stable\"\nweight = 50\nbackends = [\"{}\"]\n[[service.variant]]\nname = \"canary\"\nweight = 50\nbackends = [\"{dead}\"]\n",
+        s.addr
+    );
+    let px = Cohort::start(&cfg);
+    let mut cl = px.client();
+    let users = users_of("canary", 5);
+    for u in &users {
+        let r = cl.get("/", &[("x-user-id", u)]);
+        assert_eq!(r.status, 200, "{u}: {}", r.text());
+        assert_eq!(r.backend(), "stable");
+        assert_eq!(
+            r.upstream_header("x-cohort-reason").as_deref(),
+            Some("fallback")
+        );
+        assert_eq!(r.header("x-cohort-variant"), Some("stable"));
+    }
+    // A request is counted just after its response is written: wait for the last one.
+    let all = format!(
+        "cohort_assignments_total{{reason=\"fallback\",service=\"api\",variant=\"stable\"}} {}",
+        users.len()
+    );
+    wait_for(Duration::from_secs(3), || px.metrics().contains(&all));
+    let m = px.metrics();
+    assert!(m.contains(&all), "{m}");
+    assert!(
+        m.contains(
+            "cohort_upstream_errors_total{kind=\"connect\",service=\"api\",variant=\"canary\"} 1"
+        ),
+        "the first request's connect failure is counted against the canary: {m}"
+    );
+}
+
+/// cohort's own 502 and 503 name the variant they were for in `expose_header`.
+#[test]
+fn generated_errors_name_the_variant() {
+    let s = backend("stable");
+    let dead = closed_addr();
+    let cfg = format!(
+        "[server]\nlisten = [\"@LISTEN@\"]\nadmin = \"@ADMIN@\"\nthreads = 1\n[[service]]\nname = \"api\"\nkey = [\"header:x-user-id\"]\nexpose_header = \"x-cohort-variant\"\n[[service.variant]]\nname = \"stable\"\nweight = 50\nbackends = [\"{}\"]\n[[service.variant]]\nname = \"canary\"\nweight = 50\nbackends = [\"{dead}\"]\n",
+        s.addr
+    );
+    let px = Cohort::start(&cfg);
+    let u = &users_of("canary", 1)[0];
+    let r = px.client().get("/", &[("x-user-id", u)]);
+    assert_eq!(r.status, 502, "no fallback configured: {}", r.text());
+    assert_eq!(r.header("x-cohort-variant"), Some("canary"));
+    let r = px.client().get("/", &[("x-user-id", u)]);
+    assert_eq!(r.status, 503, "ejected: {}", r.text());
+    assert_eq!(r.header("x-cohort-variant"), Some("canary"));
+}

@@ -97,7 +97,7 @@ async fn serve_plan<S: ClientIo>(
     let closing = *shutdown.borrow() || app.closing.load(Ordering::Relaxed);
     ex.close = ex.plan.framing.close || closing;
     let (code, next) = match (ex.plan.refused, ex.attempt.take()) {
-        (Some(code), _) => ex.error(code).await,
+        (Some(code), _) => ex.error(code, None).await,
         (None, None) => ex.not_found().await,
         (None, Some(mut attempt)) => {
             let done = ex.proxy(&mut attempt).await;
@@ -163,19 +163,21 @@ impl<'c, S: ClientIo> Exchange<'c, S> {
     /// still unread.
     async fn not_found(&mut self) -> (u16, Next) {
         self.close |= self.body_left > 0;
-        let code = self.plain(404).await;
+        let code = self.plain(404, None).await;
         (code, self.after_write(code))
     }
 
-    /// An error response; the connection closes after it.
-    async fn error(&mut self, code: u16) -> (u16, Next) {
+    /// An error response, naming the variant that failed (`expose_header`); the
+    /// connection closes after it.
+    async fn error(&mut self, code: u16, variant: Option<(&str, &str)>) -> (u16, Next) {
         self.close = true;
-        let code = self.plain(code).await;
+        let code = self.plain(code, variant).await;
         (code, if code == 499 { Next::Gone } else { Next::Close })
     }
 
-    /// Writes cohort's own response; returns its status, or 499 if the client is gone.
-    async fn plain(&mut self, code: u16) -> u16 {
+    /// Writes cohort's own response, with the variant's field when given; returns its
+    /// status, or 499 if the client is gone.
+    async fn plain(&mut self, code: u16, variant: Option<(&str, &str)>) -> u16 {
         let body = error_body(code);
         let mut out = Vec::with_capacity(256);
         let reason = http::StatusCode::from_u16(code)
@@ -185,6 +187,9 @@ impl<'c, S: ClientIo> Exchange<'c, S> {
         let _ = write!(out, "HTTP/1.1 {code} {reason}\r\n");
         for (name, value) in plain_fields(code, body) {
             super::plan::header(&mut out, name.as_str().as_bytes(), value.as_bytes());
+        }
+        if let Some((name, value)) = variant {
+            super::plan::header(&mut out, name.as_bytes(), value.as_bytes());
         }
         http1::date_header(&mut out);
         if self.close {
@@ -240,7 +245,7 @@ impl<'c, S: ClientIo> Exchange<'c, S> {
         loop {
             let addr = match attempt.next_backend() {
                 Ok(a) => a,
-                Err(code) => return self.error(code).await,
+                Err(code) => return self.error(code, forward::variant_field(attempt)).await,
             };
             self.finish_head(attempt, mark);
             let pooled = if attempt.fresh_only() {
@@ -273,7 +278,7 @@ impl<'c, S: ClientIo> Exchange<'c, S> {
                 body: self.body(),
             };
             if let Retry::GiveUp(code) = attempt.failed(addr, failure) {
-                return self.error(code).await;
+                return self.error(code, forward::variant_field(attempt)).await;
             }
         }
     }

@@ -141,6 +141,9 @@ pub struct Attempt {
     spent: Spent,
     /// The next attempt must open a new connection.
     fresh_only: bool,
+    /// The last failure was a connect failure: nothing was sent, so when the variant has
+    /// no other backend the request may go to `fallback` instead.
+    may_fall_back: bool,
     /// The backend of the latest attempt.
     upstream: Option<SocketAddr>,
 }
@@ -156,18 +159,20 @@ impl Attempt {
             avoid: None,
             spent: Spent::default(),
             fresh_only: false,
+            may_fall_back: false,
             upstream: None,
         }
     }
 
     /// The backend for the next attempt, falling back to the `fallback` variant when the
-    /// served one has no healthy backend; `Err(status)` when there is none (503), or
-    /// none left after a failure (502).
+    /// served one has no healthy backend, or no other backend after a connect failure;
+    /// `Err(status)` when there is none (503), or none left after a failure (502).
     pub fn next_backend(&mut self) -> Result<SocketAddr, u16> {
         let pools = &self.table.pools[self.svc];
+        let failed_before = self.spent.other_backend;
         let addr = match pools[self.served].select(self.pool_key, self.avoid) {
             Some(a) => a,
-            None if self.spent.other_backend => return Err(502),
+            None if failed_before && !self.may_fall_back => return Err(502),
             None => match self
                 .table
                 .fallback_backend(self.svc, self.served, self.pool_key)
@@ -177,6 +182,7 @@ impl Attempt {
                     self.reason = Reason::Fallback;
                     a
                 }
+                None if failed_before => return Err(502),
                 None => return Err(503),
             },
         };
@@ -206,6 +212,7 @@ impl Attempt {
             Retry::OtherBackend => {
                 self.spent.other_backend = true;
                 self.avoid = Some(addr);
+                self.may_fall_back = f.phase == Phase::Connect;
             }
             Retry::GiveUp(_) => {}
         }

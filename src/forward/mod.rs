@@ -24,3 +24,4 @@ pub use attempt::{is_idempotent, Attempt, Body, Failure, Phase, Retry};
 pub use edits::{ClientPeer, RequestEdits, ResponseEdits};
 pub use error::{ErrorKind, UpstreamError};
 pub use finish::{Finished, Served};
+pub use plain::variant_field;

@@ -1,6 +1,7 @@
 //! cohort's own short plain-text responses (404 and the 5xx it answers when an upstream
 //! attempt gives up): the same body and fields from either carrier.
 
+use super::Attempt;
 use http::header::{self, HeaderName, HeaderValue};
 
 /// The body of cohort's own response with status `code`.
@@ -30,4 +31,12 @@ pub fn plain_fields(code: u16, body: &str) -> impl Iterator<Item = (HeaderName, 
     ]
     .into_iter()
     .flatten()
+}
+
+/// The service's `expose_header` naming the variant an attempt was for, on cohort's own
+/// 502/503/504: a client (and a dashboard reading its logs) can tell which variant failed.
+pub fn variant_field(attempt: &Attempt) -> Option<(&str, &str)> {
+    let service = &attempt.table().router.services[attempt.service()];
+    let name = service.cfg.expose_header.as_ref()?.as_str();
+    Some((name, service.variant_name(attempt.served())))
 }
