@@ -622,6 +622,20 @@ fn invalid_cases() -> Vec<Case> {
     ));
 
     cases.push(case(
+        "a CIDR with host bits set names the network it would mean",
+        base_config(
+            "",
+            "",
+            VARIANTS,
+            &rule("client_cidr = [\"10.0.0.0/8\", \"10.20.5.7/16\"]\nvariant = \"canary\""),
+        ),
+        &[(
+            "service[0].rule[0].client_cidr[1]",
+            "\"10.20.5.7/16\" has host bits set: the network is 10.20.0.0/16; write that, or 10.20.5.7/32 for the one address",
+        )],
+    ));
+
+    cases.push(case(
         "bad CIDR in force_from",
         base_config(
             "",

@@ -682,28 +682,39 @@ fn host_pattern(h: &str, path: &str, errs: &mut Errors) -> Option<HostPattern> {
     None
 }
 
-/// Parses CIDRs; a bare address counts as a single-host network.
+/// Parses CIDRs; a bare address counts as a single-host network. A network with host
+/// bits set (`10.20.5.7/16`) is refused: it is a typo as often as not, and the network
+/// it would mean is named in the error.
 pub(crate) fn cidrs(raw: &[String], path: &str, errs: &mut Errors) -> Vec<IpNet> {
     raw.iter()
         .enumerate()
         .filter_map(|(i, c)| match parse_cidr(c) {
-            Some(n) => Some(n),
-            None => {
-                errs.push(
-                    format!("{path}[{i}]"),
-                    format!("{c:?} is not a CIDR or IP address"),
-                );
+            Ok(n) => Some(n),
+            Err(message) => {
+                errs.push(format!("{path}[{i}]"), message);
                 None
             }
         })
         .collect()
 }
 
-fn parse_cidr(c: &str) -> Option<IpNet> {
-    IpNet::from_str(c.trim())
-        .map(|n| n.trunc())
-        .ok()
-        .or_else(|| IpAddr::from_str(c.trim()).ok().map(IpNet::from))
+fn parse_cidr(c: &str) -> Result<IpNet, String> {
+    let t = c.trim();
+    if let Ok(n) = IpNet::from_str(t) {
+        return if n.trunc() == n {
+            Ok(n)
+        } else {
+            Err(format!(
+                "{c:?} has host bits set: the network is {}; write that, or {}/{} for the one address",
+                n.trunc(),
+                n.addr(),
+                n.max_prefix_len()
+            ))
+        };
+    }
+    IpAddr::from_str(t)
+        .map(IpNet::from)
+        .map_err(|_| format!("{c:?} is not a CIDR or IP address"))
 }
 
 /// Splits `host:port` (IPv6 in brackets). Used by validation and by DNS resolution.
