@@ -819,6 +819,38 @@ fn dockerfile_builds_like_the_readme_and_runs_unprivileged() {
     );
 }
 
+/// Every `docker run` that starts the proxy (`run` is the image's CMD, so a line that
+/// names no other subcommand runs it) gives the drain its time: Docker's default is
+/// SIGKILL 10 s after SIGTERM.
+#[test]
+fn docker_run_examples_allow_the_drain() {
+    let d = deploy();
+    let mut seen = 0;
+    for rel in ["deploy/Dockerfile", "docs/deploy-ecs.md", "docs/deploy-ec2.md", "README.md"] {
+        let text = read(rel).replace("\\\n", " ");
+        for line in text.lines().filter(|l| l.contains("docker run ")) {
+            let after = line.split("cohort:0.1.0").nth(1).unwrap_or("").trim();
+            if !(after.is_empty() || after.starts_with("run")) {
+                continue;
+            }
+            seen += 1;
+            let words: Vec<&str> = line.split_whitespace().collect();
+            let stop = words
+                .iter()
+                .position(|w| *w == "--stop-timeout")
+                .and_then(|i| words.get(i + 1))
+                .and_then(|v| v.parse::<u64>().ok())
+                .unwrap_or_else(|| panic!("{rel}: no --stop-timeout in {line:?}"));
+            assert!(
+                stop >= d.drain_plus_shutdown,
+                "{rel}: --stop-timeout {stop} < drain_delay_secs + shutdown_timeout_secs {}",
+                d.drain_plus_shutdown
+            );
+        }
+    }
+    assert!(seen >= 2, "the Dockerfile and the ECS guide show how to run the image");
+}
+
 #[test]
 fn dockerignore_keeps_what_the_build_needs() {
     let patterns: Vec<String> = read(".dockerignore")
