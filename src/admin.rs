@@ -74,7 +74,7 @@ impl Admin {
             }
             Err(Denied::NotLoopback) => Err(Box::new(text(
                 StatusCode::FORBIDDEN,
-                "forbidden: POST admin calls are accepted from loopback only (set server.admin_token_env)\n",
+                "forbidden: without server.admin_token_env this admin call is accepted from loopback only\n",
             ))),
         }
     }
@@ -203,6 +203,11 @@ impl ServeHttp for Admin {
         let req = session.req_header();
         let method = req.method.clone();
         let path = req.uri.path().to_string();
+        if needs_token(&path, self.state.table().config.server.admin) {
+            if let Err(denied) = self.authorize(session) {
+                return *denied;
+            }
+        }
         match (method, path.as_str()) {
             (Method::GET | Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
             (Method::GET | Method::HEAD, "/readyz") => {
@@ -239,6 +244,18 @@ impl ServeHttp for Admin {
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }
+}
+
+/// Calls open to anyone who reaches the admin listener: the load balancer's checks and
+/// the scraper. The rest (`/status`, `/explain`: the config's shape and the decision for
+/// any key) needs what a POST call needs when the listener is not on loopback.
+const OPEN_CALLS: [&str; 3] = ["/healthz", "/readyz", "/metrics"];
+
+/// Whether a call on `path` must pass [`authorize_post`]: POST calls always do; on a
+/// non-loopback admin listener, every call but [`OPEN_CALLS`].
+fn needs_token(path: &str, listener: Option<std::net::SocketAddr>) -> bool {
+    let exposed = listener.is_none_or(|a| !a.ip().to_canonical().is_loopback());
+    exposed && !OPEN_CALLS.contains(&path)
 }
 
 fn bad_request(msg: &str) -> Response<Vec<u8>> {
@@ -332,6 +349,20 @@ mod tests {
             authorize_post(Some(""), Some(b"Bearer "), lo),
             Err(Denied::Unauthorized)
         );
+    }
+
+    #[test]
+    fn only_health_readiness_and_metrics_are_open_on_an_exposed_listener() {
+        let exposed = Some("0.0.0.0:9090".parse().unwrap());
+        let lo = Some("127.0.0.1:9090".parse().unwrap());
+        for open in ["/healthz", "/readyz", "/metrics"] {
+            assert!(!needs_token(open, exposed), "{open}");
+            assert!(!needs_token(open, lo), "{open}");
+        }
+        for guarded in ["/status", "/explain", "/reload", "/nope"] {
+            assert!(needs_token(guarded, exposed), "{guarded}");
+            assert!(!needs_token(guarded, lo), "{guarded} on loopback");
+        }
     }
 
     #[test]

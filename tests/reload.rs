@@ -397,6 +397,47 @@ fn admin_post_is_loopback_only_without_token_and_needs_the_token_with_one() {
     let _ = child.wait();
 }
 
+/// An admin listener that is not on loopback serves only `/healthz`, `/readyz` and
+/// `/metrics` without the token: `/status` and `/explain` show the config's shape and any
+/// key's decision.
+#[test]
+fn an_exposed_admin_listener_needs_the_token_for_status_and_explain() {
+    let s = backend("stable");
+    let cfg = config(
+        &[("stable", 1.0, addr(&s))],
+        "admin_token_env = \"COHORT_TEST_TOKEN\"",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let a = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let port = free_port();
+    let bound = std::net::SocketAddr::from(([0, 0, 0, 0], port));
+    let adm = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, render(&cfg, a, bound, dir.path())).unwrap();
+    let mut child = std::process::Command::new(bin())
+        .args(["run", "-c", path.to_str().unwrap()])
+        .env("COHORT_TEST_TOKEN", "s3cret-token")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(adm).is_ok()
+    }));
+    let mut cl = Client::new(adm);
+    for open in ["/healthz", "/readyz", "/metrics"] {
+        assert_eq!(cl.get(open, &[]).status, 200, "{open} stays open");
+    }
+    for guarded in ["/status", "/explain?key=u1"] {
+        let r = cl.get(guarded, &[]);
+        assert_eq!(r.status, 401, "{guarded} from loopback, no token");
+        assert_eq!(r.header("www-authenticate"), Some("Bearer"));
+        let r = cl.get(guarded, &[("authorization", "Bearer s3cret-token")]);
+        assert_eq!(r.status, 200, "{guarded} with the token: {}", r.text());
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// 20 reloads under continuous load: canary's weight and pool change, stable and beta
 /// stay; no failed request, every answer matches the weights active at that moment, and
 /// no user ever moves between stable and beta.
