@@ -252,8 +252,8 @@ pub fn summary(c: &Config) -> String {
             .join(", "),
         s.admin.map_or("off".to_string(), |a| a.to_string()),
         s.threads,
-        s.pid_file,
-        s.upgrade_sock
+        s.pid_file(),
+        s.upgrade_sock()
     );
     for svc in &c.services {
         out += &service_summary(svc);

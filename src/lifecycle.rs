@@ -17,13 +17,20 @@ use tokio::sync::broadcast;
 pub struct IdleExit {
     phases: Mutex<Option<broadcast::Receiver<ExecutionPhase>>>,
     state: Arc<State>,
+    /// Removed before exiting (when it still names this process).
+    pid_file: String,
 }
 
 impl IdleExit {
-    pub fn new(phases: broadcast::Receiver<ExecutionPhase>, state: Arc<State>) -> IdleExit {
+    pub fn new(
+        phases: broadcast::Receiver<ExecutionPhase>,
+        state: Arc<State>,
+        pid_file: String,
+    ) -> IdleExit {
         IdleExit {
             phases: Mutex::new(Some(phases)),
             state,
+            pid_file,
         }
     }
 }
@@ -54,6 +61,7 @@ impl BackgroundService for IdleExit {
             };
         }
         log::info!("no request in flight: exiting");
+        remove_pid_file(&self.pid_file);
         std::process::exit(0);
     }
 }
@@ -99,6 +107,18 @@ impl ShutdownSignalWatch for Signals {
                 log::info!("SIGINT: stopping now");
                 ShutdownSignal::FastShutdown
             }
+        }
+    }
+}
+
+/// Removes the pid file on exit, unless it names another process by now: after an
+/// upgrade the new process has written its own pid there.
+pub fn remove_pid_file(path: &str) {
+    let ours = std::fs::read_to_string(path)
+        .is_ok_and(|text| text.trim() == std::process::id().to_string());
+    if ours {
+        if let Err(e) = std::fs::remove_file(path) {
+            log::warn!("cannot remove pid_file {path}: {e}");
         }
     }
 }

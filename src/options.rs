@@ -65,3 +65,32 @@ pub fn apply_overrides(server: &mut ServerConfig, opts: &RunOptions) {
         server.admin = opts.admin;
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn server(extra: &str) -> ServerConfig {
+        let text = format!(
+            "[server]\nlisten = [\"127.0.0.1:8080\"]\n{extra}\n[[service]]\nname = \"api\"\n[[service.variant]]\nname = \"stable\"\nweight = 1\nbackends = [\"127.0.0.1:9\"]\n"
+        );
+        Config::parse(&text).expect("valid").server
+    }
+
+    #[test]
+    fn default_files_follow_the_listen_override_and_set_ones_do_not() {
+        let opts = RunOptions {
+            listen: vec!["127.0.0.1:18095".parse().expect("addr")],
+            ..RunOptions::default()
+        };
+        let mut s = server("");
+        assert_eq!(s.pid_file(), "/tmp/cohort-8080.pid");
+        apply_overrides(&mut s, &opts);
+        assert_eq!(s.pid_file(), "/tmp/cohort-18095.pid");
+        assert_eq!(s.upgrade_sock(), "/tmp/cohort-18095.sock");
+        let mut s = server("pid_file = \"/run/a.pid\"\nupgrade_sock = \"/run/a.sock\"");
+        apply_overrides(&mut s, &opts);
+        assert_eq!(s.pid_file(), "/run/a.pid");
+        assert_eq!(s.upgrade_sock(), "/run/a.sock");
+    }
+}

@@ -39,8 +39,8 @@ fn server_conf(s: &ServerConfig, daemon: bool) -> ServerConf {
     ServerConf {
         threads: s.threads,
         daemon,
-        pid_file: s.pid_file.clone(),
-        upgrade_sock: s.upgrade_sock.clone(),
+        pid_file: s.pid_file(),
+        upgrade_sock: s.upgrade_sock(),
         // In-flight requests get shutdown_timeout_secs after accepting stops.
         grace_period_seconds: Some(s.shutdown_timeout.as_secs()),
         graceful_shutdown_timeout_seconds: Some(1),
@@ -190,9 +190,10 @@ pub fn run_table(
         ));
     }
     // With --daemon, Pingora writes the pid file after forking.
+    let pid_file = server_cfg.pid_file();
     if !opts.daemon {
-        if let Err(e) = std::fs::write(&server_cfg.pid_file, format!("{}\n", std::process::id())) {
-            log::warn!("cannot write pid_file {}: {e}", server_cfg.pid_file);
+        if let Err(e) = std::fs::write(&pid_file, format!("{}\n", std::process::id())) {
+            log::warn!("cannot write pid_file {pid_file}: {e}");
         }
     }
     // Started by Pingora after it daemonizes (a fork keeps no other thread).
@@ -201,7 +202,11 @@ pub fn run_table(
     }
     server.add_service(background_service(
         "cohort idle exit",
-        IdleExit::new(server.watch_execution_phase(), state.clone()),
+        IdleExit::new(
+            server.watch_execution_phase(),
+            state.clone(),
+            pid_file.clone(),
+        ),
     ));
 
     log::info!(
@@ -214,5 +219,6 @@ pub fn run_table(
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals { state }),
     });
+    crate::lifecycle::remove_pid_file(&pid_file);
     Ok(())
 }

@@ -826,7 +826,12 @@ fn dockerfile_builds_like_the_readme_and_runs_unprivileged() {
 fn docker_run_examples_allow_the_drain() {
     let d = deploy();
     let mut seen = 0;
-    for rel in ["deploy/Dockerfile", "docs/deploy-ecs.md", "docs/deploy-ec2.md", "README.md"] {
+    for rel in [
+        "deploy/Dockerfile",
+        "docs/deploy-ecs.md",
+        "docs/deploy-ec2.md",
+        "README.md",
+    ] {
         let text = read(rel).replace("\\\n", " ");
         for line in text.lines().filter(|l| l.contains("docker run ")) {
             let after = line.split("cohort:0.1.0").nth(1).unwrap_or("").trim();
@@ -848,7 +853,10 @@ fn docker_run_examples_allow_the_drain() {
             );
         }
     }
-    assert!(seen >= 2, "the Dockerfile and the ECS guide show how to run the image");
+    assert!(
+        seen >= 2,
+        "the Dockerfile and the ECS guide show how to run the image"
+    );
 }
 
 #[test]

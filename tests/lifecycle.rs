@@ -178,3 +178,76 @@ fn upgrade_script_hands_over_under_load_with_no_failed_or_refused_request() {
     let pid_file = std::fs::read_to_string(format!("/tmp/cohort-{}.pid", old.addr.port())).unwrap();
     assert_eq!(pid_file.trim(), new_pid.to_string());
 }
+
+/// Two instances share one file and differ by `--listen`/`--admin`: each gets its own pid
+/// file and upgrade socket, named after its effective listen port, and removes the pid
+/// file when it exits.
+#[test]
+fn per_instance_files_follow_the_effective_listen_address_and_the_pid_file_is_removed() {
+    let b = backend("stable");
+    let dir = tempfile::tempdir().unwrap();
+    let file_port = free_port();
+    let text = render(
+        &config(&b, 0, 5),
+        std::net::SocketAddr::from(([127, 0, 0, 1], file_port)),
+        std::net::SocketAddr::from(([127, 0, 0, 1], free_port())),
+        dir.path(),
+    );
+    let path = dir.path().join("shared.toml");
+    std::fs::write(&path, text).unwrap();
+    // a stale file from an earlier run (before pid files were removed) would mislead
+    let _ = std::fs::remove_file(format!("/tmp/cohort-{file_port}.pid"));
+    let mut instances = Vec::new();
+    for _ in 0..2 {
+        // free_port() does not hold the port: skip the file's
+        let port = || loop {
+            let p = free_port();
+            if p != file_port {
+                break p;
+            }
+        };
+        let (listen, admin) = (port(), port());
+        let child = spawn_run(
+            &path,
+            dir.path(),
+            &[
+                "--listen",
+                &format!("127.0.0.1:{listen}"),
+                "--admin",
+                &format!("127.0.0.1:{admin}"),
+            ],
+        );
+        instances.push((child, listen, admin));
+    }
+    for (child, listen, admin) in &mut instances {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Client::new(std::net::SocketAddr::from(([127, 0, 0, 1], *admin)))
+            .try_request("GET", "/readyz", &[], b"")
+            .map_or(true, |r| r.status != 200)
+        {
+            assert!(Instant::now() < deadline, "instance on {listen} not ready");
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "instance on {listen} exited"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let pid = std::fs::read_to_string(format!("/tmp/cohort-{listen}.pid")).unwrap();
+        assert_eq!(pid.trim(), child.id().to_string(), "own pid file");
+    }
+    assert!(
+        !std::path::Path::new(&format!("/tmp/cohort-{file_port}.pid")).exists(),
+        "no instance used the file's port"
+    );
+    for (mut child, listen, _) in instances {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "clean exit");
+        assert!(
+            !std::path::Path::new(&format!("/tmp/cohort-{listen}.pid")).exists(),
+            "pid file of {listen} removed on exit"
+        );
+    }
+}

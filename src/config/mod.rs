@@ -39,9 +39,10 @@ pub struct ServerConfig {
     pub watch: bool,
     pub drain_delay: Duration,
     pub shutdown_timeout: Duration,
-    pub upgrade_sock: String,
-    /// Where the process writes its pid (default `/tmp/cohort-<first listen port>.pid`).
-    pub pid_file: String,
+    /// `upgrade_sock` as configured; [`ServerConfig::upgrade_sock`] gives the effective one.
+    pub upgrade_sock_set: Option<String>,
+    /// `pid_file` as configured; [`ServerConfig::pid_file`] gives the effective one.
+    pub pid_file_set: Option<String>,
     pub access_log: crate::access_log::Target,
     /// Include the cohort key in access log lines.
     pub access_log_keys: bool,
@@ -76,6 +77,30 @@ pub struct ServerConfig {
 pub const DEFAULT_MAX_REQUEST_BODY: u64 = 1 << 30;
 
 impl ServerConfig {
+    /// The port that names this instance's files: the first plaintext listener's, else
+    /// the first TLS listener's, after `--listen` (two instances sharing one file with
+    /// different `--listen` get different files).
+    fn instance_port(&self) -> u16 {
+        self.listen
+            .first()
+            .or(self.tls.first().map(|t| &t.listen))
+            .map_or(0, |a| a.port())
+    }
+
+    /// The upgrade socket: `upgrade_sock`, or `/tmp/cohort-<instance port>.sock`.
+    pub fn upgrade_sock(&self) -> String {
+        self.upgrade_sock_set
+            .clone()
+            .unwrap_or_else(|| format!("/tmp/cohort-{}.sock", self.instance_port()))
+    }
+
+    /// The pid file: `pid_file`, or `/tmp/cohort-<instance port>.pid`.
+    pub fn pid_file(&self) -> String {
+        self.pid_file_set
+            .clone()
+            .unwrap_or_else(|| format!("/tmp/cohort-{}.pid", self.instance_port()))
+    }
+
     /// The admin bearer token: the value of the variable `admin_token_env` names, read
     /// now (`Some("")` when it is unset: every POST is then refused).
     pub fn admin_token(&self) -> Option<String> {

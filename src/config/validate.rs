@@ -113,12 +113,6 @@ fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
             "must be 1024 to 1048576 bytes",
         );
     }
-    let port = listen.first().map_or(0, |a| a.port());
-    let upgrade_sock = f
-        .upgrade_sock
-        .clone()
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| format!("/tmp/cohort-{port}.sock"));
     ServerConfig {
         listen,
         threads,
@@ -128,12 +122,8 @@ fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
         watch: f.watch.unwrap_or(false),
         drain_delay: Duration::from_secs(f.drain_delay_secs.unwrap_or(5)),
         shutdown_timeout: Duration::from_secs(f.shutdown_timeout_secs.unwrap_or(30)),
-        upgrade_sock,
-        pid_file: f
-            .pid_file
-            .clone()
-            .filter(|s| !s.is_empty())
-            .unwrap_or_else(|| format!("/tmp/cohort-{port}.pid")),
+        upgrade_sock_set: f.upgrade_sock.clone().filter(|s| !s.is_empty()),
+        pid_file_set: f.pid_file.clone().filter(|s| !s.is_empty()),
         access_log: crate::access_log::Target::parse(f.access_log.as_deref().unwrap_or("off")),
         access_log_keys: f.access_log_keys.unwrap_or(false),
         resolve_interval: match f.resolve_interval_secs.unwrap_or(30) {
