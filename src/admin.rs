@@ -172,8 +172,11 @@ impl Admin {
                 json!({"name": s.cfg.name, "variants": variants})
             })
             .collect();
+        let versions = self.state.versions();
         json!({
-            "version": table.config.version,
+            "version": versions.serving,
+            "loaded_version": versions.loaded,
+            "pending_upgrade": versions.pending_upgrade,
             "loaded_at": humantime::format_rfc3339_seconds(table.loaded_at).to_string(),
             "last_reload": self.state.last_reload().map(|r| json!({
                 "result": r.result,

@@ -20,6 +20,7 @@ pub const BACKEND_UP: &str = "cohort_backend_up";
 pub const VARIANT_WEIGHT: &str = "cohort_variant_weight";
 pub const CONFIG_RELOADS_TOTAL: &str = "cohort_config_reloads_total";
 pub const CONFIG_INFO: &str = "cohort_config_info";
+pub const CONFIG_PENDING_UPGRADE: &str = "cohort_config_pending_upgrade_info";
 
 /// Label value for requests that match no service.
 pub const NONE: &str = "_none";
@@ -90,6 +91,7 @@ pub struct Metrics {
     pub weight: prometheus::GaugeVec,
     reloads: IntCounterVec,
     config_info: IntGaugeVec,
+    config_pending: IntGaugeVec,
 }
 
 /// The one instance, registered on first use.
@@ -177,8 +179,13 @@ impl Metrics {
             ),
             config_info: gauges(
                 CONFIG_INFO,
-                "Always 1; the version label is the loaded config's version.",
+                "Always 1; the version label is the config version whose every setting is in effect (see cohort_config_pending_upgrade_info).",
                 &["version"],
+            ),
+            config_pending: gauges(
+                CONFIG_PENDING_UPGRADE,
+                "1 while a loaded config version waits for a process upgrade to apply some settings (listed in the settings label); absent when converged.",
+                &["version", "settings"],
             ),
         };
         for r in [
@@ -195,12 +202,21 @@ impl Metrics {
         self.reloads.with_label_values(&[result.as_str()]).inc();
     }
 
-    /// Points `cohort_config_info` at `version` (the previous series is deleted).
-    pub fn set_config_version(&self, previous: Option<&str>, version: &str) {
-        if let Some(p) = previous.filter(|p| *p != version) {
-            let _ = self.config_info.remove_label_values(&[p]);
+    /// Points `cohort_config_info` at the serving version, and
+    /// `cohort_config_pending_upgrade_info` at the loaded one while it has upgrade-only
+    /// changes (previous series are deleted).
+    pub fn set_config_versions(&self, v: &crate::state::Versions) {
+        self.config_info.reset();
+        self.config_info
+            .with_label_values(&[v.serving.as_str()])
+            .set(1);
+        self.config_pending.reset();
+        if !v.pending_upgrade.is_empty() {
+            let settings = v.pending_upgrade.join(",");
+            self.config_pending
+                .with_label_values(&[v.loaded.as_str(), settings.as_str()])
+                .set(1);
         }
-        self.config_info.with_label_values(&[version]).set(1);
     }
 }
 

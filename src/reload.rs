@@ -187,11 +187,11 @@ impl Reloader {
             Err(e) => return Outcome::Rejected { errors: e.lines() },
         };
         table.config.server.warn_if_admin_token_unset();
-        let previous = self.state.install(table);
+        self.state.install(table);
         if let Source::Url(u) = &self.source {
             u.commit(&text, etag);
         }
-        METRICS.set_config_version(Some(&previous.config.version), &version);
+        METRICS.set_config_versions(&self.state.versions());
         Outcome::Applied {
             version,
             needs_upgrade,

@@ -87,7 +87,6 @@ pub fn run_table(
         Arc::new(AtomicBool::new(false)),
     );
     let server_cfg = table.config.server.clone();
-    METRICS.set_config_version(None, &table.config.version);
     let access_log =
         AccessLog::open(&server_cfg.access_log, server_cfg.access_log_keys).map_err(|source| {
             ConfigError::Io {
@@ -100,6 +99,7 @@ pub fn run_table(
         None => (None, None),
     };
     let state = Arc::new(State::with_access_log(table, access_log));
+    METRICS.set_config_versions(&state.versions());
     let reloader = source.map(|src| Arc::new(Reloader::new(state.clone(), opts.clone(), src)));
     let opt = Opt {
         upgrade: opts.upgrade,

@@ -31,8 +31,20 @@ pub struct State {
     draining: AtomicBool,
     in_flight: AtomicUsize,
     last_reload: Mutex<Option<ReloadRecord>>,
+    /// The latest config version whose every setting is in effect (a reload with
+    /// upgrade-only changes applies the rest, and leaves this behind).
+    serving_version: Mutex<String>,
     /// The access log, opened at start (`None` = off).
     pub access_log: Option<AccessLog>,
+}
+
+/// Which config this process runs: the version whose every setting is in effect, and the
+/// version loaded with the settings only an upgrade applies (empty when converged).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Versions {
+    pub serving: String,
+    pub loaded: String,
+    pub pending_upgrade: Vec<String>,
 }
 
 impl State {
@@ -44,6 +56,7 @@ impl State {
         State {
             access_log,
             bound: table.config.server.bound(),
+            serving_version: Mutex::new(table.config.version.clone()),
             table: ArcSwap::from_pointee(table),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
@@ -63,6 +76,29 @@ impl State {
         let previous = self.table.swap(table.clone());
         previous.metrics.retire(&table.metrics);
         previous
+    }
+
+    /// The versions as they stand now ([`Versions`]); a loaded table with no pending
+    /// upgrade-only change is the serving one.
+    pub fn versions(&self) -> Versions {
+        let table = self.table();
+        let pending_upgrade = self.bound.changes(&table.config.server.bound());
+        let loaded = table.config.version.clone();
+        let Ok(mut serving) = self.serving_version.lock() else {
+            return Versions {
+                serving: String::new(),
+                loaded,
+                pending_upgrade,
+            };
+        };
+        if pending_upgrade.is_empty() {
+            serving.clone_from(&loaded);
+        }
+        Versions {
+            serving: serving.clone(),
+            loaded,
+            pending_upgrade,
+        }
     }
 
     /// Marks the process as draining: `/readyz` answers 503 from now on.

@@ -290,6 +290,49 @@ fn listener_changes_are_reported_as_needing_an_upgrade_and_the_rest_applies() {
         "server.listen"
     );
     assert!(px.stderr().contains("need a process upgrade"));
+    // Not converged: the version serving is still the start one, the loaded one waits.
+    let started = cohort::config::version_of(
+        render(
+            &config(&[("stable", 1.0, addr(&s)), ("canary", 0.0, addr(&c))], ""),
+            px.addr,
+            px.admin,
+            px.dir.path(),
+        )
+        .as_bytes(),
+    );
+    let loaded = body["version"].as_str().unwrap().to_string();
+    assert_ne!(started, loaded);
+    let st = px.status();
+    assert_eq!(st["version"], started.as_str(), "{st}");
+    assert_eq!(st["loaded_version"], loaded.as_str());
+    assert_eq!(
+        st["pending_upgrade"],
+        serde_json::json!(["server.listen", "server.threads"])
+    );
+    let m = px.metrics();
+    assert!(
+        m.contains(&format!("cohort_config_info{{version=\"{started}\"}} 1")),
+        "{m}"
+    );
+    assert_eq!(m.matches("cohort_config_info{").count(), 1, "one series");
+    let pending = format!(
+        "cohort_config_pending_upgrade_info{{settings=\"server.listen,server.threads\",version=\"{loaded}\"}} 1"
+    );
+    assert!(m.contains(&pending), "{m}");
+    // Putting the listeners back converges on the new routing without an upgrade.
+    let back = config(&[("stable", 0.0, addr(&s)), ("canary", 1.0, addr(&c))], "");
+    px.rewrite(&back);
+    let (_, body) = px.post_reload();
+    let st = px.status();
+    assert_eq!(st["version"], body["version"], "{st}");
+    assert_eq!(st["loaded_version"], body["version"]);
+    assert_eq!(st["pending_upgrade"], serde_json::json!([]));
+    let m = px.metrics();
+    assert!(!m.contains("cohort_config_pending_upgrade_info{"), "{m}");
+    assert!(m.contains(&format!(
+        "cohort_config_info{{version=\"{}\"}} 1",
+        body["version"].as_str().unwrap()
+    )));
 }
 
 /// A reload that changes server settings applies the live ones and names the bound ones
