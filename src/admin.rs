@@ -141,6 +141,23 @@ impl Admin {
         }
     }
 
+    /// 200 only while serving: not draining, and every proxy listener bound by this
+    /// process (a port another process holds is not serving).
+    fn readyz(&self) -> Response<Vec<u8>> {
+        if self.state.is_draining() {
+            return text(StatusCode::SERVICE_UNAVAILABLE, "draining\n");
+        }
+        let unbound = self.state.listeners.unbound();
+        if !unbound.is_empty() {
+            let list: Vec<String> = unbound.iter().map(ToString::to_string).collect();
+            return text(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!("not listening on {}\n", list.join(", ")),
+            );
+        }
+        text(StatusCode::OK, "ready\n")
+    }
+
     fn status(&self) -> Value {
         let table = self.state.table();
         let services: Vec<Value> = table
@@ -186,6 +203,11 @@ impl Admin {
                 "trigger": r.trigger,
             })),
             "draining": self.state.is_draining(),
+            "listeners": self.state.listeners.states().iter().map(|l| json!({
+                "addr": l.addr.to_string(),
+                "tls": l.tls,
+                "bound": l.bound,
+            })).collect::<Vec<_>>(),
             "services": services,
         })
     }
@@ -213,13 +235,7 @@ impl ServeHttp for Admin {
         }
         match (method, path.as_str()) {
             (Method::GET | Method::HEAD, "/healthz") => text(StatusCode::OK, "ok\n"),
-            (Method::GET | Method::HEAD, "/readyz") => {
-                if self.state.is_draining() {
-                    text(StatusCode::SERVICE_UNAVAILABLE, "draining\n")
-                } else {
-                    text(StatusCode::OK, "ready\n")
-                }
-            }
+            (Method::GET | Method::HEAD, "/readyz") => self.readyz(),
             (Method::GET | Method::HEAD, "/status") => json_reply(StatusCode::OK, &self.status()),
             (Method::GET | Method::HEAD, "/metrics") => {
                 self.state.table().refresh_backend_up();

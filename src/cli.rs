@@ -347,7 +347,9 @@ fn health(admin: SocketAddr, timeout_ms: u64) -> i32 {
             1
         }
         Err(ureq::Error::Status(code, r)) => {
-            eprintln!("not ready: HTTP/1.1 {code} {}", r.status_text());
+            let status = r.status_text().to_string();
+            let why = r.into_string().unwrap_or_default();
+            eprintln!("not ready: HTTP/1.1 {code} {status}: {}", why.trim());
             1
         }
         Err(e) => {

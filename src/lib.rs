@@ -28,6 +28,7 @@ pub mod explain;
 pub mod fast;
 pub mod forward;
 pub mod lifecycle;
+pub mod listeners;
 pub mod metrics;
 pub mod options;
 pub mod proxy;

@@ -176,6 +176,12 @@ pub fn run_table(
     }
 
     server.add_service(background_service(
+        "cohort listeners",
+        crate::listeners::BindWatch {
+            state: state.clone(),
+        },
+    ));
+    server.add_service(background_service(
         "cohort health",
         HealthService {
             state: state.clone(),

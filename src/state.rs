@@ -4,6 +4,7 @@
 
 use crate::access_log::AccessLog;
 use crate::config::bound::Bound;
+use crate::listeners::Listeners;
 use crate::routing::RoutingTable;
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -28,6 +29,8 @@ pub struct State {
     table: ArcSwap<RoutingTable>,
     /// The settings bound at start (a reload cannot change them).
     pub bound: Bound,
+    /// The proxy listeners, and whether this process holds them (readiness).
+    pub listeners: Listeners,
     draining: AtomicBool,
     in_flight: AtomicUsize,
     last_reload: Mutex<Option<ReloadRecord>>,
@@ -56,6 +59,16 @@ impl State {
         State {
             access_log,
             bound: table.config.server.bound(),
+            listeners: Listeners::new(
+                &table.config.server.listen,
+                &table
+                    .config
+                    .server
+                    .tls
+                    .iter()
+                    .map(|t| t.listen)
+                    .collect::<Vec<_>>(),
+            ),
             serving_version: Mutex::new(table.config.version.clone()),
             table: ArcSwap::from_pointee(table),
             draining: AtomicBool::new(false),

@@ -251,3 +251,90 @@ fn per_instance_files_follow_the_effective_listen_address_and_the_pid_file_is_re
         );
     }
 }
+
+/// Another process holds the proxy port: the admin API comes up, but `/readyz` (and
+/// `cohort health`) say not ready, and `/status` names the listener, until the port is
+/// free and cohort holds it.
+#[test]
+fn readiness_waits_for_every_listener_to_be_bound_by_this_process() {
+    let b = backend("stable");
+    let dir = tempfile::tempdir().unwrap();
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = squatter.local_addr().unwrap();
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, render(&config(&b, 0, 5), addr, admin, dir.path())).unwrap();
+    let mut child = spawn_run(&path, dir.path(), &[]);
+    let _guard = KillOnDrop(Some(child.id()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let r = loop {
+        if let Ok(r) = Client::new(admin).try_request("GET", "/readyz", &[], b"") {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "admin API never came up");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(r.status, 503, "not serving: {}", r.text());
+    assert!(
+        r.text().contains(&format!("not listening on {addr}")),
+        "{}",
+        r.text()
+    );
+    let (code, _, err) = cohort_cmd(&["health", "--admin", &admin.to_string()]);
+    assert_eq!(code, 1, "health: not ready");
+    assert!(err.contains("not listening"), "{err}");
+    let st = Client::new(admin).get("/status", &[]).json();
+    assert_eq!(st["listeners"][0]["addr"], addr.to_string());
+    assert_eq!(st["listeners"][0]["bound"], false);
+    // The port comes free: Pingora's next bind attempt takes it.
+    drop(squatter);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Client::new(admin).get("/readyz", &[]).status != 200 {
+        assert!(Instant::now() < deadline, "never became ready");
+        assert!(child.try_wait().unwrap().is_none(), "exited");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(Client::new(addr).get("/", &[]).backend(), "stable");
+    let st = Client::new(admin).get("/status", &[]).json();
+    assert_eq!(st["listeners"][0]["bound"], true);
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// A port that stays taken ends start-up with exit 1 after the bind timeout (35 s by
+/// default; `COHORT_BIND_TIMEOUT_SECS` shortens it here), as NGINX exits when it cannot
+/// bind, instead of running unready forever.
+#[test]
+fn a_port_that_stays_taken_ends_start_up_with_exit_1() {
+    let b = backend("stable");
+    let dir = tempfile::tempdir().unwrap();
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = squatter.local_addr().unwrap();
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, render(&config(&b, 0, 5), addr, admin, dir.path())).unwrap();
+    let log = std::fs::File::create(dir.path().join("err.log")).unwrap();
+    let mut child = std::process::Command::new(bin())
+        .args(["run", "-c", path.to_str().unwrap()])
+        .env("COHORT_BIND_TIMEOUT_SECS", "2")
+        .env("RUST_LOG", "info")
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let _guard = KillOnDrop(Some(child.id()));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still running with the port taken"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(status.code(), Some(1));
+    let err = std::fs::read_to_string(dir.path().join("err.log")).unwrap();
+    assert!(err.contains(&format!("not listening on [{addr}]")), "{err}");
+    drop(squatter);
+}
