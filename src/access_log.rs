@@ -98,6 +98,13 @@ pub struct Entry<'a> {
     pub bytes: usize,
     /// The cohort key, only with `access_log_keys`.
     pub key: Option<&'a str>,
+    /// The client's address as routing saw it (`X-Forwarded-For` from a trusted proxy,
+    /// else the peer).
+    pub client_ip: Option<std::net::IpAddr>,
+    /// `Host` (or the HTTP/2 authority), as the client sent it.
+    pub host: &'a str,
+    /// The id the backend got in `X-Request-Id` ([`crate::forward::RequestId`]).
+    pub request_id: &'a str,
 }
 
 /// An access log line as it is written (field names are the documented ones).
@@ -113,6 +120,9 @@ struct Line<'a> {
     duration_ms: f64,
     upstream: Option<std::net::SocketAddr>,
     bytes: usize,
+    client_ip: Option<std::net::IpAddr>,
+    host: &'a str,
+    request_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
     key: Option<&'a str>,
 }
@@ -131,6 +141,9 @@ impl Entry<'_> {
             duration_ms: (self.seconds * 1e6).round() / 1e3,
             upstream: self.upstream,
             bytes: self.bytes,
+            client_ip: self.client_ip,
+            host: self.host,
+            request_id: self.request_id,
             key: self.key,
         };
         let mut out = Vec::with_capacity(256);

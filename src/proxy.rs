@@ -41,6 +41,10 @@ pub struct Ctx {
     key: Option<String>,
     /// `server.max_request_body_bytes` for a body that streams (chunked).
     body_limit: forward::request::BodyLimit,
+    /// The request's id (the same on every attempt).
+    request_id: Option<forward::RequestId>,
+    /// The client IP as routing saw it, kept only when the access log is on.
+    client_ip: Option<std::net::IpAddr>,
 }
 
 fn client_peer(session: &Session) -> Option<ClientPeer> {
@@ -104,6 +108,8 @@ impl ProxyHttp for CohortProxy {
             upstream_start: None,
             key: None,
             body_limit: forward::request::BodyLimit::new(u64::MAX),
+            request_id: None,
+            client_ip: None,
         }
     }
 
@@ -128,7 +134,9 @@ impl ProxyHttp for CohortProxy {
         let max_body = table.config.server.max_request_body_bytes;
         ctx.body_limit = forward::request::BodyLimit::new(max_body);
         let req = session.req_header();
-        let fields = req.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
+        let fields = || req.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
+        ctx.request_id = Some(forward::RequestId::of(fields()));
+        let fields = fields();
         let http11 = req.version == http::Version::HTTP_11;
         if let Err(refusal) = forward::request::check(http11, fields, max_body) {
             ctx.table = Some(table);
@@ -141,6 +149,9 @@ impl ProxyHttp for CohortProxy {
             .and_then(|a| a.as_inet())
             .map(|a| a.ip());
         let view = RequestView::new(&req.headers, &req.uri, peer_ip);
+        if self.state.access_log.is_some() {
+            ctx.client_ip = table.router.client_ip(&view);
+        }
         let Some(svc) = table.router.match_service(&view) else {
             ctx.table = Some(table);
             respond(session, 404).await?;
@@ -281,6 +292,19 @@ impl ProxyHttp for CohortProxy {
             method: req.method.as_str(),
             path: req.uri.path(),
             key: ctx.key.as_deref(),
+            client_ip: ctx.client_ip.or_else(|| {
+                session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip())
+            }),
+            host: req
+                .headers
+                .get(http::header::HOST)
+                .and_then(|v| v.to_str().ok())
+                .or_else(|| req.uri.host())
+                .unwrap_or_default(),
+            request_id: ctx.request_id.as_ref().map_or("", |r| r.as_str()),
         }
         .record(self.state.access_log.as_ref());
     }
@@ -305,6 +329,10 @@ impl ProxyHttp for CohortProxy {
             up.headers.contains_key("x-forwarded-proto"),
             ctx.tls,
         );
+        let edits = match &ctx.request_id {
+            Some(id) => edits.with_request_id(id),
+            None => edits,
+        };
         let mut xff = Vec::new();
         let has_xff = edits.forwarded_for(
             up.headers
@@ -332,6 +360,9 @@ impl ProxyHttp for CohortProxy {
         }
         if let Some(proto) = edits.forwarded_proto() {
             up.insert_header("x-forwarded-proto", proto)?;
+        }
+        if let Some(id) = edits.request_id() {
+            up.insert_header(forward::request_id::REQUEST_ID, id)?;
         }
         Ok(())
     }

@@ -466,6 +466,13 @@ fn access_log_writes_every_field_and_no_key_by_default() {
     assert_eq!(l["bytes"].as_u64().unwrap() as usize, r.body.len());
     assert!(l["time"].as_str().unwrap().ends_with('Z'));
     assert!(l.get("key").is_none());
+    assert_eq!(l["client_ip"], "127.0.0.1");
+    assert_eq!(l["host"], px.addr.to_string(), "the Host the client sent");
+    let id = r
+        .upstream_header("x-request-id")
+        .expect("the backend got an id");
+    assert_eq!(l["request_id"], id.as_str(), "the id the backend got");
+    assert_eq!(lines[1]["request_id"].as_str().unwrap().len(), 32);
     let text = std::fs::read_to_string(px.dir.path().join("access.log")).unwrap();
     assert!(!text.contains("secret-key-1"), "no key by default");
     assert_eq!(lines[1]["status"], 404);

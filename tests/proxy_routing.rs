@@ -252,6 +252,40 @@ fn client_cohort_headers_are_replaced_and_forwarding_headers_set() {
     assert_eq!(r.header("x-cohort-variant"), Some("stable"));
 }
 
+/// Every request reaches the backend with one `X-Request-Id`: the client's, else an
+/// ALB's `X-Amzn-Trace-Id`, else a new random one; `traceparent` passes untouched.
+#[test]
+fn every_request_carries_one_request_id_to_the_backend() {
+    let (s, c) = (backend("stable"), backend("canary"));
+    let px = Cohort::start(&two_variant_config(&s, &c, 100.0, 0.0, ""));
+    let mut cl = px.client();
+    let id = |cl: &mut Client, headers: &[(&str, &str)]| {
+        let r = cl.get("/", headers);
+        assert_eq!(r.status, 200);
+        (r.upstream_header("x-request-id").expect("an id"), r)
+    };
+    let (a, _) = id(&mut cl, &[]);
+    let (b, _) = id(&mut cl, &[]);
+    assert_eq!(a.len(), 32, "{a}");
+    assert!(a.bytes().all(|c| c.is_ascii_hexdigit()), "{a}");
+    assert_ne!(a, b, "a new id per request");
+    let (mine, _) = id(&mut cl, &[("X-Request-Id", "req-42.abc")]);
+    assert_eq!(mine, "req-42.abc", "the client's id passes, and only it");
+    let trace = "Root=1-67891233-abcdef012345678912345678";
+    let (adopted, r) = id(&mut cl, &[("x-amzn-trace-id", trace)]);
+    assert_eq!(adopted, trace, "an ALB's trace id is adopted");
+    assert_eq!(r.upstream_header("x-amzn-trace-id").as_deref(), Some(trace));
+    let tp = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let (_, r) = id(&mut cl, &[("traceparent", tp)]);
+    assert_eq!(r.upstream_header("traceparent").as_deref(), Some(tp));
+    let (replaced, _) = id(&mut cl, &[("x-request-id", "not usable")]);
+    assert_eq!(
+        replaced.len(),
+        32,
+        "an unusable id is replaced, not doubled: {replaced}"
+    );
+}
+
 #[test]
 fn anonymous_users_get_a_sticky_cookie() {
     let (s, c) = (backend("stable"), backend("canary"));

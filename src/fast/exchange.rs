@@ -338,6 +338,9 @@ impl<'c, S: ClientIo> Exchange<'c, S> {
             method: log.map_or("", |l| l.method.as_str()),
             path: log.map_or("", |l| l.path.as_str()),
             key: log.and_then(|l| l.key.as_deref()),
+            client_ip: log.and_then(|l| l.client_ip),
+            host: log.map_or("", |l| l.host.as_str()),
+            request_id: log.map_or("", |l| l.request_id.as_str()),
         }
         .record(app.state.access_log.as_ref());
     }

@@ -4,7 +4,7 @@
 
 use super::http1::{self, RequestFraming, MAX_FIELDS, MAX_HEADERS};
 use crate::forward::edits::is;
-use crate::forward::{self, ClientPeer, RequestEdits};
+use crate::forward::{self, ClientPeer, RequestEdits, RequestId};
 use crate::routing::{Decision, RequestView, RoutingTable};
 use crate::state::State;
 use std::sync::Arc;
@@ -30,6 +30,9 @@ pub(super) struct LogFields {
     pub method: String,
     pub path: String,
     pub key: Option<String>,
+    pub client_ip: Option<std::net::IpAddr>,
+    pub host: String,
+    pub request_id: String,
 }
 
 pub(super) enum Parsed {
@@ -93,6 +96,11 @@ fn plan_with<'b>(
             method: method.to_string(),
             path: forward::finish::log_path(target).to_string(),
             key: None,
+            client_ip: peer.map(|p| p.ip),
+            host: host_of(req.headers).to_string(),
+            request_id: RequestId::of(req.headers.iter().map(|h| (h.name, h.value)))
+                .as_str()
+                .to_string(),
         });
         return Parsed::Ready(refused(table, head_len, code, log));
     }
@@ -104,6 +112,7 @@ fn plan_with<'b>(
         .router
         .match_service(&view)
         .map(|svc| (svc, table.router.decide(svc, &view)));
+    let request_id = RequestId::of(req.headers.iter().map(|h| (h.name, h.value)));
     let log = state.access_log.as_ref().map(|l| LogFields {
         method: method.to_string(),
         path: forward::finish::log_path(target).to_string(),
@@ -111,6 +120,9 @@ fn plan_with<'b>(
             (Some((svc, d)), true) => forward::finish::log_key(&table, *svc, &view, d),
             _ => None,
         },
+        client_ip: table.router.client_ip(&view),
+        host: host_of(req.headers).to_string(),
+        request_id: request_id.as_str().to_string(),
     });
     let mut out = Vec::new();
     if let Some((svc, _)) = &route {
@@ -121,7 +133,8 @@ fn plan_with<'b>(
             peer,
             req.headers.iter().any(|h| is(h.name, "x-forwarded-proto")),
             tls,
-        );
+        )
+        .with_request_id(&request_id);
         upstream_head(&mut out, &edits, method, target, req.headers);
     }
     Parsed::Ready(Box::new(Plan {
@@ -193,6 +206,18 @@ fn upstream_head(
     if let Some(proto) = edits.forwarded_proto() {
         header(out, b"x-forwarded-proto", proto.as_bytes());
     }
+    if let Some(id) = edits.request_id() {
+        header(out, b"x-request-id", id.as_bytes());
+    }
+}
+
+/// The request's `Host` value, for the access log (empty if absent or not UTF-8).
+fn host_of<'h>(headers: &[httparse::Header<'h>]) -> &'h str {
+    headers
+        .iter()
+        .find(|h| is(h.name, "host"))
+        .and_then(|h| std::str::from_utf8(h.value).ok())
+        .unwrap_or_default()
 }
 
 pub(super) fn header(out: &mut Vec<u8>, name: &[u8], value: &[u8]) {

@@ -44,6 +44,8 @@ pub struct RequestEdits<'a> {
     /// A trusted proxy in front set `X-Forwarded-Proto`: it is passed on as it is.
     keep_client_proto: bool,
     tls: bool,
+    /// The `X-Request-Id` cohort sets (replacing any unusable one the client sent).
+    request_id: Option<&'a str>,
 }
 
 impl<'a> RequestEdits<'a> {
@@ -69,7 +71,19 @@ impl<'a> RequestEdits<'a> {
             peer,
             keep_client_proto: trusted && client_sent_proto,
             tls,
+            request_id: None,
         }
+    }
+
+    /// The request's id ([`super::RequestId`]): sent upstream unless the client's passes.
+    pub fn with_request_id(mut self, id: &'a super::RequestId) -> RequestEdits<'a> {
+        self.request_id = id.to_add();
+        self
+    }
+
+    /// The `X-Request-Id` value cohort sets, if any.
+    pub fn request_id(&self) -> Option<&'a str> {
+        self.request_id
     }
 
     /// Whether the client's field `name` is left out: every `x-cohort-*` (cohort sets
@@ -79,6 +93,7 @@ impl<'a> RequestEdits<'a> {
             || self.force.is_some_and(|f| is(name, f))
             || (self.peer.is_some() && is(name, "x-forwarded-for"))
             || (!self.keep_client_proto && is(name, "x-forwarded-proto"))
+            || (self.request_id.is_some() && is(name, super::request_id::REQUEST_ID))
     }
 
     /// Writes the `X-Forwarded-For` value into `out`: every hop the client (or proxies

@@ -30,6 +30,10 @@ pub struct Finished<'a> {
     pub path: &'a str,
     /// The cohort key, only when the access log includes keys.
     pub key: Option<&'a str>,
+    /// The client IP as routing saw it.
+    pub client_ip: Option<std::net::IpAddr>,
+    pub host: &'a str,
+    pub request_id: &'a str,
 }
 
 impl Finished<'_> {
@@ -73,6 +77,9 @@ impl Finished<'_> {
             upstream: self.upstream,
             bytes: self.body_bytes,
             key: self.key,
+            client_ip: self.client_ip,
+            host: self.host,
+            request_id: self.request_id,
         }
     }
 }
