@@ -49,6 +49,10 @@ impl BackgroundService for IdleExit {
                 Err(broadcast::error::RecvError::Closed) => return,
             }
         }
+        // Idle keep-alive connections stay open to the end of the drain window.
+        if let Some(end) = self.state.drain_window_end() {
+            tokio::time::sleep_until(end.into()).await;
+        }
         // Let connections that were mid-request register before counting.
         tokio::time::sleep(Duration::from_millis(100)).await;
         let mut idle_polls = 0;
@@ -85,6 +89,10 @@ impl ShutdownSignalWatch for Signals {
         };
         tokio::select! {
             _ = quit.recv() => {
+                // The new process gets the listeners; connections kept alive here get
+                // `Connection: close` on their next response, or close when idle at the
+                // end of the drain window.
+                self.state.start_draining();
                 log::info!("SIGQUIT: handing the listening sockets to the new process");
                 ShutdownSignal::GracefulUpgrade
             }

@@ -127,7 +127,9 @@ impl ProxyHttp for CohortProxy {
         session.set_write_timeout(Some(table.config.server.client_write_timeout));
         // Idle time before the next request (`server.keepalive_timeout_secs`), unless
         // keep-alive is off for this connection (`Connection: close`, shutting down).
-        if session.get_keepalive().is_some() {
+        if self.state.is_draining() {
+            session.set_keepalive(None);
+        } else if session.get_keepalive().is_some() {
             session.set_keepalive(Some(table.config.server.keepalive_timeout.as_secs()));
         }
         ctx.tls = session.digest().is_some_and(|d| d.ssl_digest.is_some());
@@ -369,10 +371,15 @@ impl ProxyHttp for CohortProxy {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        if self.state.is_draining() {
+            // Draining: the client reconnects (elsewhere) instead of finding this
+            // connection closed under its next request.
+            session.set_keepalive(None);
+        }
         let Some((d, attempt)) = &ctx.route else {
             return Ok(());
         };

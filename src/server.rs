@@ -51,8 +51,29 @@ fn server_conf(s: &ServerConfig, daemon: bool) -> ServerConf {
     }
 }
 
-/// The Pingora carrier as the engine's hand-over target.
-struct PingoraCarrier(Arc<HttpProxy<CohortProxy>>);
+/// The Pingora carrier as the engine's hand-over target, and as the listeners' own
+/// application when the engine is off.
+struct PingoraCarrier(Arc<HttpProxy<CohortProxy>>, Arc<State>);
+
+/// With the engine off, the Pingora carrier serves the listeners itself. Its cleanup
+/// (which drops idle keep-alive connections) waits for the end of the drain window.
+#[async_trait::async_trait]
+impl ServerApp for PingoraCarrier {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        self.0.process_new(stream, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        if let Some(end) = self.1.drain_window_end() {
+            tokio::time::sleep_until(end.into()).await;
+        }
+        ServerApp::cleanup(self.0.as_ref()).await;
+    }
+}
 
 #[async_trait::async_trait]
 impl HandOver for PingoraCarrier {
@@ -141,7 +162,8 @@ pub fn run_table(
         // Every listener on the HTTP/1 engine; HTTP/2 and hand-overs go to the Pingora
         // carrier behind it.
         let carrier = pingora_proxy::http_proxy(&server.configuration, cohort_proxy());
-        let app = FastApp::new(state.clone(), Arc::new(PingoraCarrier(Arc::new(carrier))));
+        let carrier = PingoraCarrier(Arc::new(carrier), state.clone());
+        let app = FastApp::new(state.clone(), Arc::new(carrier));
         let mut service = Service::new("cohort proxy".to_string(), app);
         for addr in &server_cfg.listen {
             service.add_listener(plaintext(addr));
@@ -151,10 +173,10 @@ pub fn run_table(
         }
         server.add_service(service);
     } else {
-        let mut proxy = pingora_proxy::http_proxy_service_with_name(
-            &server.configuration,
-            cohort_proxy(),
-            "cohort proxy",
+        let carrier = pingora_proxy::http_proxy(&server.configuration, cohort_proxy());
+        let mut proxy = Service::new(
+            "cohort proxy".to_string(),
+            PingoraCarrier(Arc::new(carrier), state.clone()),
         );
         for addr in &server_cfg.listen {
             proxy.add_listener(plaintext(addr));

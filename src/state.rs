@@ -32,6 +32,8 @@ pub struct State {
     /// The proxy listeners, and whether this process holds them (readiness).
     pub listeners: Listeners,
     draining: AtomicBool,
+    /// When draining started (SIGTERM, or SIGQUIT on the old process of an upgrade).
+    drain_started: std::sync::OnceLock<std::time::Instant>,
     in_flight: AtomicUsize,
     last_reload: Mutex<Option<ReloadRecord>>,
     /// The latest config version whose every setting is in effect (a reload with
@@ -72,6 +74,7 @@ impl State {
             serving_version: Mutex::new(table.config.version.clone()),
             table: ArcSwap::from_pointee(table),
             draining: AtomicBool::new(false),
+            drain_started: std::sync::OnceLock::new(),
             in_flight: AtomicUsize::new(0),
             last_reload: Mutex::new(None),
         }
@@ -114,9 +117,20 @@ impl State {
         }
     }
 
-    /// Marks the process as draining: `/readyz` answers 503 from now on.
+    /// Marks the process as draining: `/readyz` answers 503 from now on, every response
+    /// says `Connection: close`, and keep-alive connections still idle at the end of the
+    /// drain window ([`State::drain_window_end`]) are closed.
     pub fn start_draining(&self) {
+        let _ = self.drain_started.set(std::time::Instant::now());
         self.draining.store(true, Ordering::SeqCst);
+    }
+
+    /// The end of the drain window: `drain_delay_secs` after draining started. Until
+    /// then an idle keep-alive connection stays open, so a client that sends its next
+    /// request gets an answer (with `Connection: close`) instead of a closed socket.
+    pub fn drain_window_end(&self) -> Option<std::time::Instant> {
+        let started = *self.drain_started.get()?;
+        Some(started + self.table().config.server.drain_delay)
     }
 
     pub fn is_draining(&self) -> bool {

@@ -338,3 +338,115 @@ fn a_port_that_stays_taken_ends_start_up_with_exit_1() {
     assert!(err.contains(&format!("not listening on [{addr}]")), "{err}");
     drop(squatter);
 }
+
+/// Keep-alive clients that never retry, sending all the time, through ten upgrades by
+/// `scripts/upgrade.sh`: the old process answers each kept-alive connection's next
+/// request with `Connection: close` instead of closing it while idle, so no request is
+/// lost in the race between a client's send and the server's close.
+#[test]
+fn ten_upgrades_lose_no_request_of_keep_alive_clients_that_never_retry() {
+    let b = backend("stable");
+    let mut first = Cohort::start(&config(&b, 1, 5));
+    let addr = first.addr;
+    let stop = Arc::new(AtomicBool::new(false));
+    let workers: Vec<_> = (0..3)
+        .map(|t| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut ok, mut closes, mut failures) = (0u32, 0u32, Vec::new());
+                let mut cl = Client::never_retrying(addr);
+                while !stop.load(Ordering::Relaxed) {
+                    match cl.try_request("GET", "/", &[("x-user-id", &format!("u{t}"))], b"") {
+                        Ok(r) if r.status == 200 => {
+                            ok += 1;
+                            closes += u32::from(r.header("connection") == Some("close"));
+                        }
+                        Ok(r) => failures.push(format!("status {}", r.status)),
+                        Err(e) => failures.push(format!("{e}")),
+                    }
+                    std::thread::sleep(Duration::from_millis(2));
+                }
+                (ok, closes, failures)
+            })
+        })
+        .collect();
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/upgrade.sh");
+    let config_path = first.config_path.clone();
+    let mut pids = vec![first.pid()];
+    for round in 0..10 {
+        let log = first.dir.path().join(format!("upgrade-{round}.log"));
+        let out = std::process::Command::new(script)
+            .args(["-c", config_path.to_str().unwrap(), "--bin", bin()])
+            .args(["--timeout", "20", "--log", log.to_str().unwrap()])
+            .output()
+            .unwrap();
+        let new_pid: Option<u32> = String::from_utf8_lossy(&out.stdout).trim().parse().ok();
+        if let Some(p) = new_pid {
+            pids.push(p);
+        }
+        if !out.status.success() {
+            stop.store(true, Ordering::Relaxed);
+            for p in &pids {
+                let _ = std::process::Command::new("kill")
+                    .args(["-9", &p.to_string()])
+                    .status();
+            }
+        }
+        assert!(
+            out.status.success(),
+            "upgrade {round} failed: {}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            std::fs::read_to_string(&log).unwrap_or_default()
+        );
+        if round == 0 {
+            assert_eq!(first.wait_exit(Duration::from_secs(5)), Some(0));
+        }
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let _guard = KillOnDrop(pids.last().copied());
+    let (mut total, mut closes) = (0, 0);
+    for w in workers {
+        let (ok, c, failures) = w.join().unwrap();
+        assert!(
+            failures.is_empty(),
+            "{} failed, e.g. {:?}",
+            failures.len(),
+            &failures[..failures.len().min(5)]
+        );
+        total += ok;
+        closes += c;
+    }
+    assert!(total > 300, "traffic flowed through the upgrades: {total}");
+    assert!(
+        closes >= 10,
+        "old processes said Connection: close ({closes})"
+    );
+}
+
+/// SIGTERM: during the drain delay, every response says `Connection: close`, so a
+/// keep-alive client (a load balancer's pooled connection) moves off before the process
+/// stops, instead of finding its idle connection closed.
+#[test]
+fn draining_answers_keep_alive_requests_with_connection_close() {
+    let b = backend("stable");
+    let mut px = Cohort::start(&config(&b, 2, 5));
+    let mut cl = Client::never_retrying(px.addr);
+    let r = cl.get("/", &[]);
+    assert_ne!(r.header("connection"), Some("close"), "kept alive before");
+    px.signal("TERM");
+    let t0 = Instant::now();
+    std::thread::sleep(Duration::from_millis(150));
+    let mut n = 0;
+    while t0.elapsed() < Duration::from_millis(1500) {
+        let r = cl
+            .try_request("GET", "/", &[], b"")
+            .expect("no request fails while draining");
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("connection"), Some("close"), "draining: close");
+        n += 1;
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(n > 10);
+    assert_eq!(px.wait_exit(Duration::from_secs(8)), Some(0));
+}

@@ -94,7 +94,8 @@ async fn serve_plan<S: ClientIo>(
     let _in_flight = app.state.request_started();
     let start = Instant::now();
     let mut ex = Exchange::new(*plan, conn);
-    let closing = *shutdown.borrow() || app.closing.load(Ordering::Relaxed);
+    let closing =
+        *shutdown.borrow() || app.closing.load(Ordering::Relaxed) || app.state.is_draining();
     ex.close = ex.plan.framing.close || closing;
     let (code, next) = match (ex.plan.refused, ex.attempt.take()) {
         (Some(code), _) => ex.error(code, None).await,

@@ -102,6 +102,11 @@ impl ServerApp for FastApp {
     async fn cleanup(&self) {
         self.closing.store(true, Ordering::SeqCst);
         self.wake_idle.notify_waiters();
+        // Pingora's carrier drops its idle connections at cleanup: not before the end
+        // of the drain window.
+        if let Some(end) = self.state.drain_window_end() {
+            tokio::time::sleep_until(end.into()).await;
+        }
         self.handover.cleanup().await;
     }
 }
@@ -212,20 +217,35 @@ impl<S: ClientIo> Conn<S> {
         if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
             self.buf.reserve(READ_CHUNK);
         }
-        if idle && app.closing.load(Ordering::SeqCst) {
-            // Shutting down: serve a request that already arrived, wait for no other.
-            return match self.io.read_buf(&mut self.buf).now_or_never() {
-                Some(Ok(n)) => Ok(n),
-                _ => Ok(0),
-            };
-        }
-        let until = head_deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.keepalive);
-        self.client_timer.as_mut().reset(until);
-        tokio::select! {
-            biased;
-            r = self.io.read_buf(&mut self.buf) => r,
-            _ = self.client_timer.as_mut() => Ok(0),
-            _ = closing, if idle => Ok(0),
+        let mut until =
+            head_deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.keepalive);
+        let mut closing = Some(closing);
+        loop {
+            let shutting_down = app.closing.load(Ordering::SeqCst);
+            if idle && shutting_down {
+                // Not listening any more: an idle connection waits to the end of the
+                // drain window at most, so a request already on its way is answered.
+                let end = app.state.drain_window_end().map(tokio::time::Instant::from);
+                until = end.map_or(until, |e| until.min(e));
+                if until <= tokio::time::Instant::now() {
+                    // Serve a request that already arrived, wait for no other.
+                    return match self.io.read_buf(&mut self.buf).now_or_never() {
+                        Some(Ok(n)) => Ok(n),
+                        _ => Ok(0),
+                    };
+                }
+            }
+            self.client_timer.as_mut().reset(until);
+            let wake = closing.as_mut().filter(|_| idle && !shutting_down);
+            tokio::select! {
+                biased;
+                r = self.io.read_buf(&mut self.buf) => return r,
+                _ = self.client_timer.as_mut() => return Ok(0),
+                _ = async { if let Some(w) = wake { w.await } }, if idle && !shutting_down => {
+                    // The service stopped listening: look at the drain window again.
+                    closing = None;
+                }
+            }
         }
     }
 }

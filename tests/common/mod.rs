@@ -291,11 +291,27 @@ impl Response {
 pub struct Client {
     addr: SocketAddr,
     conn: Option<BufReader<TcpStream>>,
+    /// Resend once on a new connection when a kept-alive one closed before any byte of
+    /// the answer (what browsers and most HTTP libraries do).
+    retry_stale: bool,
 }
 
 impl Client {
     pub fn new(addr: SocketAddr) -> Client {
-        Client { addr, conn: None }
+        Client {
+            addr,
+            conn: None,
+            retry_stale: true,
+        }
+    }
+
+    /// A client that never resends: a request on a kept-alive connection the server
+    /// closed is a failure (Python's `http.client`, many SDKs).
+    pub fn never_retrying(addr: SocketAddr) -> Client {
+        Client {
+            retry_stale: false,
+            ..Client::new(addr)
+        }
     }
 
     pub fn get(&mut self, path: &str, headers: &[(&str, &str)]) -> Response {
@@ -362,7 +378,10 @@ impl Client {
                     return Ok(resp);
                 }
                 Err(e)
-                    if reused && attempt == 0 && e.kind() == std::io::ErrorKind::UnexpectedEof =>
+                    if self.retry_stale
+                        && reused
+                        && attempt == 0
+                        && e.kind() == std::io::ErrorKind::UnexpectedEof =>
                 {
                     self.conn = None;
                 }
