@@ -188,7 +188,7 @@ impl Reloader {
         };
         apply_overrides(&mut config.server, &self.opts);
         let needs_upgrade = self.state.bound.changes(&config.server.bound());
-        let table = match RoutingTable::build(config) {
+        let table = match current.build_replacing(config, &crate::upstream::Resolver::from_env()) {
             Ok(t) => t,
             Err(e) => return Outcome::Rejected { errors: e.lines() },
         };
@@ -262,8 +262,9 @@ impl BackgroundService for ReloadTriggers {
         let mut tick = tokio::time::interval(WATCH_INTERVAL);
         let mut poll_tick = tokio::time::interval(poll);
         poll_tick.tick().await; // the first tick is immediate: the initial fetch just ran
-                                // `resolve_interval_secs = 0` turns the re-resolution of names that resolved off;
-                                // names that do not resolve yet are still retried (UNRESOLVED_RETRY).
+
+        // `resolve_interval_secs = 0` turns the re-resolution of names that resolved off;
+        // names that do not resolve yet are still retried (UNRESOLVED_RETRY).
         let resolve_every = self
             .reloader
             .state

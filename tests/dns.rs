@@ -157,6 +157,14 @@ fn a_name_that_does_not_resolve_is_a_down_backend_and_is_retried() {
         ]
     );
 
+    // A reload whose lookup of a known name fails keeps the name's addresses.
+    std::fs::write(hosts.path().join("hosts"), "").unwrap();
+    let t3 = t2.build_replacing((*t.config).clone(), &resolver).unwrap();
+    assert_eq!(t3.pools[0][1].addrs, t2.pools[0][1].addrs);
+    assert_eq!(t3.unresolved().count(), 0);
+    let fresh = RoutingTable::build_with((*t.config).clone(), &resolver).unwrap();
+    assert_eq!(fresh.unresolved().count(), 1, "no known addresses: down");
+
     // A variant whose only backend does not resolve has no backend: its users fall back.
     let only = text.replace("\"127.0.0.1:7002\", ", "");
     let t = RoutingTable::build_with(Config::parse(&only).unwrap(), &Resolver::default()).unwrap();

@@ -6,6 +6,7 @@ use super::router::Router;
 use crate::config::{Config, ConfigError};
 use crate::metrics::TableMetrics;
 use crate::tls::Certificates;
+use crate::upstream::resolve::Session;
 use crate::upstream::resolve::UNRESOLVED_RETRY;
 use crate::upstream::{Lookup, Pool, Resolver};
 use std::net::SocketAddr;
@@ -29,6 +30,22 @@ pub struct RoutingTable {
 /// `lookups[service][variant]`: what each configured backend resolved to.
 pub type Lookups = Vec<Vec<Vec<Lookup>>>;
 
+/// Looks up every backend of `config`, `lookups[service][variant]`.
+fn resolve_all(config: &Config, session: &Session) -> Lookups {
+    config
+        .services
+        .iter()
+        .enumerate()
+        .map(|(si, s)| {
+            s.variants
+                .iter()
+                .enumerate()
+                .map(|(vi, v)| session.variant(v, &format!("service[{si}].variant[{vi}]")))
+                .collect()
+        })
+        .collect()
+}
+
 /// Which backends a re-resolution looks up again.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Scope {
@@ -48,19 +65,28 @@ impl RoutingTable {
 
     /// [`RoutingTable::build`] with the given resolver.
     pub fn build_with(config: Config, resolver: &Resolver) -> Result<RoutingTable, ConfigError> {
-        let session = resolver.session();
-        let lookups = config
-            .services
-            .iter()
-            .enumerate()
-            .map(|(si, s)| {
-                s.variants
-                    .iter()
-                    .enumerate()
-                    .map(|(vi, v)| session.variant(v, &format!("service[{si}].variant[{vi}]")))
-                    .collect()
-            })
-            .collect();
+        let lookups = resolve_all(&config, &resolver.session());
+        Self::build_resolved(config, lookups)
+    }
+
+    /// [`RoutingTable::build`] for a reload that replaces `self`: a name that fails to
+    /// resolve now but has addresses in `self` keeps them, as on re-resolution.
+    pub fn build_replacing(
+        &self,
+        config: Config,
+        resolver: &Resolver,
+    ) -> Result<RoutingTable, ConfigError> {
+        let mut lookups = resolve_all(&config, &resolver.session());
+        for l in lookups.iter_mut().flatten().flatten() {
+            if l.answer.is_ok() {
+                continue;
+            }
+            let mut known = self.pools.iter().flatten().flat_map(Pool::lookups);
+            if let Some(k) = known.find(|k| k.name == l.name && k.answer.is_ok()) {
+                log::debug!("{}: {:?}; keeping {:?}", l.path, l.error(), k.addrs());
+                l.answer = k.answer.clone();
+            }
+        }
         Self::build_resolved(config, lookups)
     }
 
