@@ -6,8 +6,7 @@ use super::router::Router;
 use crate::config::{Config, ConfigError};
 use crate::metrics::TableMetrics;
 use crate::tls::Certificates;
-use crate::upstream::resolve::Session;
-use crate::upstream::resolve::UNRESOLVED_RETRY;
+use crate::upstream::resolve::{Session, UNRESOLVED_RETRY};
 use crate::upstream::{Lookup, Pool, Resolver};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -143,14 +142,6 @@ impl RoutingTable {
         };
         table.refresh_backend_up();
         Ok(table)
-    }
-
-    /// Every configured backend's lookup, `lookups[service][variant]`.
-    pub fn lookups(&self) -> Lookups {
-        self.pools
-            .iter()
-            .map(|vp| vp.iter().map(|p| p.lookups().to_vec()).collect())
-            .collect()
     }
 
     /// The configured backends whose names do not resolve (down, no address).
