@@ -99,9 +99,10 @@ impl Admin {
             Outcome::Applied {
                 version,
                 needs_upgrade,
+                warnings,
             } => json_reply(
                 StatusCode::OK,
-                &json!({"result": "applied", "version": version, "needs_upgrade": needs_upgrade}),
+                &json!({"result": "applied", "version": version, "needs_upgrade": needs_upgrade, "warnings": warnings}),
             ),
             Outcome::Unchanged { version } => json_reply(
                 StatusCode::OK,
@@ -173,10 +174,16 @@ impl Admin {
                     .iter()
                     .zip(pools)
                     .map(|(v, pool)| {
+                        // A name that does not resolve is listed as configured, down,
+                        // with the reason.
+                        let unresolved = pool.unresolved().map(|l| {
+                            json!({"addr": l.name, "healthy": false, "error": l.error()})
+                        });
                         let backends: Vec<Value> = pool
                             .health()
                             .into_iter()
                             .map(|(addr, healthy)| json!({"addr": addr.to_string(), "healthy": healthy}))
+                            .chain(unresolved)
                             .collect();
                         json!({
                             "name": v.name,

@@ -71,8 +71,12 @@ pub enum Command {
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
         /// Do not resolve backend DNS names.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "strict_dns")]
         no_resolve: bool,
+        /// Fail (exit 1) when a backend name does not resolve; without it that is a
+        /// warning, as `run` starts with that backend down.
+        #[arg(long)]
+        strict_dns: bool,
     },
     /// Which variant a request would get, and why.
     Explain {
@@ -157,7 +161,11 @@ pub fn dispatch(cli: Cli) -> i32 {
             upgrade,
             daemon,
         })),
-        Command::Check { config, no_resolve } => check(&config, no_resolve),
+        Command::Check {
+            config,
+            no_resolve,
+            strict_dns,
+        } => check(&config, no_resolve, strict_dns),
         Command::Explain {
             config,
             service,
@@ -223,15 +231,31 @@ fn load(path: &std::path::Path) -> Result<Config, i32> {
     Config::load(path).map_err(|e| invalid(path, &e))
 }
 
-fn check(path: &std::path::Path, no_resolve: bool) -> i32 {
+fn check(path: &std::path::Path, no_resolve: bool, strict_dns: bool) -> i32 {
     let config = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
     let summary = summary(&config);
     if !no_resolve {
-        if let Err(e) = RoutingTable::build(config) {
-            return invalid(path, &e);
+        let table = match RoutingTable::build(config) {
+            Ok(t) => t,
+            Err(e) => return invalid(path, &e),
+        };
+        let unresolved: Vec<crate::config::FieldError> = table
+            .unresolved()
+            .map(|l| crate::config::FieldError {
+                path: l.path.clone(),
+                message: l.error().unwrap_or_default().to_string(),
+            })
+            .collect();
+        if strict_dns && !unresolved.is_empty() {
+            return invalid(path, &ConfigError::Invalid(unresolved));
+        }
+        for e in &unresolved {
+            eprintln!(
+                "warning: {e} (cohort run starts with this backend down and retries the name; --strict-dns makes this an error)"
+            );
         }
     }
     out(&summary);

@@ -2,10 +2,13 @@
 //! which reads, parses, validates and compiles a complete new [`RoutingTable`] (pools,
 //! resolved addresses) *before* one atomic swap. A failed reload changes nothing and is
 //! recorded for `/status`, the log and `cohort_config_reloads_total{result="error"}`.
+//! A backend name that does not resolve fails nothing: the reload applies with a warning,
+//! that backend is down, and the re-resolution tick retries it.
 
 use crate::config::{version_of, Config, ConfigError};
 use crate::metrics::{ReloadResult, METRICS};
 use crate::options::{apply_overrides, RunOptions};
+use crate::routing::table::Scope;
 use crate::routing::RoutingTable;
 use crate::source::{Fetched, Source};
 use crate::state::{ReloadRecord, State};
@@ -19,10 +22,12 @@ use std::time::{Duration, SystemTime};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
     /// The new table serves. `needs_upgrade` lists changed settings that only a process
-    /// upgrade (`cohort run --upgrade`) applies.
+    /// upgrade (`cohort run --upgrade`) applies; `warnings` the backends whose names do
+    /// not resolve (`path: cannot resolve ...`), down until they do.
     Applied {
         version: String,
         needs_upgrade: Vec<String>,
+        warnings: Vec<String>,
     },
     /// The file is byte-for-byte the version already serving.
     Unchanged { version: String },
@@ -69,7 +74,10 @@ impl Reloader {
             Outcome::Applied {
                 version,
                 needs_upgrade,
+                warnings: _,
             } => {
+                // The names that do not resolve were logged when the table was built
+                // (`log_resolution`: once per state change, not on every reload).
                 log::info!("reload ({trigger}): applied version {version}");
                 if !needs_upgrade.is_empty() {
                     log::warn!(
@@ -101,29 +109,27 @@ impl Reloader {
         outcome
     }
 
-    /// Re-resolves the serving config's backend names; when any address changed,
-    /// compiles the same config again and swaps it in (health carries over per address).
-    /// Returns whether a new table was swapped in.
-    pub fn re_resolve(&self) -> bool {
+    /// Re-resolves the serving table's backend names in `scope`; when any answer changed
+    /// (new addresses, or a name that resolves now), compiles the same config with the
+    /// new answers and swaps it in (health carries over per address). Returns whether a
+    /// new table was swapped in.
+    pub fn re_resolve(&self, scope: Scope) -> bool {
         let _one_at_a_time = self.lock.lock();
         let current = self.state.table();
-        if !current.uses_dns() || !current.addresses_changed(crate::upstream::resolve) {
+        if !current.uses_dns() {
             return false;
         }
-        match RoutingTable::build((*current.config).clone()) {
+        let session = crate::upstream::Resolver::from_env().session();
+        let Some(lookups) = current.re_resolve(scope, |name| session.lookup(name)) else {
+            return false;
+        };
+        match RoutingTable::build_resolved((*current.config).clone(), lookups) {
             Ok(table) => {
-                let before: Vec<_> = current
-                    .pools
-                    .iter()
-                    .flatten()
-                    .map(|p| p.addrs.clone())
-                    .collect();
-                let after: Vec<_> = table
-                    .pools
-                    .iter()
-                    .flatten()
-                    .map(|p| p.addrs.clone())
-                    .collect();
+                let addrs = |t: &RoutingTable| -> Vec<_> {
+                    t.pools.iter().flatten().map(|p| p.addrs.clone()).collect()
+                };
+                let (before, after) = (addrs(&current), addrs(&table));
+                table.log_resolution(Some(&current));
                 self.state.install(table);
                 log::info!("backend DNS changed: {before:?} -> {after:?}; new addresses serve now");
                 true
@@ -182,11 +188,16 @@ impl Reloader {
         };
         apply_overrides(&mut config.server, &self.opts);
         let needs_upgrade = self.state.bound.changes(&config.server.bound());
-        let table = match RoutingTable::build(config) {
+        let table = match current.build_replacing(config, &crate::upstream::Resolver::from_env()) {
             Ok(t) => t,
             Err(e) => return Outcome::Rejected { errors: e.lines() },
         };
         table.config.server.warn_if_admin_token_unset();
+        table.log_resolution(Some(&current));
+        let warnings = table
+            .unresolved()
+            .map(|l| format!("{}: {}", l.path, l.error().unwrap_or_default()))
+            .collect();
         self.state.install(table);
         if let Source::Url(u) = &self.source {
             u.commit(&text, etag);
@@ -195,6 +206,7 @@ impl Reloader {
         Outcome::Applied {
             version,
             needs_upgrade,
+            warnings,
         }
     }
 }
@@ -250,14 +262,22 @@ impl BackgroundService for ReloadTriggers {
         let mut tick = tokio::time::interval(WATCH_INTERVAL);
         let mut poll_tick = tokio::time::interval(poll);
         poll_tick.tick().await; // the first tick is immediate: the initial fetch just ran
+
+        // `resolve_interval_secs = 0` turns the re-resolution of names that resolved off;
+        // names that do not resolve yet are still retried (UNRESOLVED_RETRY).
         let resolve_every = self
             .reloader
             .state
             .bound
             .resolve_interval_secs
             .map(Duration::from_secs);
-        let mut resolve_tick =
-            tokio::time::interval(resolve_every.unwrap_or(Duration::from_secs(3600)));
+        let scope = match resolve_every {
+            Some(_) => Scope::All,
+            None => Scope::Unresolved,
+        };
+        let mut resolve_tick = tokio::time::interval(
+            resolve_every.unwrap_or(crate::upstream::resolve::UNRESOLVED_RETRY),
+        );
         resolve_tick.tick().await;
         loop {
             tokio::select! {
@@ -270,9 +290,9 @@ impl BackgroundService for ReloadTriggers {
                 _ = poll_tick.tick(), if path.is_none() => {
                     self.run("poll").await;
                 }
-                _ = resolve_tick.tick(), if resolve_every.is_some() => {
+                _ = resolve_tick.tick() => {
                     let r = self.reloader.clone();
-                    if let Err(e) = tokio::task::spawn_blocking(move || r.re_resolve()).await {
+                    if let Err(e) = tokio::task::spawn_blocking(move || r.re_resolve(scope)).await {
                         log::error!("re-resolution task failed: {e}");
                     }
                 }

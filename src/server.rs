@@ -91,6 +91,7 @@ pub fn run(opts: RunOptions) -> Result<(), ConfigError> {
     let source = opts.source();
     let config = load_config(&opts, &source)?;
     let table = RoutingTable::build(config)?;
+    table.log_resolution(None);
     run_table(table, &opts, Some(source))
 }
 

@@ -900,24 +900,39 @@ fn syntax_errors_are_reported_on_one_prefixed_line() {
 }
 
 #[test]
-fn check_resolves_dns_names_unless_no_resolve() {
+fn check_resolves_dns_names_warns_on_unresolvable_ones_and_fails_only_with_strict_dns() {
     let dir = tempfile::tempdir().expect("tempdir");
     let good = write(
         dir.path(),
         "localhost.toml",
         &base_config("", "", VARIANTS, "").replace("127.0.0.1:8000", "localhost:8080"),
     );
-    let (code, out, err) = check(&good, &[]);
+    let (code, out, err) = check(&good, &["--strict-dns"]);
     assert_eq!(code, 0, "localhost:8080 resolves: {err}");
     assert!(out.ends_with(&format!("{}: ok\n", good.display())), "{out}");
+    assert!(!err.contains("warning"), "{err}");
 
     let bad = write(
         dir.path(),
         "nxdomain.toml",
         &base_config("", "", VARIANTS, "").replace("127.0.0.1:8000", "no-such-host.invalid:80"),
     );
+    // Without --strict-dns: valid, with a warning naming the field path and the name
+    // (`cohort run` starts with that backend down).
     let (code, out, err) = check(&bad, &[]);
-    assert_eq!(code, 1, "an unresolvable backend fails check: {out}");
+    assert_eq!(code, 0, "an unresolvable backend is a warning: {err}");
+    assert!(out.ends_with(&format!("{}: ok\n", bad.display())), "{out}");
+    assert!(
+        err.lines().any(|l| {
+            l.starts_with(
+            "warning: service[0].variant[0].backends[0]: cannot resolve \"no-such-host.invalid:80\""
+        )
+        }),
+        "{err}"
+    );
+
+    let (code, out, err) = check(&bad, &["--strict-dns"]);
+    assert_eq!(code, 1, "--strict-dns fails: {out}");
     assert!(!out.contains(": ok"), "{out}");
     let lines = error_lines(&err);
     assert!(
@@ -928,9 +943,27 @@ fn check_resolves_dns_names_unless_no_resolve() {
         "{err}"
     );
 
+    // The hosts-file override answers first.
+    let hosts = write(dir.path(), "hosts", "127.0.0.1 no-such-host.invalid\n");
+    let out = std::process::Command::new(bin())
+        .args(["check", "-c", path_str(&bad), "--strict-dns"])
+        .env("COHORT_HOSTS_FILE", &hosts)
+        .output()
+        .expect("run cohort");
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "COHORT_HOSTS_FILE lists the name: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
     let (code, out, err) = check(&bad, &["--no-resolve"]);
     assert_eq!(code, 0, "--no-resolve skips DNS: {err}");
     assert!(out.ends_with(&format!("{}: ok\n", bad.display())), "{out}");
+    assert!(!err.contains("warning"), "{err}");
+
+    let (code, _, _) = check(&bad, &["--no-resolve", "--strict-dns"]);
+    assert_eq!(code, 2, "the two flags contradict each other: usage error");
 }
 
 // ---------------------------------------------------------------------------------------

@@ -164,8 +164,8 @@ fn invalid_files_are_rejected_and_change_nothing() {
             good.replace("weight = 0", "weight = 0\nwieght = 3"),
         ),
         (
-            "unresolvable",
-            good.replace(&c.addr.to_string(), "no-such-host.invalid:80"),
+            "no port",
+            good.replace(&c.addr.to_string(), "no-such-host.invalid"),
         ),
         ("all zero", good.replace("weight = 100", "weight = 0")),
     ];

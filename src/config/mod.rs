@@ -10,6 +10,7 @@ mod validate;
 
 pub use error::{ConfigError, FieldError};
 pub use key_set::KeySet;
+pub use validate::split_host_port;
 
 use http::HeaderName;
 use ipnet::IpNet;

@@ -6,7 +6,9 @@ use super::router::Router;
 use crate::config::{Config, ConfigError};
 use crate::metrics::TableMetrics;
 use crate::tls::Certificates;
-use crate::upstream::{self, Pool};
+use crate::upstream::resolve::{Session, UNRESOLVED_RETRY};
+use crate::upstream::{Lookup, Pool, Resolver};
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
@@ -24,21 +26,85 @@ pub struct RoutingTable {
     pub loaded_at: SystemTime,
 }
 
+/// `lookups[service][variant]`: what each configured backend resolved to.
+pub type Lookups = Vec<Vec<Vec<Lookup>>>;
+
+/// Looks up every backend of `config`, `lookups[service][variant]`.
+fn resolve_all(config: &Config, session: &Session) -> Lookups {
+    config
+        .services
+        .iter()
+        .enumerate()
+        .map(|(si, s)| {
+            s.variants
+                .iter()
+                .enumerate()
+                .map(|(vi, v)| session.variant(v, &format!("service[{si}].variant[{vi}]")))
+                .collect()
+        })
+        .collect()
+}
+
+/// Which backends a re-resolution looks up again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Every backend named by DNS (`resolve_interval_secs`).
+    All,
+    /// Only the names that do not resolve yet (with `resolve_interval_secs = 0`).
+    Unresolved,
+}
+
 impl RoutingTable {
-    /// Resolves every backend and builds the pools. All resolution errors are reported.
+    /// Resolves every backend ([`Resolver::from_env`]) and builds the pools. A name that
+    /// does not resolve is no error: its backend is a down member of its pool (see
+    /// [`RoutingTable::unresolved`]) until a re-resolution finds it.
     pub fn build(config: Config) -> Result<RoutingTable, ConfigError> {
-        let mut errs = Vec::new();
-        let mut pools = Vec::with_capacity(config.services.len());
-        for (si, s) in config.services.iter().enumerate() {
-            let mut vp = Vec::with_capacity(s.variants.len());
-            for (vi, v) in s.variants.iter().enumerate() {
-                match upstream::resolve(v, &format!("service[{si}].variant[{vi}]")) {
-                    Ok(addrs) => vp.push(Pool::new(v, addrs)),
-                    Err(e) => errs.extend(e),
-                }
+        Self::build_with(config, &Resolver::from_env())
+    }
+
+    /// [`RoutingTable::build`] with the given resolver.
+    pub fn build_with(config: Config, resolver: &Resolver) -> Result<RoutingTable, ConfigError> {
+        let lookups = resolve_all(&config, &resolver.session());
+        Self::build_resolved(config, lookups)
+    }
+
+    /// [`RoutingTable::build`] for a reload that replaces `self`: a name that fails to
+    /// resolve now but has addresses in `self` keeps them, as on re-resolution.
+    pub fn build_replacing(
+        &self,
+        config: Config,
+        resolver: &Resolver,
+    ) -> Result<RoutingTable, ConfigError> {
+        let mut lookups = resolve_all(&config, &resolver.session());
+        for l in lookups.iter_mut().flatten().flatten() {
+            if l.answer.is_ok() {
+                continue;
             }
-            pools.push(vp);
+            let mut known = self.pools.iter().flatten().flat_map(Pool::lookups);
+            if let Some(k) = known.find(|k| k.name == l.name && k.answer.is_ok()) {
+                log::debug!("{}: {:?}; keeping {:?}", l.path, l.error(), k.addrs());
+                l.answer = k.answer.clone();
+            }
         }
+        Self::build_resolved(config, lookups)
+    }
+
+    /// Builds the pools from lookups already made (`lookups[service][variant]`, aligned
+    /// with the config).
+    pub fn build_resolved(config: Config, lookups: Lookups) -> Result<RoutingTable, ConfigError> {
+        let mut errs = Vec::new();
+        let mut lookups = lookups.into_iter();
+        let pools: Vec<Vec<Pool>> = config
+            .services
+            .iter()
+            .map(|s| {
+                let mut vl = lookups.next().unwrap_or_default().into_iter();
+                s.variants
+                    .iter()
+                    .map(|v| Pool::new(v, vl.next().unwrap_or_default()))
+                    .collect()
+            })
+            .collect();
         let certs = match crate::tls::load(&config.server.tls) {
             Ok(c) => c,
             Err(e) => {
@@ -50,11 +116,18 @@ impl RoutingTable {
             return Err(ConfigError::Invalid(errs));
         }
         let router = Router::new(&config);
+        // `cohort_backend_up` members: the addresses, then the names that do not resolve
+        // (as configured), the order of `refresh_backend_up`.
         let addrs: Vec<Vec<Vec<String>>> = pools
             .iter()
             .map(|vp| {
                 vp.iter()
-                    .map(|p| p.addrs.iter().map(|a| a.to_string()).collect())
+                    .map(|p| {
+                        let resolved = p.addrs.iter().map(|a| a.to_string());
+                        resolved
+                            .chain(p.unresolved().map(|l| l.name.clone()))
+                            .collect()
+                    })
                     .collect()
             })
             .collect();
@@ -71,28 +144,81 @@ impl RoutingTable {
         Ok(table)
     }
 
-    /// Whether resolving the backends again (with `resolve`) would give any pool other
-    /// addresses than it has. Resolution errors count as "no change": the table keeps
-    /// serving the addresses it has.
-    pub fn addresses_changed<F>(&self, resolve: F) -> bool
+    /// The configured backends whose names do not resolve (down, no address).
+    pub fn unresolved(&self) -> impl Iterator<Item = &Lookup> {
+        self.pools.iter().flatten().flat_map(Pool::unresolved)
+    }
+
+    /// Looks the backends in `scope` up again with `lookup`; `Some` with every backend's
+    /// lookup when any answer differs from what this table serves, `None` when nothing
+    /// changed. A name that resolved before and fails now keeps its addresses: a DNS
+    /// hiccup does not take a working backend down (health checks judge the addresses).
+    pub fn re_resolve<F>(&self, scope: Scope, lookup: F) -> Option<Lookups>
     where
-        F: Fn(
-            &crate::config::VariantConfig,
-            &str,
-        ) -> Result<Vec<std::net::SocketAddr>, Vec<crate::config::FieldError>>,
+        F: Fn(&str) -> Result<Vec<SocketAddr>, String>,
     {
-        self.config.services.iter().enumerate().any(|(si, s)| {
-            s.variants.iter().enumerate().any(|(vi, v)| {
-                let path = format!("service[{si}].variant[{vi}]");
-                match (
-                    resolve(v, &path),
-                    self.pools.get(si).and_then(|p| p.get(vi)),
-                ) {
-                    (Ok(addrs), Some(pool)) => addrs != pool.addrs,
-                    _ => false,
+        let mut changed = false;
+        let mut again = |old: &Lookup| {
+            let skip = scope == Scope::Unresolved && old.answer.is_ok()
+                || old.name.parse::<SocketAddr>().is_ok();
+            if skip {
+                return old.clone();
+            }
+            let answer = match lookup(&old.name) {
+                Err(e) if old.answer.is_ok() => {
+                    log::debug!("{}: {e}; keeping {:?}", old.path, old.addrs());
+                    old.answer.clone()
                 }
+                // Still no address: no change, whatever the resolver's words this time.
+                Err(_) => old.answer.clone(),
+                answer => answer,
+            };
+            changed |= answer != old.answer;
+            Lookup {
+                answer,
+                ..old.clone()
+            }
+        };
+        let lookups = self
+            .pools
+            .iter()
+            .map(|vp| {
+                vp.iter()
+                    .map(|p| p.lookups().iter().map(&mut again).collect())
+                    .collect()
             })
-        })
+            .collect();
+        changed.then_some(lookups)
+    }
+
+    /// Logs each backend whose resolution changed state since `before` (the table this
+    /// one replaces, if any): a warning naming the field path and the name when it does
+    /// not resolve, a notice when it resolves again. Nothing for an unchanged state, so a
+    /// retry that fails again stays quiet.
+    pub fn log_resolution(&self, before: Option<&RoutingTable>) {
+        let was_unresolved = |l: &Lookup| {
+            before.is_some_and(|b| b.unresolved().any(|o| o.path == l.path && o.name == l.name))
+        };
+        let retry = self
+            .config
+            .server
+            .resolve_interval
+            .unwrap_or(UNRESOLVED_RETRY)
+            .as_secs();
+        for l in self.pools.iter().flatten().flat_map(Pool::lookups) {
+            match &l.answer {
+                Err(e) if !was_unresolved(l) => log::warn!(
+                    "{}: {e}; this backend is down until the name resolves (retried every {retry}s)",
+                    l.path
+                ),
+                Ok(addrs) if was_unresolved(l) => log::info!(
+                    "{}: {:?} resolves now, to {addrs:?}; it takes traffic",
+                    l.path,
+                    l.name
+                ),
+                _ => {}
+            }
+        }
     }
 
     /// The service's `fallback` variant and a healthy backend of it, for a request whose
@@ -127,7 +253,10 @@ impl RoutingTable {
             .pools
             .iter()
             .flatten()
-            .flat_map(|p| p.health().into_iter().map(|(_, h)| h))
+            .flat_map(|p| {
+                let resolved = p.health().into_iter().map(|(_, h)| h);
+                resolved.chain(p.unresolved().map(|_| false))
+            })
             .collect();
         self.metrics.set_backend_up(&healthy);
     }

@@ -1,14 +1,18 @@
 //! Upstream pools: one Pingora [`LoadBalancer`] per variant over its resolved backends
 //! (the selection algorithm), our own per-address health ([`health`]), and the
-//! [`HttpPeer`] built for each pick. DNS names are resolved when a table is compiled,
-//! never on the request path.
+//! [`HttpPeer`] built for each pick. DNS names are resolved ([`resolve`]) when a table is
+//! compiled and on re-resolution, never on the request path; a backend whose name does
+//! not resolve stays in its pool as a down member, with the reason.
 
 pub mod health;
+pub mod resolve;
+
+pub use resolve::{Lookup, Resolver, HOSTS_FILE_ENV};
 
 use health::{BackendHealth, HEALTH};
 use std::sync::Arc;
 
-use crate::config::{Balance, FieldError, HealthCheck, Passive, VariantConfig};
+use crate::config::{Balance, HealthCheck, Passive, VariantConfig};
 use futures::FutureExt;
 use pingora_core::protocols::l4::socket::SocketAddr as PSocketAddr;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -18,7 +22,7 @@ use pingora_load_balancing::selection::{
 };
 use pingora_load_balancing::{Backend, Backends, Extensions, LoadBalancer};
 use std::collections::BTreeSet;
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::SocketAddr;
 use std::time::Duration;
 
 /// Idle upstream connections are closed after this long, so connections to backends
@@ -36,6 +40,9 @@ pub struct Pool {
     selector: Selector,
     /// Resolved addresses, in config order (duplicates removed).
     pub addrs: Vec<SocketAddr>,
+    /// What each configured backend resolved to, in config order: the names that do not
+    /// resolve are the pool's down members that have no address.
+    lookups: Vec<Lookup>,
     connect_timeout: Duration,
     read_timeout: Duration,
     /// Health per address, aligned with `addrs` (shared with other tables).
@@ -51,8 +58,14 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// Builds the pool for a variant whose backends are already resolved.
-    pub fn new(v: &VariantConfig, addrs: Vec<SocketAddr>) -> Pool {
+    /// Builds the pool for a variant from its backends' lookups ([`Resolver`]).
+    pub fn new(v: &VariantConfig, lookups: Vec<Lookup>) -> Pool {
+        let mut addrs: Vec<SocketAddr> = Vec::new();
+        for a in lookups.iter().flat_map(Lookup::addrs) {
+            if !addrs.contains(a) {
+                addrs.push(*a);
+            }
+        }
         let set: BTreeSet<Backend> = addrs
             .iter()
             .map(|a| Backend {
@@ -70,6 +83,7 @@ impl Pool {
             selector,
             health: addrs.iter().map(|a| HEALTH.entry(*a)).collect(),
             addrs,
+            lookups,
             connect_timeout: v.connect_timeout,
             read_timeout: v.read_timeout,
             check: v.health_check.clone(),
@@ -123,9 +137,12 @@ impl Pool {
     /// Picks a healthy backend, skipping `exclude` (the one a connect just failed on).
     /// `key` steers `consistent` pools; the others ignore it.
     pub fn select(&self, key: u64, exclude: Option<SocketAddr>) -> Option<SocketAddr> {
-        if let [only] = self.addrs[..] {
+        match self.addrs[..] {
+            // No backend resolves (yet): the caller falls back.
+            [] => return None,
             // One backend: every balance policy picks it.
-            return (Some(only) != exclude && self.is_up(&only)).then_some(only);
+            [only] => return (Some(only) != exclude && self.is_up(&only)).then_some(only),
+            _ => {}
         }
         let key = key.to_le_bytes();
         let accept = |b: &Backend, _: bool| match b.addr.as_inet() {
@@ -163,41 +180,19 @@ where
     lb
 }
 
-/// Resolves every backend of a variant; errors name the field path.
-pub fn resolve(v: &VariantConfig, path: &str) -> Result<Vec<SocketAddr>, Vec<FieldError>> {
-    let mut out = Vec::new();
-    let mut errs = Vec::new();
-    for (i, b) in v.backends.iter().enumerate() {
-        match b.to_socket_addrs() {
-            Ok(addrs) => {
-                for a in addrs {
-                    if !out.contains(&a) {
-                        out.push(a);
-                    }
-                }
-            }
-            Err(e) => errs.push(FieldError {
-                path: format!("{path}.backends[{i}]"),
-                message: format!("cannot resolve {b:?}: {e}"),
-            }),
-        }
-    }
-    if errs.is_empty() && out.is_empty() {
-        errs.push(FieldError {
-            path: format!("{path}.backends"),
-            message: "resolved to no address".to_string(),
-        });
-    }
-    if errs.is_empty() {
-        Ok(out)
-    } else {
-        Err(errs)
-    }
-}
-
 impl Pool {
     /// Every backend with its current health, in config order.
     pub fn health(&self) -> Vec<(SocketAddr, bool)> {
         self.health.iter().map(|h| (h.addr, h.is_up())).collect()
+    }
+
+    /// What each configured backend resolved to, in config order.
+    pub fn lookups(&self) -> &[Lookup] {
+        &self.lookups
+    }
+
+    /// The configured backends whose names do not resolve: down, with no address.
+    pub fn unresolved(&self) -> impl Iterator<Item = &Lookup> {
+        self.lookups.iter().filter(|l| l.answer.is_err())
     }
 }
