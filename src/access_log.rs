@@ -59,8 +59,22 @@ impl AccessLog {
             Target::Stdout => Box::new(std::io::stdout()),
             Target::File(p) => Box::new(OpenOptions::new().create(true).append(true).open(p)?),
         };
+        Ok(Some(Self::to_writer(out, include_keys)))
+    }
+
+    /// Opens a file readable by its owner only (a new file gets mode 0600; an existing
+    /// one keeps its mode), for lines that hold user data (`server.sample_log`).
+    pub fn open_private(path: &str) -> std::io::Result<(AccessLog, AccessLogWriter)> {
+        let mut options = OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        Ok(Self::to_writer(Box::new(options.open(path)?), false))
+    }
+
+    fn to_writer(out: Box<dyn Write + Send>, include_keys: bool) -> (AccessLog, AccessLogWriter) {
         let (tx, rx) = sync_channel::<String>(QUEUE);
-        Ok(Some((
+        (
             AccessLog {
                 tx,
                 dropped: AtomicU64::new(0),
@@ -69,7 +83,7 @@ impl AccessLog {
             AccessLogWriter {
                 parts: std::sync::Mutex::new(Some((rx, out))),
             },
-        )))
+        )
     }
 
     /// Queues one line (which must end with `\n`); never blocks.

@@ -135,11 +135,18 @@ impl ProxyHttp for CohortProxy {
             .map(|a| a.ip());
         let view = RequestView::new(&req.headers, &req.uri, peer_ip);
         let Some(svc) = table.router.match_service(&view) else {
+            forward::sample::record(self.state.sample_log.as_ref(), &table, &view, None);
             ctx.table = Some(table);
             respond(session, 404).await?;
             return Ok(true);
         };
         let decision = table.router.decide(svc, &view);
+        forward::sample::record(
+            self.state.sample_log.as_ref(),
+            &table,
+            &view,
+            Some((svc, &decision)),
+        );
         if self
             .state
             .access_log

@@ -33,6 +33,8 @@ pub struct State {
     last_reload: Mutex<Option<ReloadRecord>>,
     /// The access log, opened at start (`None` = off).
     pub access_log: Option<AccessLog>,
+    /// The request sample log (`server.sample_log`), opened at start (`None` = off).
+    pub sample_log: Option<AccessLog>,
 }
 
 impl State {
@@ -43,12 +45,18 @@ impl State {
     pub fn with_access_log(table: RoutingTable, access_log: Option<AccessLog>) -> State {
         State {
             access_log,
+            sample_log: None,
             bound: table.config.server.bound(),
             table: ArcSwap::from_pointee(table),
             draining: AtomicBool::new(false),
             in_flight: AtomicUsize::new(0),
             last_reload: Mutex::new(None),
         }
+    }
+
+    /// The same state, writing request samples to `sample_log`.
+    pub fn with_sample_log(self, sample_log: Option<AccessLog>) -> State {
+        State { sample_log, ..self }
     }
 
     /// One consistent snapshot of the routing table.

@@ -104,6 +104,12 @@ fn plan_with<'b>(
         .router
         .match_service(&view)
         .map(|svc| (svc, table.router.decide(svc, &view)));
+    forward::sample::record(
+        state.sample_log.as_ref(),
+        &table,
+        &view,
+        route.as_ref().map(|(svc, d)| (*svc, d)),
+    );
     let log = state.access_log.as_ref().map(|l| LogFields {
         method: method.to_string(),
         path: forward::finish::log_path(target).to_string(),

@@ -7,7 +7,8 @@
 //! - [`error`]: one upstream error type, mapped to a status and a metric kind;
 //! - [`finish`]: end-of-request metrics and the access log line;
 //! - [`plain`]: cohort's own short responses;
-//! - [`request`]: the requests refused before routing (ambiguous framing, `Host`, size).
+//! - [`request`]: the requests refused before routing (ambiguous framing, `Host`, size);
+//! - [`sample`]: the request samples `server.sample_log` writes.
 //!
 //! The carriers are [`crate::fast`] (the HTTP/1 engine: plaintext and TLS HTTP/1.1) and
 //! [`crate::proxy`] (Pingora's `ProxyHttp`: HTTP/2 and what the engine hands over).
@@ -19,6 +20,7 @@ pub mod error;
 pub mod finish;
 pub mod plain;
 pub mod request;
+pub mod sample;
 
 pub use attempt::{is_idempotent, Attempt, Body, Failure, Phase, Retry};
 pub use edits::{ClientPeer, RequestEdits, ResponseEdits};
