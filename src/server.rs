@@ -100,10 +100,12 @@ pub fn run_table(
         None => (None, None),
     };
     let samples = match &server_cfg.sample_log {
-        Some(path) => Some(AccessLog::open_private(path).map_err(|source| ConfigError::Io {
-            path: format!("server.sample_log {path:?}"),
-            source,
-        })?),
+        Some(path) => Some(
+            AccessLog::open_private(path).map_err(|source| ConfigError::Io {
+                path: format!("server.sample_log {path:?}"),
+                source,
+            })?,
+        ),
         None => None,
     };
     let (sample_log, sample_log_writer) = match samples {

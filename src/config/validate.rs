@@ -191,7 +191,9 @@ fn sample_log_rate(f: &ServerFile, errs: &mut Errors) -> f64 {
     if !(rate > 0.0 && rate <= 1.0) {
         errs.push(
             "server.sample_log_rate",
-            format!("{rate} is not a fraction of requests in (0, 1] (0.01 samples one request in 100)"),
+            format!(
+                "{rate} is not a fraction of requests in (0, 1] (0.01 samples one request in 100)"
+            ),
         );
         return DEFAULT_SAMPLE_LOG_RATE;
     }
