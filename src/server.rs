@@ -112,6 +112,12 @@ pub fn run_table(
         Some((log, writer)) => (Some(log), Some(writer)),
         None => (None, None),
     };
+    if let Some(path) = &server_cfg.sample_log {
+        log::info!(
+            "writing request samples to {path} (server.sample_log_rate {}); they hold cohort keys",
+            server_cfg.sample_log_rate
+        );
+    }
     let state = Arc::new(State::with_access_log(table, access_log).with_sample_log(sample_log));
     let reloader = source.map(|src| Arc::new(Reloader::new(state.clone(), opts.clone(), src)));
     let opt = Opt {

@@ -400,3 +400,52 @@ fn every_flag_has_help_text() {
         }
     }
 }
+
+#[test]
+fn check_names_bad_sample_log_settings_by_field_path() {
+    let dir = tempfile::tempdir().unwrap();
+    for (server, path, says) in [
+        (
+            "sample_log = \"stdout\"",
+            "server.sample_log",
+            "must be a file path",
+        ),
+        (
+            "sample_log = \"/tmp/s.jsonl\"\nsample_log_rate = 0",
+            "server.sample_log_rate",
+            "(0, 1]",
+        ),
+        (
+            "sample_log = \"/tmp/s.jsonl\"\nsample_log_rate = 1.5",
+            "server.sample_log_rate",
+            "(0, 1]",
+        ),
+        (
+            "sample_log_rate = \"all\"",
+            "server.sample_log_rate",
+            "number",
+        ),
+    ] {
+        let p = write(
+            dir.path(),
+            "c.toml",
+            &config(server, "127.0.0.1:1", "127.0.0.1:2", ""),
+        );
+        let (code, out, err) = cohort_cmd(&["check", "-c", s(&p), "--no-resolve"]);
+        assert_eq!(code, 1, "{server}: {out}{err}");
+        let line = err
+            .lines()
+            .find(|l| l.contains(path))
+            .unwrap_or_else(|| panic!("{server}: no {path} in {err}"));
+        assert!(line.contains(says), "{server}: {line}");
+    }
+    let ok = config(
+        "sample_log = \"@x\"\nsample_log_rate = 1",
+        "127.0.0.1:1",
+        "127.0.0.1:2",
+        "",
+    );
+    let p = write(dir.path(), "ok.toml", &ok);
+    let (code, _, err) = cohort_cmd(&["check", "-c", s(&p), "--no-resolve"]);
+    assert_eq!(code, 0, "{err}");
+}
