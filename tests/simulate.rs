@@ -334,6 +334,13 @@ fn proxy_samples_replay(carrier: &[(&str, &str)]) {
     let title = format!("service api: {moved} of 120 requests move");
     assert!(out.contains(&title), "{out}");
     assert_eq!(table_after(&out, &title), want, "{out}");
+    // One request per user here, so as many users as requests move.
+    assert!(
+        out.contains(&format!(
+            "users (distinct cohort keys under FILE): {moved} of 120 move"
+        )),
+        "{out}"
+    );
     assert!(
         out.lines()
             .any(|l| l.trim_start().starts_with("rule:eu -> rule:eu")

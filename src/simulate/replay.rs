@@ -7,8 +7,9 @@
 use crate::config::Config;
 use crate::routing::Router;
 use crate::sample::{Fields, Sample};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::io::BufRead;
+use xxhash_rust::xxh3::xxh3_64;
 
 /// Where one request goes under one config.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,6 +19,8 @@ pub struct Outcome {
     pub variant: String,
     /// The SPEC `reason` (`hash`, `rule:NAME`, `cookie`, `forced`, `no_key`).
     pub reason: String,
+    /// A hash of the user's cohort key under this config (`None`: no key).
+    pub user: Option<u64>,
 }
 
 /// Label of a request that matches no service.
@@ -37,6 +40,9 @@ pub struct ServiceReplay {
     pub moves_by_reason: BTreeMap<(String, String), u64>,
     pub requests: u64,
     pub moved: u64,
+    /// Distinct cohort keys (under FILE) of the requests, and of those that move.
+    pub users: HashSet<u64>,
+    pub moved_users: HashSet<u64>,
 }
 
 impl ServiceReplay {
@@ -91,6 +97,7 @@ fn route(
             service: None,
             variant: NO_SERVICE.to_string(),
             reason: NO_SERVICE.to_string(),
+            user: None,
         });
     };
     let s = &router.services[svc];
@@ -99,10 +106,17 @@ fn route(
     if let (Some(id), Some(name), None) = (&d.new_cookie, &s.cfg.assign_cookie, minted.as_ref()) {
         *minted = Some((name.clone(), id.as_str().to_string()));
     }
+    let user = match &d.new_cookie {
+        Some(id) => Some(xxh3_64(id.as_str().as_bytes())),
+        None => s
+            .find_key(&view, router.client_ip(&view))
+            .map(|(k, _)| xxh3_64(k.as_bytes())),
+    };
     Ok(Outcome {
         service: Some(s.cfg.name.clone()),
         variant: s.variant_name(d.variant).to_string(),
         reason: s.reason_str(d.reason).to_string(),
+        user,
     })
 }
 
@@ -196,8 +210,10 @@ impl Replay {
             }
         }
         s.requests += 1;
+        s.users.extend(old.user);
         if from != to {
             s.moved += 1;
+            s.moved_users.extend(old.user);
             *s.moves_by_reason
                 .entry((old.reason, new.reason))
                 .or_default() += 1;
@@ -233,12 +249,21 @@ impl Replay {
 
 fn service_text(s: &ServiceReplay) -> String {
     let mut out = format!(
-        "service {}: {} of {} requests move ({:.3}%)\nfrom \\ to            ",
+        "service {}: {} of {} requests move ({:.3}%)\n",
         s.service,
         s.moved,
         s.requests,
         s.moved as f64 / s.requests.max(1) as f64 * 100.0
     );
+    if !s.users.is_empty() {
+        out += &format!(
+            "users (distinct cohort keys under FILE): {} of {} move ({:.3}%)\n",
+            s.moved_users.len(),
+            s.users.len(),
+            s.moved_users.len() as f64 / s.users.len() as f64 * 100.0
+        );
+    }
+    out += "from \\ to            ";
     let width = s.to.iter().map(|t| t.len() + 2).max().unwrap_or(12).max(12);
     for to in &s.to {
         out += &format!("{to:>width$}");
@@ -316,6 +341,10 @@ mod tests {
         );
         assert!(stable_de > 20, "{stable_de}");
         assert!(r.unrecorded.is_empty(), "{:?}", r.unrecorded);
+        assert_eq!(
+            (s.users.len(), s.moved_users.len() as u64),
+            (200, stable_de)
+        );
         assert!(r
             .text("s.jsonl")
             .contains(&format!("service api: {stable_de} of 200 requests move")));
@@ -347,6 +376,31 @@ mod tests {
             Some(&to_stable)
         );
         assert!(to_stable > 80, "{to_stable}");
+    }
+
+    #[test]
+    fn a_user_whose_requests_partly_move_counts_once() {
+        let (a, b) = (config(EU_SPLIT), config(EU_PIN));
+        // Find a user the 50/50 split puts on stable: its German requests move.
+        let router = Router::new(&a);
+        let user = (0..100)
+            .map(|i| format!("u{i}"))
+            .find(|u| {
+                let req = Sample::parse(&sample(u, Some("DE")))
+                    .unwrap()
+                    .rebuild()
+                    .unwrap();
+                router.decide(0, &req.view()).variant == 0
+            })
+            .unwrap();
+        let text = [Some("DE"), None, Some("DE"), None]
+            .iter()
+            .map(|c| sample(&user, *c) + "\n")
+            .collect::<String>();
+        let r = replay(&a, &b, text.as_bytes()).unwrap();
+        let s = &r.services[0];
+        assert_eq!((s.requests, s.moved), (4, 2));
+        assert_eq!((s.users.len(), s.moved_users.len()), (1, 1));
     }
 
     #[test]
