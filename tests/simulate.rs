@@ -456,3 +456,34 @@ fn check_names_bad_sample_log_settings_by_field_path() {
     let (code, _, err) = cohort_cmd(&["check", "-c", s(&p), "--no-resolve"]);
     assert_eq!(code, 0, "{err}");
 }
+
+#[test]
+fn narrowing_a_rule_never_prints_that_nobody_moves() {
+    let dir = tempfile::tempdir().unwrap();
+    let a = write(dir.path(), "old.toml", &offline(EU_PIN));
+    let b = write(
+        dir.path(),
+        "new.toml",
+        &offline(&EU_PIN.replace("[\"DE\", \"FR\"]", "[\"DE\"]")),
+    );
+    let out = simulate(&["-c", s(&a), "--against", s(&b), "--users", "5000"]);
+    assert!(!out.contains("0 of 5000 users move"), "{out}");
+    assert!(
+        out.starts_with("service api: rule changes move the users they match (rule eu: below)"),
+        "{out}"
+    );
+    let m = table_after(
+        &out,
+        "service api, rule eu (changed, users only its old conditions match): ",
+    );
+    let stay = (0..5_000)
+        .filter(|i| {
+            expected_variant(
+                "api",
+                &[("stable", 95.0), ("canary", 5.0)],
+                &format!("user-{i}"),
+            ) == "canary"
+        })
+        .count() as u64;
+    assert_eq!(cell(&m, "canary", "stable"), 5_000 - stay, "{out}");
+}

@@ -147,15 +147,12 @@ pub fn transition_text(t: &Transition) -> String {
 /// [`rules::changes_text`]).
 pub fn transition_text_with(t: &Transition, rules: Option<&rules::RuleChanges>) -> String {
     let pct = t.moved() as f64 / t.users.max(1) as f64 * 100.0;
-    let moving: Vec<&str> = rules
-        .map(|r| {
-            r.rules
-                .iter()
-                .filter(|x| x.matrix.moved() > 0)
-                .map(|x| x.rule.as_str())
-                .collect()
-        })
-        .unwrap_or_default();
+    let mut moving: Vec<&str> = Vec::new();
+    for r in rules.iter().flat_map(|r| &r.rules) {
+        if r.matrix.moved() > 0 && !moving.contains(&r.rule.as_str()) {
+            moving.push(&r.rule);
+        }
+    }
     let head = if moving.is_empty() {
         format!(
             "service {}: {} of {} users move ({pct:.3}%)\n",

@@ -55,7 +55,31 @@ pub struct RuleTransition {
     /// The rule as written in the second config (`None`: removed).
     pub now: Option<String>,
     pub population: Population,
+    /// Which of the rule's users the matrix counts.
+    pub scope: Scope,
     pub matrix: Transition,
+}
+
+/// Which users of a rule a matrix counts. When a rule's conditions change, some users
+/// match it on one side only: they go between its action and the hash split.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Scope {
+    /// Users the rule matches on each side where it exists.
+    Matching,
+    /// Users the old conditions match and the new ones do not.
+    OnlyBefore,
+    /// Users the new conditions match and the old ones did not.
+    OnlyAfter,
+}
+
+impl Scope {
+    fn label(self) -> &'static str {
+        match self {
+            Scope::Matching => "",
+            Scope::OnlyBefore => ", users only its old conditions match",
+            Scope::OnlyAfter => ", users only its new conditions match",
+        }
+    }
 }
 
 /// The rule differences of one service present in both configs.
@@ -100,28 +124,38 @@ pub fn service_changes(sa: &Service, sb: &Service, users: u64) -> RuleChanges {
             names.push(&r.name);
         }
     }
-    let rules = names
-        .into_iter()
-        .filter_map(|name| {
-            let ia = sa.cfg.rules.iter().position(|r| r.name == name);
-            let ib = sb.cfg.rules.iter().position(|r| r.name == name);
-            let change = match (ia, ib) {
-                (None, _) => Change::Added,
-                (_, None) => Change::Removed,
-                (Some(i), Some(j)) if same_rule(&sa.cfg, i, &sb.cfg, j) => Change::Same,
-                _ => Change::Changed,
-            };
-            let (population, matrix) = rule_matrix(sa, ia, sb, ib, users);
-            (change != Change::Same || matrix.moved() > 0).then(|| RuleTransition {
-                rule: name.to_string(),
-                change,
-                was: ia.map(|i| describe(&sa.cfg, &sa.cfg.rules[i])),
-                now: ib.map(|j| describe(&sb.cfg, &sb.cfg.rules[j])),
-                population,
-                matrix,
-            })
-        })
-        .collect();
+    let mut rules = Vec::new();
+    for name in names {
+        let ia = sa.cfg.rules.iter().position(|r| r.name == name);
+        let ib = sb.cfg.rules.iter().position(|r| r.name == name);
+        let change = match (ia, ib) {
+            (None, _) => Change::Added,
+            (_, None) => Change::Removed,
+            (Some(i), Some(j)) if same_rule(&sa.cfg, i, &sb.cfg, j) => Change::Same,
+            _ => Change::Changed,
+        };
+        let mut scopes = vec![(Scope::Matching, ia, ib)];
+        if let (Some(i), Some(j)) = (ia, ib) {
+            if !same_conditions(&sa.cfg.rules[i], &sb.cfg.rules[j]) {
+                scopes.push((Scope::OnlyBefore, ia, None));
+                scopes.push((Scope::OnlyAfter, None, ib));
+            }
+        }
+        for (scope, a, b) in scopes {
+            let (population, matrix) = rule_matrix(sa, a, sb, b, users);
+            if change != Change::Same || matrix.moved() > 0 {
+                rules.push(RuleTransition {
+                    rule: name.to_string(),
+                    change,
+                    was: ia.map(|i| describe(&sa.cfg, &sa.cfg.rules[i])),
+                    now: ib.map(|j| describe(&sb.cfg, &sb.cfg.rules[j])),
+                    population,
+                    scope,
+                    matrix,
+                });
+            }
+        }
+    }
     let common = |s: &ServiceConfig, other: &ServiceConfig| -> Vec<String> {
         s.rules
             .iter()
@@ -199,6 +233,12 @@ fn rule_matrix(
 /// and the same action by variant name.
 fn same_rule(a: &ServiceConfig, i: usize, b: &ServiceConfig, j: usize) -> bool {
     let (ra, rb) = (&a.rules[i], &b.rules[j]);
+    same_conditions(ra, rb) && ra.key_in == rb.key_in && action(a, ra) == action(b, rb)
+}
+
+/// Whether two rules test the same client address, header, cookie and query (`key_in`
+/// aside: its keys are counted one by one).
+fn same_conditions(ra: &RuleConfig, rb: &RuleConfig) -> bool {
     ra.client_cidr == rb.client_cidr
         && ra.header.as_ref().map(|m| (m.name.as_str(), &m.op))
             == rb.header.as_ref().map(|m| (m.name.as_str(), &m.op))
@@ -206,8 +246,6 @@ fn same_rule(a: &ServiceConfig, i: usize, b: &ServiceConfig, j: usize) -> bool {
             == rb.cookie.as_ref().map(|m| (m.name.as_str(), &m.op))
         && ra.query.as_ref().map(|m| (m.name.as_str(), &m.op))
             == rb.query.as_ref().map(|m| (m.name.as_str(), &m.op))
-        && ra.key_in == rb.key_in
-        && action(a, ra) == action(b, rb)
 }
 
 /// A rule's action by variant name (weights: the positive ones, in name order).
@@ -259,23 +297,28 @@ pub fn changes_text(c: &RuleChanges) -> String {
         };
         let m = &r.matrix;
         out += &format!(
-            "service {}, rule {} ({}): {} of {} {who} move ({:.3}%)\n",
+            "service {}, rule {} ({}{}): {} of {} {who} move ({:.3}%)\n",
             c.service,
             r.rule,
             r.change.as_str(),
+            r.scope.label(),
             m.moved(),
             m.users,
             m.moved() as f64 / m.users.max(1) as f64 * 100.0
         );
-        match (&r.was, &r.now) {
+        let hashed = |side: &str| format!("(not matched: the {side} config's hash split)");
+        let (was, now) = match r.scope {
+            Scope::Matching => (r.was.clone(), r.now.clone()),
+            Scope::OnlyBefore => (r.was.clone(), None),
+            Scope::OnlyAfter => (None, r.now.clone()),
+        };
+        match (was, now) {
             (Some(w), Some(n)) if w == n => out += &format!("  rule     {w}\n"),
             (w, n) => {
-                let none =
-                    |side: &str| format!("(no such rule: its users get the {side} hash split)");
                 out += &format!(
                     "  was      {}\n  now      {}\n",
-                    w.clone().unwrap_or_else(|| none("first config's")),
-                    n.clone().unwrap_or_else(|| none("second config's"))
+                    w.unwrap_or_else(|| hashed("first")),
+                    n.unwrap_or_else(|| hashed("second"))
                 );
             }
         }
@@ -405,6 +448,36 @@ mod tests {
         ];
         let globex = cohort::assign(b"globex", &seeds, &[95.0, 5.0]);
         assert_eq!(r.matrix.moved(), u64::from(globex == Some(0)));
+    }
+
+    #[test]
+    fn narrowed_conditions_move_the_users_left_out() {
+        // DE and FR pinned to canary, then only DE: matching users stay, FR users go to
+        // the hash split. Synthetic users cannot say who is French, so both are shown.
+        let wide = EU_PIN.replace("[\"DE\"]", "[\"DE\", \"FR\"]");
+        let c = only(&wide, EU_PIN, 10_000);
+        let scopes: Vec<(Scope, u64)> = c
+            .rules
+            .iter()
+            .map(|r| (r.scope, r.matrix.moved()))
+            .collect();
+        assert_eq!(scopes.len(), 3, "{scopes:?}");
+        assert_eq!(scopes[0], (Scope::Matching, 0));
+        let before = &c.rules[1];
+        assert_eq!(before.scope, Scope::OnlyBefore);
+        let stay = cell(&before.matrix, "canary", "canary");
+        assert_eq!(before.matrix.moved(), 10_000 - stay);
+        assert!(before.matrix.moved() > 9_000);
+        assert_eq!(c.rules[2].scope, Scope::OnlyAfter);
+        assert_eq!(c.rules[2].matrix.moved(), 10_000 - stay);
+        assert!(c.moves_anyone(), "a narrowed rule is never `0 move`");
+        let text = changes_text(&c);
+        assert!(
+            text.contains("rule eu (changed, users only its old conditions match)"),
+            "{text}"
+        );
+        // An action-only change has no such extra matrices.
+        assert_eq!(only(EU_SPLIT, EU_PIN, 100).rules.len(), 1);
     }
 
     #[test]
