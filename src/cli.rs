@@ -466,18 +466,24 @@ fn simulate_cmd(path: &std::path::Path, against: Option<&std::path::Path>, users
                 Err(code) => return code,
             };
             let rules = simulate::rules::rule_changes(&a, &b, users);
-            let mut rules_moved = false;
+            let (mut rule_matrices, mut cautions) = (false, false);
             for t in simulate::transitions(&a, &b, users) {
                 let r = rules.iter().find(|r| r.service == t.service);
                 out(&format!("{}\n", simulate::transition_text_with(&t, r)));
                 if let Some(r) = r.filter(|r| !r.is_empty()) {
                     out(&simulate::rules::changes_text(r));
-                    rules_moved |= !r.rules.is_empty();
+                    rule_matrices |= !r.rules.is_empty();
+                    cautions |= !r.cautions.is_empty();
                 }
             }
-            if rules_moved {
+            if rule_matrices {
                 out(&format!(
-                    "note: who matches a rule depends on the client address, headers, cookies or query, which synthetic users do not carry; each rule's matrix takes all {users} synthetic users as matching it (or the keys its key_in lists) and reaching it. For the exact blast radius of your traffic, record samples (server.sample_log) and run: cohort simulate -c {} --against {} --samples FILE\n",
+                    "note: who matches a rule depends on the client address, headers, cookies or query, which synthetic users do not carry; each rule's matrix takes all {users} synthetic users as matching it (or the keys its key_in lists) and reaching it.\n"
+                ));
+            }
+            if rule_matrices || cautions {
+                out(&format!(
+                    "For the exact blast radius of your traffic, record samples (server.sample_log) and run: cohort simulate -c {} --against {} --samples FILE\n",
                     path.display(),
                     p.display()
                 ));

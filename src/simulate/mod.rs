@@ -8,6 +8,7 @@
 //! - [`replay`]: recorded request samples routed through both configs by the proxy's
 //!   own decision code: the exact blast radius for that request mix.
 
+pub mod keying;
 pub mod replay;
 pub mod rules;
 
@@ -153,7 +154,15 @@ pub fn transition_text_with(t: &Transition, rules: Option<&rules::RuleChanges>) 
             moving.push(&r.rule);
         }
     }
-    let head = if moving.is_empty() {
+    let cautious = rules.is_some_and(|r| !r.cautions.is_empty());
+    let head = if moving.is_empty() && cautious {
+        format!(
+            "service {}: {} of {} synthetic users move by the hash split ({pct:.3}%) if each keeps its key; but how users are keyed or matched changed, which moves real users this cannot count (cautions below)\n",
+            t.service,
+            t.moved(),
+            t.users
+        )
+    } else if moving.is_empty() {
         format!(
             "service {}: {} of {} users move ({pct:.3}%)\n",
             t.service,

@@ -90,6 +90,9 @@ pub struct RuleChanges {
     pub rules: Vec<RuleTransition>,
     /// The rules both configs have, in each config's order, when that order differs.
     pub reordered: Option<(Vec<String>, Vec<String>)>,
+    /// Changes to keying and matching that synthetic users cannot show
+    /// ([`super::keying::cautions`]).
+    pub cautions: Vec<String>,
 }
 
 impl RuleChanges {
@@ -100,7 +103,7 @@ impl RuleChanges {
 
     /// Whether there is anything to report.
     pub fn is_empty(&self) -> bool {
-        self.rules.is_empty() && self.reordered.is_none()
+        self.rules.is_empty() && self.reordered.is_none() && self.cautions.is_empty()
     }
 }
 
@@ -168,6 +171,7 @@ pub fn service_changes(sa: &Service, sb: &Service, users: u64) -> RuleChanges {
         service: sa.cfg.name.clone(),
         rules,
         reordered: (oa != ob).then_some((oa, ob)),
+        cautions: super::keying::cautions(&sa.cfg, &sb.cfg),
     }
 }
 
@@ -326,6 +330,12 @@ pub fn changes_text(c: &RuleChanges) -> String {
             out += "  (written alike, but the salt or the variant names changed)\n";
         }
         out += &super::matrix_text(m);
+        out.push('\n');
+    }
+    for caution in &c.cautions {
+        out += &format!("service {}: caution: {caution}\n", c.service);
+    }
+    if !c.cautions.is_empty() {
         out.push('\n');
     }
     if let Some((a, b)) = &c.reordered {
