@@ -48,27 +48,17 @@ struct Built {
 }
 
 /// Why a request cannot be explained.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExplainError {
     /// No service matches the request's host and path (the proxy would answer 404).
+    #[error("no service matches host {host:?} and path {path:?} (the proxy would answer 404)")]
     NoService { host: String, path: String },
     /// `service` names no service of the config.
+    #[error("no service named {0:?}")]
     UnknownService(String),
     /// A flag or parameter that does not make a request.
+    #[error("{0}")]
     Input(String),
-}
-
-impl std::fmt::Display for ExplainError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            ExplainError::NoService { host, path } => write!(
-                f,
-                "no service matches host {host:?} and path {path:?} (the proxy would answer 404)"
-            ),
-            ExplainError::UnknownService(name) => write!(f, "no service named {name:?}"),
-            ExplainError::Input(msg) => f.write_str(msg),
-        }
-    }
 }
 
 impl From<String> for ExplainError {

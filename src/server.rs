@@ -99,25 +99,21 @@ pub fn run_table(
         Some((log, writer)) => (Some(log), Some(writer)),
         None => (None, None),
     };
-    let samples = match &server_cfg.sample_log {
-        Some(path) => Some(
-            AccessLog::open_private(path).map_err(|source| ConfigError::Io {
-                path: format!("server.sample_log {path:?}"),
-                source,
-            })?,
-        ),
-        None => None,
-    };
-    let (sample_log, sample_log_writer) = match samples {
-        Some((log, writer)) => (Some(log), Some(writer)),
+    let (sample_log, sample_log_writer) = match &server_cfg.sample_log {
+        Some(path) => {
+            let (log, writer) =
+                AccessLog::open_private(path).map_err(|source| ConfigError::Io {
+                    path: format!("server.sample_log {path:?}"),
+                    source,
+                })?;
+            log::info!(
+                "writing request samples to {path} (server.sample_log_rate {}); they hold cohort keys",
+                server_cfg.sample_log_rate
+            );
+            (Some(log), Some(writer))
+        }
         None => (None, None),
     };
-    if let Some(path) = &server_cfg.sample_log {
-        log::info!(
-            "writing request samples to {path} (server.sample_log_rate {}); they hold cohort keys",
-            server_cfg.sample_log_rate
-        );
-    }
     let state = Arc::new(State::with_access_log(table, access_log).with_sample_log(sample_log));
     let reloader = source.map(|src| Arc::new(Reloader::new(state.clone(), opts.clone(), src)));
     let opt = Opt {
