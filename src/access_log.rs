@@ -37,6 +37,8 @@ pub struct AccessLog {
     dropped: AtomicU64,
     /// Whether lines include the cohort key (`access_log_keys`).
     pub include_keys: bool,
+    /// What the lines are, for the log (`access log`, `sample log`).
+    what: &'static str,
 }
 
 /// The receiving side: drains the queue into the target. Run by [`AccessLogWriter::start`]
@@ -59,17 +61,40 @@ impl AccessLog {
             Target::Stdout => Box::new(std::io::stdout()),
             Target::File(p) => Box::new(OpenOptions::new().create(true).append(true).open(p)?),
         };
+        Ok(Some(Self::to_writer(out, include_keys, "access log")))
+    }
+
+    /// Opens a file readable by its owner only (a new file gets mode 0600; an existing
+    /// one keeps its mode), for lines that hold user data (`server.sample_log`).
+    pub fn open_private(path: &str) -> std::io::Result<(AccessLog, AccessLogWriter)> {
+        let mut options = OpenOptions::new();
+        options.create(true).append(true);
+        #[cfg(unix)]
+        std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+        Ok(Self::to_writer(
+            Box::new(options.open(path)?),
+            false,
+            "sample log",
+        ))
+    }
+
+    fn to_writer(
+        out: Box<dyn Write + Send>,
+        include_keys: bool,
+        what: &'static str,
+    ) -> (AccessLog, AccessLogWriter) {
         let (tx, rx) = sync_channel::<String>(QUEUE);
-        Ok(Some((
+        (
             AccessLog {
                 tx,
                 dropped: AtomicU64::new(0),
                 include_keys,
+                what,
             },
             AccessLogWriter {
                 parts: std::sync::Mutex::new(Some((rx, out))),
             },
-        )))
+        )
     }
 
     /// Queues one line (which must end with `\n`); never blocks.
@@ -77,7 +102,7 @@ impl AccessLog {
         if let Err(TrySendError::Full(_)) = self.tx.try_send(line) {
             let n = self.dropped.fetch_add(1, Ordering::Relaxed) + 1;
             if n.is_power_of_two() {
-                log::warn!("access log writer is behind: {n} lines dropped so far");
+                log::warn!("{} writer is behind: {n} lines dropped so far", self.what);
             }
         }
     }

@@ -138,7 +138,7 @@ impl Admin {
         let table = self.state.table();
         match crate::explain::explain(&table.router, &input) {
             Ok(e) => json_reply(StatusCode::OK, &e.to_json()),
-            Err(msg) => bad_request(&msg),
+            Err(e) => bad_request(&e.to_string()),
         }
     }
 

@@ -68,6 +68,7 @@ pub enum Command {
     },
     /// Validate a config; print a summary, or every error with its field path.
     Check {
+        /// Config file (TOML).
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
         /// Do not resolve backend DNS names.
@@ -80,6 +81,7 @@ pub enum Command {
     },
     /// Which variant a request would get, and why.
     Explain {
+        /// Config file (TOML).
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
         /// Service name (default: matched by --host and --path like the proxy does).
@@ -109,6 +111,7 @@ pub enum Command {
     },
     /// Share per variant over N synthetic users; with --against, who would move where.
     Simulate {
+        /// Config file (TOML): the config in force (the "from" side with --against).
         #[arg(short, long, value_name = "FILE")]
         config: PathBuf,
         /// A second config: print the transition matrix if it replaced the first.
@@ -117,6 +120,15 @@ pub enum Command {
         /// Number of synthetic users.
         #[arg(long, value_name = "N", default_value_t = 100_000)]
         users: u64,
+        /// Replay recorded requests instead of synthetic users: a JSON-lines file as
+        /// server.sample_log writes it. Needs --against.
+        #[arg(
+            long,
+            value_name = "SAMPLES",
+            requires = "against",
+            conflicts_with = "users"
+        )]
+        samples: Option<PathBuf>,
     },
     /// Probe a running instance: exit 0 if GET /readyz on its admin API answers 200
     /// (for container HEALTHCHECKs in images without curl).
@@ -192,7 +204,11 @@ pub fn dispatch(cli: Cli) -> i32 {
             config,
             against,
             users,
-        } => simulate_cmd(&config, against.as_deref(), users),
+            samples,
+        } => match (against, samples) {
+            (Some(b), Some(s)) => replay_cmd(&config, &b, &s),
+            (against, _) => simulate_cmd(&config, against.as_deref(), users),
+        },
         Command::Health { admin, timeout_ms } => health(admin, timeout_ms),
         Command::Demo { listen, admin } => {
             report(crate::demo::run(&listen.to_string(), &admin.to_string()))
@@ -383,7 +399,7 @@ fn health(admin: SocketAddr, timeout_ms: u64) -> i32 {
     }
 }
 
-fn conditions(r: &RuleConfig) -> String {
+pub(crate) fn conditions(r: &RuleConfig) -> String {
     fn op<N: std::fmt::Display>(kind: &str, m: &Matcher<N>) -> String {
         let show = |b: &[u8]| String::from_utf8_lossy(b).into_owned();
         let o = match &m.op {
@@ -436,8 +452,21 @@ fn explain_cmd(path: &std::path::Path, input: &ExplainInput, json: bool) -> i32 
             out(&e.to_text());
             0
         }
-        Err(msg) => {
-            eprintln!("error: {msg}");
+        Err(e) => {
+            eprintln!("error: {e}");
+            match e {
+                explain::ExplainError::NoService { .. } => eprintln!(
+                    "hint: give the request's --host H and --path P as the proxy would see them, or name the service with --service S; services in {}:\n{}",
+                    path.display(),
+                    explain::service_list(&router)
+                ),
+                explain::ExplainError::UnknownService(_) => eprintln!(
+                    "hint: services in {}:\n{}",
+                    path.display(),
+                    explain::service_list(&router)
+                ),
+                explain::ExplainError::Input(_) => {}
+            }
             1
         }
     }
@@ -462,8 +491,28 @@ fn simulate_cmd(path: &std::path::Path, against: Option<&std::path::Path>, users
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            let rules = simulate::rules::rule_changes(&a, &b, users);
+            let (mut rule_matrices, mut cautions) = (false, false);
             for t in simulate::transitions(&a, &b, users) {
-                out(&format!("{}\n", simulate::transition_text(&t)));
+                let r = rules.iter().find(|r| r.service == t.service);
+                out(&format!("{}\n", simulate::transition_text_with(&t, r)));
+                if let Some(r) = r.filter(|r| !r.is_empty()) {
+                    out(&simulate::rules::changes_text(r));
+                    rule_matrices |= !r.rules.is_empty();
+                    cautions |= !r.cautions.is_empty();
+                }
+            }
+            if rule_matrices {
+                out(&format!(
+                    "note: who matches a rule depends on the client address, headers, cookies or query, which synthetic users do not carry; each rule's matrix takes all {users} synthetic users as matching it (or the keys its key_in lists) and reaching it.\n"
+                ));
+            }
+            if rule_matrices || cautions {
+                out(&format!(
+                    "For the exact blast radius of your traffic, record samples (server.sample_log) and run: cohort simulate -c {} --against {} --samples FILE\n",
+                    path.display(),
+                    p.display()
+                ));
             }
             for s in &a.services {
                 if !b.services.iter().any(|x| x.name == s.name) {
@@ -477,4 +526,28 @@ fn simulate_cmd(path: &std::path::Path, against: Option<&std::path::Path>, users
         }
     }
     0
+}
+
+fn replay_cmd(path: &std::path::Path, against: &std::path::Path, samples: &std::path::Path) -> i32 {
+    let (a, b) = match (load(path), load(against)) {
+        (Ok(a), Ok(b)) => (a, b),
+        (Err(code), _) | (_, Err(code)) => return code,
+    };
+    let file = match std::fs::File::open(samples) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("error: {}: {e}", samples.display());
+            return 1;
+        }
+    };
+    match simulate::replay::replay(&a, &b, std::io::BufReader::new(file)) {
+        Ok(r) => {
+            out(&r.text(&samples.display().to_string()));
+            0
+        }
+        Err(e) => {
+            eprintln!("error: {}: {e}", samples.display());
+            1
+        }
+    }
 }

@@ -47,19 +47,68 @@ struct Built {
     peer: Option<IpAddr>,
 }
 
+/// Why a request cannot be explained.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ExplainError {
+    /// No service matches the request's host and path (the proxy would answer 404).
+    #[error("no service matches host {host:?} and path {path:?} (the proxy would answer 404)")]
+    NoService { host: String, path: String },
+    /// `service` names no service of the config.
+    #[error("no service named {0:?}")]
+    UnknownService(String),
+    /// A flag or parameter that does not make a request.
+    #[error("{0}")]
+    Input(String),
+}
+
+impl From<String> for ExplainError {
+    fn from(msg: String) -> ExplainError {
+        ExplainError::Input(msg)
+    }
+}
+
+/// The services a request can be sent to, one line each (`name  hosts  prefix`), for the
+/// hint after [`ExplainError::NoService`] or [`ExplainError::UnknownService`].
+pub fn service_list(router: &Router) -> String {
+    let mut out = String::new();
+    for s in &router.services {
+        let hosts = if s.cfg.hosts.is_empty() {
+            "any host".to_string()
+        } else {
+            s.cfg
+                .hosts
+                .iter()
+                .map(|h| match h {
+                    crate::config::HostPattern::Exact(e) => e.clone(),
+                    crate::config::HostPattern::Wildcard(w) => format!("*{w}"),
+                })
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        out += &format!(
+            "  {:<16} {hosts}, path prefix {}\n",
+            s.cfg.name, s.cfg.path_prefix
+        );
+    }
+    out
+}
+
 /// Explains one request. `--key K` is put where the service's key chain looks first:
 /// its first non-`ip` key source, else its `assign_cookie`, else the client IP.
-pub fn explain(router: &Router, input: &ExplainInput) -> Result<Explanation, String> {
+pub fn explain(router: &Router, input: &ExplainInput) -> Result<Explanation, ExplainError> {
     let mut built = build(input)?;
     let svc = match &input.service {
         Some(name) => router
             .service_by_name(name)
-            .ok_or_else(|| format!("no service named {name:?}"))?,
+            .ok_or_else(|| ExplainError::UnknownService(name.clone()))?,
         None => {
             let view = view(&built);
-            router.match_service(&view).ok_or_else(|| {
-                "no service matches this host and path (the proxy would answer 404)".to_string()
-            })?
+            router
+                .match_service(&view)
+                .ok_or_else(|| ExplainError::NoService {
+                    host: String::from_utf8_lossy(view.host().unwrap_or_default()).into_owned(),
+                    path: String::from_utf8_lossy(view.path()).into_owned(),
+                })?
         }
     };
     let service = &router.services[svc];

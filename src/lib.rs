@@ -34,6 +34,7 @@ pub mod options;
 pub mod proxy;
 pub mod reload;
 pub mod routing;
+pub mod sample;
 pub mod server;
 pub mod simulate;
 pub mod source;

@@ -155,11 +155,18 @@ impl ProxyHttp for CohortProxy {
             ctx.client_ip = table.router.client_ip(&view);
         }
         let Some(svc) = table.router.match_service(&view) else {
+            forward::sample::record(self.state.sample_log.as_ref(), &table, &view, None);
             ctx.table = Some(table);
             respond(session, 404).await?;
             return Ok(true);
         };
         let decision = table.router.decide(svc, &view);
+        forward::sample::record(
+            self.state.sample_log.as_ref(),
+            &table,
+            &view,
+            Some((svc, &decision)),
+        );
         if self
             .state
             .access_log

@@ -120,7 +120,22 @@ pub fn run_table(
         Some((log, writer)) => (Some(log), Some(writer)),
         None => (None, None),
     };
-    let state = Arc::new(State::with_access_log(table, access_log));
+    let (sample_log, sample_log_writer) = match &server_cfg.sample_log {
+        Some(path) => {
+            let (log, writer) =
+                AccessLog::open_private(path).map_err(|source| ConfigError::Io {
+                    path: format!("server.sample_log {path:?}"),
+                    source,
+                })?;
+            log::info!(
+                "writing request samples to {path} (server.sample_log_rate {}); they hold cohort keys",
+                server_cfg.sample_log_rate
+            );
+            (Some(log), Some(writer))
+        }
+        None => (None, None),
+    };
+    let state = Arc::new(State::with_access_log(table, access_log).with_sample_log(sample_log));
     METRICS.set_config_versions(&state.versions());
     let reloader = source.map(|src| Arc::new(Reloader::new(state.clone(), opts.clone(), src)));
     let opt = Opt {
@@ -228,6 +243,9 @@ pub fn run_table(
     // Started by Pingora after it daemonizes (a fork keeps no other thread).
     if let Some(w) = access_log_writer {
         server.add_service(background_service("cohort access log", w));
+    }
+    if let Some(w) = sample_log_writer {
+        server.add_service(background_service("cohort sample log", w));
     }
     server.add_service(background_service(
         "cohort idle exit",

@@ -41,6 +41,8 @@ pub struct State {
     serving_version: Mutex<String>,
     /// The access log, opened at start (`None` = off).
     pub access_log: Option<AccessLog>,
+    /// The request sample log (`server.sample_log`), opened at start (`None` = off).
+    pub sample_log: Option<AccessLog>,
 }
 
 /// Which config this process runs: the version whose every setting is in effect, and the
@@ -60,6 +62,7 @@ impl State {
     pub fn with_access_log(table: RoutingTable, access_log: Option<AccessLog>) -> State {
         State {
             access_log,
+            sample_log: None,
             bound: table.config.server.bound(),
             listeners: Listeners::new(
                 &table.config.server.listen,
@@ -78,6 +81,11 @@ impl State {
             in_flight: AtomicUsize::new(0),
             last_reload: Mutex::new(None),
         }
+    }
+
+    /// The same state, writing request samples to `sample_log`.
+    pub fn with_sample_log(self, sample_log: Option<AccessLog>) -> State {
+        State { sample_log, ..self }
     }
 
     /// One consistent snapshot of the routing table.

@@ -27,6 +27,8 @@ pub struct Bound {
     access_log: String,
     #[serde(rename = "server.access_log_keys")]
     access_log_keys: bool,
+    #[serde(rename = "server.sample_log")]
+    sample_log: Option<String>,
     #[serde(rename = "server.resolve_interval_secs")]
     pub resolve_interval_secs: Option<u64>,
     #[serde(rename = "server.shutdown_timeout_secs")]
@@ -51,6 +53,8 @@ impl ServerConfig {
             pid_file_set: _,
             access_log,
             access_log_keys,
+            sample_log,
+            sample_log_rate: _,
             tls,
             resolve_interval,
             client_write_timeout: _,
@@ -69,6 +73,7 @@ impl ServerConfig {
             tls_listen: tls.iter().map(|t| t.listen).collect(),
             access_log: format!("{access_log:?}"),
             access_log_keys: *access_log_keys,
+            sample_log: sample_log.clone(),
             resolve_interval_secs: resolve_interval.map(|d| d.as_secs()),
             shutdown_timeout_secs: shutdown_timeout.as_secs(),
         }
@@ -116,6 +121,7 @@ mod tests {
             ("pid_file = \"/tmp/x.pid\"", "server.pid_file"),
             ("access_log = \"stdout\"", "server.access_log"),
             ("access_log_keys = true", "server.access_log_keys"),
+            ("sample_log = \"/tmp/s.jsonl\"", "server.sample_log"),
             ("resolve_interval_secs = 0", "server.resolve_interval_secs"),
             ("shutdown_timeout_secs = 7", "server.shutdown_timeout_secs"),
         ] {
@@ -138,6 +144,7 @@ mod tests {
             "keepalive_timeout_secs = 9",
             "max_request_body_bytes = 9",
             "max_request_head_bytes = 4096",
+            "sample_log_rate = 0.5",
         ] {
             assert!(base.changes(&server(line).bound()).is_empty(), "{line}");
         }

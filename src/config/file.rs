@@ -32,6 +32,8 @@ pub struct ServerFile {
     pub pid_file: Option<String>,
     pub access_log: Option<String>,
     pub access_log_keys: Option<bool>,
+    pub sample_log: Option<String>,
+    pub sample_log_rate: Option<Weight>,
     pub resolve_interval_secs: Option<u64>,
     pub client_write_timeout_secs: Option<u64>,
     pub client_header_timeout_secs: Option<u64>,

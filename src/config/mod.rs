@@ -47,6 +47,11 @@ pub struct ServerConfig {
     pub access_log: crate::access_log::Target,
     /// Include the cohort key in access log lines.
     pub access_log_keys: bool,
+    /// Where request samples for `cohort simulate --samples` go (`None`: off). They hold
+    /// what routing read (keys, cookies), so only a file, created owner-only.
+    pub sample_log: Option<String>,
+    /// The fraction of requests sampled, in (0, 1].
+    pub sample_log_rate: f64,
     /// TLS listeners (HTTP/1.1 and HTTP/2 via ALPN).
     pub tls: Vec<TlsListener>,
     /// Re-resolve backend DNS names this often (`None`: never).

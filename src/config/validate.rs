@@ -15,6 +15,7 @@ const DEFAULT_ADMIN: &str = "127.0.0.1:9090";
 const DEFAULT_COOKIE_MAX_AGE: u64 = 2_592_000;
 const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
 const DEFAULT_READ_TIMEOUT_MS: u64 = 30_000;
+const DEFAULT_SAMPLE_LOG_RATE: f64 = 0.01;
 
 pub(super) fn validate(file: FileConfig, version: String) -> Result<Config, ConfigError> {
     let mut errs = Errors::default();
@@ -126,6 +127,8 @@ fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
         pid_file_set: f.pid_file.clone().filter(|s| !s.is_empty()),
         access_log: crate::access_log::Target::parse(f.access_log.as_deref().unwrap_or("off")),
         access_log_keys: f.access_log_keys.unwrap_or(false),
+        sample_log: sample_log(f, errs),
+        sample_log_rate: sample_log_rate(f, errs),
         resolve_interval: match f.resolve_interval_secs.unwrap_or(30) {
             0 => None,
             n => Some(Duration::from_secs(n)),
@@ -154,6 +157,37 @@ fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
             })
             .collect(),
     }
+}
+
+/// `server.sample_log`: `"off"`/`""` or a file path. Not `"stdout"`: samples carry
+/// cohort keys and cookie values, which do not belong in a log stream.
+fn sample_log(f: &ServerFile, errs: &mut Errors) -> Option<String> {
+    match f.sample_log.as_deref() {
+        None | Some("" | "off") => None,
+        Some("stdout" | "stderr") => {
+            errs.push(
+                "server.sample_log",
+                "must be a file path or \"off\": samples hold cohort keys and cookie values, which do not belong in a log stream",
+            );
+            None
+        }
+        Some(path) => Some(path.to_string()),
+    }
+}
+
+/// `server.sample_log_rate`: the fraction of requests sampled, in (0, 1]; default 0.01.
+fn sample_log_rate(f: &ServerFile, errs: &mut Errors) -> f64 {
+    let rate = f.sample_log_rate.map_or(DEFAULT_SAMPLE_LOG_RATE, |w| w.0);
+    if !(rate > 0.0 && rate <= 1.0) {
+        errs.push(
+            "server.sample_log_rate",
+            format!(
+                "{rate} is not a fraction of requests in (0, 1] (0.01 samples one request in 100)"
+            ),
+        );
+        return DEFAULT_SAMPLE_LOG_RATE;
+    }
+    rate
 }
 
 fn service(s: &ServiceFile, path: &str, errs: &mut Errors) -> ServiceConfig {

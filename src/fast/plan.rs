@@ -112,6 +112,12 @@ fn plan_with<'b>(
         .router
         .match_service(&view)
         .map(|svc| (svc, table.router.decide(svc, &view)));
+    forward::sample::record(
+        state.sample_log.as_ref(),
+        &table,
+        &view,
+        route.as_ref().map(|(svc, d)| (*svc, d)),
+    );
     let request_id = RequestId::of(req.headers.iter().map(|h| (h.name, h.value)));
     let log = state.access_log.as_ref().map(|l| LogFields {
         method: method.to_string(),

@@ -9,6 +9,7 @@
 //! - [`plain`]: cohort's own short responses;
 //! - [`request`]: the requests refused before routing (ambiguous framing, `Host`, size);
 //! - [`request_id`]: the id a request carries to the backend and the access log.
+//! - [`sample`]: the request samples `server.sample_log` writes.
 //!
 //! The carriers are [`crate::fast`] (the HTTP/1 engine: plaintext and TLS HTTP/1.1) and
 //! [`crate::proxy`] (Pingora's `ProxyHttp`: HTTP/2 and what the engine hands over).
@@ -21,6 +22,7 @@ pub mod finish;
 pub mod plain;
 pub mod request;
 pub mod request_id;
+pub mod sample;
 
 pub use attempt::{is_idempotent, Attempt, Body, Failure, Phase, Retry};
 pub use edits::{ClientPeer, RequestEdits, ResponseEdits};

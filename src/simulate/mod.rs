@@ -1,8 +1,16 @@
 //! `cohort simulate`: the share each variant gets over N synthetic cohort keys, and with
 //! `--against` the transition matrix (who would move where) if another config replaced
-//! this one — the blast radius of a reload, before it is applied. It simulates users who
-//! reach the hash step (SPEC decision step 3); rules that look at other request
-//! attributes are not applied.
+//! this one — the blast radius of a reload, before it is applied.
+//!
+//! - Here: the hash split (SPEC decision step 3) over synthetic users, i.e. the users no
+//!   rule matches.
+//! - [`rules`]: for each rule added, removed or changed, where the users it matches go.
+//! - [`replay`]: recorded request samples routed through both configs by the proxy's
+//!   own decision code: the exact blast radius for that request mix.
+
+pub mod keying;
+pub mod replay;
+pub mod rules;
 
 use crate::config::{Config, ServiceConfig};
 use crate::routing::cohort;
@@ -130,15 +138,52 @@ pub fn shares_text(service: &str, shares: &[Share], users: u64) -> String {
     out
 }
 
-/// Renders a transition matrix as a table.
+/// Renders the hash-split matrix of a service whose rules did not change.
 pub fn transition_text(t: &Transition) -> String {
-    let mut out = format!(
-        "service {}: {} of {} users move ({:.3}%)\nfrom \\ to            ",
-        t.service,
-        t.moved(),
-        t.users,
-        t.moved() as f64 / t.users.max(1) as f64 * 100.0
-    );
+    transition_text_with(t, None)
+}
+
+/// Renders the hash-split matrix of a service, with a headline that never says users
+/// do not move while its rule changes move some (those are rendered by
+/// [`rules::changes_text`]).
+pub fn transition_text_with(t: &Transition, rules: Option<&rules::RuleChanges>) -> String {
+    let pct = t.moved() as f64 / t.users.max(1) as f64 * 100.0;
+    let mut moving: Vec<&str> = Vec::new();
+    for r in rules.iter().flat_map(|r| &r.rules) {
+        if r.matrix.moved() > 0 && !moving.contains(&r.rule.as_str()) {
+            moving.push(&r.rule);
+        }
+    }
+    let cautious = rules.is_some_and(|r| !r.cautions.is_empty());
+    let head = if moving.is_empty() && cautious {
+        format!(
+            "service {}: {} of {} synthetic users move by the hash split ({pct:.3}%) if each keeps its key; but how users are keyed or matched changed, which moves real users this cannot count (cautions below)\n",
+            t.service,
+            t.moved(),
+            t.users
+        )
+    } else if moving.is_empty() {
+        format!(
+            "service {}: {} of {} users move ({pct:.3}%)\n",
+            t.service,
+            t.moved(),
+            t.users
+        )
+    } else {
+        format!(
+            "service {}: rule changes move the users they match (rule {}: below); besides, the hash split moves {} of {} synthetic users no rule matches ({pct:.3}%)\n",
+            t.service,
+            moving.join(", rule "),
+            t.moved(),
+            t.users
+        )
+    };
+    head + &matrix_text(t)
+}
+
+/// The `from \ to` table of a transition matrix.
+pub fn matrix_text(t: &Transition) -> String {
+    let mut out = "from \\ to            ".to_string();
     for to in &t.to {
         out += &format!("{to:>12}");
     }
