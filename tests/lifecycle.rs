@@ -252,18 +252,33 @@ fn per_instance_files_follow_the_effective_listen_address_and_the_pid_file_is_re
     }
 }
 
+/// A port held by a listener of this test, and a config (written in a new directory)
+/// whose proxy listens there: (the holder, dir, config path, proxy addr, admin addr).
+fn taken_port_config(
+    b: &EchoBackend,
+) -> (
+    std::net::TcpListener,
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::net::SocketAddr,
+    std::net::SocketAddr,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = squatter.local_addr().unwrap();
+    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, render(&config(b, 0, 5), addr, admin, dir.path())).unwrap();
+    (squatter, dir, path, addr, admin)
+}
+
 /// Another process holds the proxy port: the admin API comes up, but `/readyz` (and
 /// `cohort health`) say not ready, and `/status` names the listener, until the port is
 /// free and cohort holds it.
 #[test]
 fn readiness_waits_for_every_listener_to_be_bound_by_this_process() {
     let b = backend("stable");
-    let dir = tempfile::tempdir().unwrap();
-    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = squatter.local_addr().unwrap();
-    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, render(&config(&b, 0, 5), addr, admin, dir.path())).unwrap();
+    let (squatter, dir, path, addr, admin) = taken_port_config(&b);
     let mut child = spawn_run(&path, dir.path(), &[]);
     let _guard = KillOnDrop(Some(child.id()));
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -307,12 +322,7 @@ fn readiness_waits_for_every_listener_to_be_bound_by_this_process() {
 #[test]
 fn a_port_that_stays_taken_ends_start_up_with_exit_1() {
     let b = backend("stable");
-    let dir = tempfile::tempdir().unwrap();
-    let squatter = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = squatter.local_addr().unwrap();
-    let admin = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, render(&config(&b, 0, 5), addr, admin, dir.path())).unwrap();
+    let (squatter, dir, path, addr, _admin) = taken_port_config(&b);
     let log = std::fs::File::create(dir.path().join("err.log")).unwrap();
     let mut child = std::process::Command::new(bin())
         .args(["run", "-c", path.to_str().unwrap()])

@@ -392,6 +392,29 @@ fn a_reload_applies_live_server_settings_and_names_the_bound_ones() {
     assert_eq!(r.status, 200, "still accepting during the 30 s drain delay");
 }
 
+/// Runs `cfg` with the admin API bound to `admin_bind` and `COHORT_TEST_TOKEN` set, and
+/// waits until `admin` (where a client reaches it) accepts.
+fn run_with_token(
+    cfg: &str,
+    admin_bind: std::net::SocketAddr,
+    admin: std::net::SocketAddr,
+) -> (std::process::Child, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let a = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, render(cfg, a, admin_bind, dir.path())).unwrap();
+    let child = std::process::Command::new(bin())
+        .args(["run", "-c", path.to_str().unwrap()])
+        .env("COHORT_TEST_TOKEN", "s3cret-token")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    assert!(wait_until(Duration::from_secs(10), || {
+        std::net::TcpStream::connect(admin).is_ok()
+    }));
+    (child, dir)
+}
+
 #[test]
 fn admin_post_is_loopback_only_without_token_and_needs_the_token_with_one() {
     let s = backend("stable");
@@ -399,20 +422,8 @@ fn admin_post_is_loopback_only_without_token_and_needs_the_token_with_one() {
         &[("stable", 1.0, addr(&s))],
         "admin_token_env = \"COHORT_TEST_TOKEN\"",
     );
-    let dir = tempfile::tempdir().unwrap();
-    let a = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let adm = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, render(&cfg, a, adm, dir.path())).unwrap();
-    let mut child = std::process::Command::new(bin())
-        .args(["run", "-c", path.to_str().unwrap()])
-        .env("COHORT_TEST_TOKEN", "s3cret-token")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(adm).is_ok()
-    }));
+    let (mut child, _dir) = run_with_token(&cfg, adm, adm);
     let mut cl = Client::new(adm);
     assert_eq!(cl.request("POST", "/reload", &[], b"").status, 401);
     assert_eq!(
@@ -450,22 +461,10 @@ fn an_exposed_admin_listener_needs_the_token_for_status_and_explain() {
         &[("stable", 1.0, addr(&s))],
         "admin_token_env = \"COHORT_TEST_TOKEN\"",
     );
-    let dir = tempfile::tempdir().unwrap();
-    let a = std::net::SocketAddr::from(([127, 0, 0, 1], free_port()));
     let port = free_port();
     let bound = std::net::SocketAddr::from(([0, 0, 0, 0], port));
     let adm = std::net::SocketAddr::from(([127, 0, 0, 1], port));
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, render(&cfg, a, bound, dir.path())).unwrap();
-    let mut child = std::process::Command::new(bin())
-        .args(["run", "-c", path.to_str().unwrap()])
-        .env("COHORT_TEST_TOKEN", "s3cret-token")
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    assert!(wait_until(Duration::from_secs(10), || {
-        std::net::TcpStream::connect(adm).is_ok()
-    }));
+    let (mut child, _dir) = run_with_token(&cfg, bound, adm);
     let mut cl = Client::new(adm);
     for open in ["/healthz", "/readyz", "/metrics"] {
         assert_eq!(cl.get(open, &[]).status, 200, "{open} stays open");
