@@ -276,4 +276,34 @@ mod tests {
             Verdict::Inconclusive
         );
     }
+
+    proptest::proptest! {
+        /// Any counts give finite bounds around the observed difference, never NaN.
+        #[test]
+        fn intervals_are_finite_and_contain_the_difference(
+            nc in 0u64..2_000_000, fc in 0.0f64..=1.0,
+            nb in 0u64..2_000_000, fb in 0.0f64..=1.0,
+            confidence in 0.5f64..0.9999,
+        ) {
+            let c = t((nc as f64 * fc) as u64, nc);
+            let b = t((nb as f64 * fb) as u64, nb);
+            let (rc, rb) = (wilson(c, z_for(confidence)), wilson(b, z_for(confidence)));
+            let (lo, hi) = newcombe(rc, rb);
+            proptest::prop_assert!(lo.is_finite() && hi.is_finite());
+            proptest::prop_assert!(lo <= rc.p - rb.p && rc.p - rb.p <= hi, "{} {} {}", lo, rc.p - rb.p, hi);
+            proptest::prop_assert!((-1.0..=1.0).contains(&lo) && (-1.0..=1.0).contains(&hi));
+        }
+
+        /// One more canary error never turns a failing or inconclusive verdict into a pass.
+        #[test]
+        fn more_canary_errors_never_help(nc in 1u64..100_000, fc in 0.0f64..0.99, eb in 0u64..500) {
+            let ec = (nc as f64 * fc) as u64;
+            let b = t(eb.min(50_000), 50_000);
+            let z = z_for(0.99);
+            let rank = |v: Verdict| match v { Verdict::Pass => 0, Verdict::Inconclusive => 1, Verdict::Fail => 2 };
+            let before = error_gate(t(ec, nc), b, z, 0.005, 500).result;
+            let after = error_gate(t(ec + 1, nc), b, z, 0.005, 500).result;
+            proptest::prop_assert!(rank(after) >= rank(before), "{:?} -> {:?}", before, after);
+        }
+    }
 }

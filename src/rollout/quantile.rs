@@ -153,4 +153,25 @@ mod tests {
         assert_eq!(cumulative(&[1, 2, 0, 3]), [1, 3, 3, 6]);
         assert!(close(q(&cumulative(&[10, 10, 20, 0, 0]), 0.75), 0.35));
     }
+
+    proptest::proptest! {
+        /// Any non-empty histogram gives a quantile between 0 and the highest finite
+        /// bound, not decreasing in q.
+        #[test]
+        fn quantiles_are_bounded_and_monotonic(per in proptest::collection::vec(0u64..1000, 5)) {
+            let counts = cumulative(&per);
+            let b = Buckets { bounds: &BOUNDS, counts: &counts };
+            let mut last = 0.0;
+            for i in 1..100 {
+                let v = b.quantile(i as f64 / 100.0);
+                if b.total() == 0 {
+                    proptest::prop_assert_eq!(v, None);
+                    continue;
+                }
+                let v = v.unwrap_or(f64::NAN);
+                proptest::prop_assert!((0.0..=1.0).contains(&v) && v >= last, "{} after {}", v, last);
+                last = v;
+            }
+        }
+    }
 }

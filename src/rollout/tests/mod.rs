@@ -563,7 +563,7 @@ fn error_rate_5_percent_against_0_rolls_back_with_the_numbers_in_why() {
                 "{why}"
             );
             assert!(
-                why.contains("canary 5.000% (100/2000), baseline 0.000% (0/2000)"),
+                why.contains("canary 5.000% (100/2000), baseline 0.000% (0/2000), difference in [+3.839%, +6.411%] vs max +0.500%"),
                 "{why}"
             );
         }
