@@ -14,7 +14,8 @@
 //!   Prometheus `histogram_quantile`; [`latency_gate`]; [`check`]: the gates combined.
 //! - [`window`]: cumulative counters → the requests since the step began, per instance.
 //! - [`engine`]: the state machine; [`state`]: what it persists; [`shares`]: the weights
-//!   it implies; [`store`]: the state file (the module's only I/O, kept apart).
+//!   it implies; [`view`]: `GET /rollout` and webhook JSON; [`store`]: the state file
+//!   (the module's only I/O, kept apart).
 //!
 //! Not yet wired into the proxy: nothing here runs until the integration calls it.
 
@@ -28,6 +29,7 @@ pub mod shares;
 pub mod state;
 pub mod store;
 pub mod verdict;
+pub mod view;
 pub mod window;
 
 pub use check::{Availability, CheckReport};
