@@ -370,7 +370,35 @@ fn service_summary(s: &ServiceConfig) -> String {
         };
         out += &format!("  rule    {:<12} {} {action}\n", r.name, conditions(r));
     }
+    if let Some(r) = &s.rollout {
+        out += &rollout_summary(r);
+    }
     out
+}
+
+/// The `rollout` line of a service in the `check` summary.
+fn rollout_summary(r: &crate::config::RolloutConfig) -> String {
+    let steps: Vec<String> = r.steps.iter().map(|p| format!("{p}%")).collect();
+    let g = &r.gates;
+    format!(
+        "  rollout {:<12} {} against {}, steps {} then promoted; step {} s, check {} s, max {} s then {}; \
+         {} failed check(s) roll back; errors +{} at {}, p{} x{} +{} ms, min {} requests (engine not yet active)\n",
+        r.id,
+        r.canary.name,
+        r.baseline.name,
+        steps.join(" "),
+        r.step_secs,
+        r.check_secs,
+        r.max_step_secs,
+        r.on_inconclusive.as_str(),
+        r.failure_limit,
+        g.max_error_increase,
+        g.confidence,
+        g.latency_quantile * 100.0,
+        g.max_latency_ratio,
+        g.latency_slack_ms,
+        g.min_requests,
+    )
 }
 
 /// `GET /readyz` on the admin API: 0 on 200, 1 otherwise.

@@ -33,6 +33,7 @@ pub mod metrics;
 pub mod options;
 pub mod proxy;
 pub mod reload;
+pub mod rollout;
 pub mod routing;
 pub mod sample;
 pub mod server;

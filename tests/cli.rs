@@ -344,6 +344,29 @@ fn check_summary_shows_shares_rules_and_ok_line() {
     );
 }
 
+#[test]
+fn check_summary_shows_the_rollout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let text = format!(
+        "{}\n[service.rollout]\nid = \"v2.4.0\"\ncanary = \"canary\"\nbaseline = \"stable\"\nsteps = [1, 10]\non_inconclusive = \"hold\"\n",
+        sim_config("api", &[("stable", 95.0), ("canary", 5.0)])
+    );
+    let p = write(dir.path(), "rollout.toml", &text);
+    let (code, out, err) = check(&p, &[]);
+    assert_eq!(code, 0, "{err}");
+    let line = out
+        .lines()
+        .find(|l| l.starts_with("  rollout "))
+        .unwrap_or_else(|| panic!("no rollout line in:\n{out}"));
+    assert!(
+        line.contains("v2.4.0")
+            && line.contains("canary against stable, steps 1% 10% then promoted")
+            && line.contains("max 1800 s then hold")
+            && line.contains("not yet active"),
+        "{line}"
+    );
+}
+
 /// The reference file every invalid case mutates: valid on its own.
 fn base_config(server: &str, service: &str, variants: &str, rules: &str) -> String {
     format!(
@@ -735,6 +758,53 @@ fn invalid_cases() -> Vec<Case> {
         "force_from without force_header",
         base_config("", "force_from = [\"127.0.0.0/8\"]", VARIANTS, ""),
         &[("service[0].force_from", "given without force_header")],
+    ));
+
+    let rollout = |body: &str| {
+        base_config("", "", VARIANTS, "")
+            + &format!("\n[service.rollout]\nid = \"v2\"\ncanary = \"canary\"\nbaseline = \"stable\"\n{body}\n")
+    };
+    cases.push(case(
+        "rollout steps not increasing",
+        rollout("steps = [1, 5, 5]"),
+        &[(
+            "service[0].rollout.steps[2]",
+            "must be greater than the step before",
+        )],
+    ));
+    cases.push(case(
+        "rollout canary is not a variant",
+        rollout("").replace(
+            "canary = \"canary\"\nbaseline",
+            "canary = \"canry\"\nbaseline",
+        ),
+        &[("service[0].rollout.canary", "unknown variant \"canry\"")],
+    ));
+    cases.push(case(
+        "rollout baseline is the canary",
+        rollout("").replace("baseline = \"stable\"", "baseline = \"canary\""),
+        &[("service[0].rollout.baseline", "must differ from canary")],
+    ));
+    cases.push(case(
+        "rollout checks less often than a step lasts",
+        rollout("step_secs = 10\ncheck_secs = 30"),
+        &[("service[0].rollout.check_secs", "must be <= step_secs")],
+    ));
+    cases.push(case(
+        "rollout gates out of range",
+        rollout("[service.rollout.gates]\nconfidence = 1.5\nmin_requests = 0"),
+        &[
+            ("service[0].rollout.gates.confidence", "must be in (0, 1)"),
+            ("service[0].rollout.gates.min_requests", "must be >= 1"),
+        ],
+    ));
+    cases.push(case(
+        "rollout on_inconclusive unknown",
+        rollout("on_inconclusive = \"retry\""),
+        &[(
+            "service[0].rollout.on_inconclusive",
+            "\"retry\": expected rollback, advance or hold",
+        )],
     ));
 
     cases

@@ -74,6 +74,38 @@ pub struct ServiceFile {
     pub variants: Vec<VariantFile>,
     #[serde(default, rename = "rule")]
     pub rules: Vec<RuleFile>,
+    /// `[service.rollout]`: at most one per service (TOML itself refuses a second table).
+    pub rollout: Option<RolloutFile>,
+}
+
+/// `[service.rollout]`: a progressive rollout of one canary against one baseline.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RolloutFile {
+    pub id: String,
+    pub canary: String,
+    pub baseline: String,
+    pub steps: Option<Vec<Weight>>,
+    pub step_secs: Option<u64>,
+    pub check_secs: Option<u64>,
+    pub max_step_secs: Option<u64>,
+    pub on_inconclusive: Option<String>,
+    pub failure_limit: Option<u32>,
+    pub webhook: Option<String>,
+    #[serde(default)]
+    pub gates: GatesFile,
+}
+
+/// `[service.rollout.gates]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatesFile {
+    pub max_error_increase: Option<Weight>,
+    pub confidence: Option<Weight>,
+    pub min_requests: Option<u64>,
+    pub latency_quantile: Option<Weight>,
+    pub max_latency_ratio: Option<Weight>,
+    pub latency_slack_ms: Option<Weight>,
 }
 
 /// `[[service.variant]]`.
@@ -118,7 +150,8 @@ pub struct RuleFile {
     pub weights: Option<BTreeMap<String, Weight>>,
 }
 
-/// A number that TOML may write as an integer or a float.
+/// A number that TOML may write as an integer or a float (weights, and the rollout's
+/// percentages and gate thresholds).
 #[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(transparent)]
 pub struct Weight(#[serde(deserialize_with = "number")] pub f64);

@@ -6,10 +6,12 @@ pub mod bound;
 pub mod error;
 pub mod file;
 mod key_set;
+pub mod rollout;
 mod validate;
 
 pub use error::{ConfigError, FieldError};
 pub use key_set::KeySet;
+pub use rollout::{Gates, OnInconclusive, RolloutConfig, VariantRef};
 pub use validate::split_host_port;
 
 use http::HeaderName;
@@ -153,6 +155,8 @@ pub struct ServiceConfig {
     pub fallback: Option<usize>,
     pub variants: Vec<VariantConfig>,
     pub rules: Vec<RuleConfig>,
+    /// `[service.rollout]`, if any.
+    pub rollout: Option<RolloutConfig>,
 }
 
 /// A `hosts` entry, lower-cased.

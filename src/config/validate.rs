@@ -245,6 +245,11 @@ fn service(s: &ServiceFile, path: &str, errs: &mut Errors) -> ServiceConfig {
             rule(r, &index, s.variants.len(), &rpath, errs)
         })
         .collect();
+    let weights: Vec<f64> = s.variants.iter().map(|v| v.weight).collect();
+    let rollout = s
+        .rollout
+        .as_ref()
+        .and_then(|r| super::rollout::rollout(r, &index, &weights, path, errs));
     ServiceConfig {
         name: s.name.clone(),
         hosts,
@@ -258,6 +263,7 @@ fn service(s: &ServiceFile, path: &str, errs: &mut Errors) -> ServiceConfig {
         fallback,
         variants,
         rules,
+        rollout,
     }
 }
 
