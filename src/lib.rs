@@ -31,6 +31,7 @@ pub mod lifecycle;
 pub mod metrics;
 pub mod options;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod routing;
 pub mod server;
