@@ -335,4 +335,58 @@ mod tests {
         let r = read(&mut short, &mut Vec::new(), Duration::from_secs(5)).await;
         assert!(matches!(r, Err(HeaderError::Closed)), "{r:?}");
     }
+
+    proptest::proptest! {
+        /// Any header followed by anything: the header's own length and address, and
+        /// every piece of it incomplete rather than refused.
+        #[test]
+        fn a_header_is_told_apart_from_what_follows(
+            src in proptest::prelude::any::<[u8; 4]>(),
+            port in proptest::prelude::any::<u16>(),
+            binary in proptest::prelude::any::<bool>(),
+            tail in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..64),
+        ) {
+            let header = if binary {
+                v2(1, src, port, &[])
+            } else {
+                let ip = std::net::Ipv4Addr::from(src);
+                format!("PROXY TCP4 {ip} 10.0.0.1 {port} 80\r\n").into_bytes()
+            };
+            let input = [header.as_slice(), &tail].concat();
+            let h = parse(&input).unwrap().unwrap();
+            proptest::prop_assert_eq!(h.len, header.len());
+            proptest::prop_assert_eq!(h.client, Some(SocketAddr::from((src, port))));
+            for cut in 0..header.len() {
+                proptest::prop_assert!(matches!(parse(&input[..cut]), Ok(None)));
+            }
+        }
+
+        /// A header with one byte changed, or plain garbage: never a panic, a header no
+        /// longer than the input, and a refusal that more bytes do not undo.
+        #[test]
+        fn damaged_input_never_panics(
+            binary in proptest::prelude::any::<bool>(),
+            at in proptest::prelude::any::<usize>(),
+            byte in proptest::prelude::any::<u8>(),
+            garbage in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..120),
+        ) {
+            let mut header = if binary {
+                v2(1, [1, 2, 3, 4], 5, &[1, 0, 1, 9])
+            } else {
+                b"PROXY TCP6 2001:db8::1 2001:db8::2 1 2\r\n".to_vec()
+            };
+            let i = at % header.len();
+            header[i] = byte;
+            for input in [header, garbage] {
+                match parse(&input) {
+                    Ok(Some(h)) => proptest::prop_assert!(h.len <= input.len()),
+                    Ok(None) => {}
+                    Err(_) => {
+                        let more = [input.as_slice(), b"\r\n\r\n"].concat();
+                        proptest::prop_assert!(parse(&more).is_err());
+                    }
+                }
+            }
+        }
+    }
 }
