@@ -43,6 +43,8 @@ const FIRST_READ: usize = 512;
 
 /// How a v1 header starts, and its greatest length (the spec's 107 bytes).
 const V1_PREFIX: &[u8] = b"PROXY ";
+/// How a v2 header starts.
+const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
 const V1_MAX: usize = 107;
 
 /// Why a connection was closed before its first request.
@@ -222,6 +224,86 @@ impl ServerApp for Proxied {
     }
 }
 
+/// Whether `buf` (not empty) starts as a PROXY protocol header would.
+fn starts_like_header(buf: &[u8]) -> bool {
+    let v1 = buf.len().min(V1_PREFIX.len());
+    let v2 = buf.len().min(V2_SIGNATURE.len());
+    buf[..v1] == V1_PREFIX[..v1] || buf[..v2] == V2_SIGNATURE[..v2]
+}
+
+/// Skips a PROXY protocol header if the connection starts with one, and keeps the
+/// socket's peer (the header's address is not believed); puts back every other byte.
+pub async fn skip(l4: &mut L4Stream, limit: Duration) -> Result<(), HeaderError> {
+    let mut buf = Vec::with_capacity(FIRST_READ);
+    let skipping = async {
+        loop {
+            if !buf.is_empty() {
+                if !starts_like_header(&buf) {
+                    return Ok(());
+                }
+                if let Some(h) = parse(&buf)? {
+                    buf.drain(..h.len);
+                    return Ok(());
+                }
+            }
+            if buf.capacity() - buf.len() < FIRST_READ / 4 {
+                buf.reserve(FIRST_READ);
+            }
+            if l4.read_buf(&mut buf).await? == 0 {
+                return Err(HeaderError::Closed);
+            }
+        }
+    };
+    let skipped: Result<(), HeaderError> = tokio::time::timeout(limit, skipping)
+        .await
+        .unwrap_or(Err(HeaderError::Timeout(limit)));
+    skipped?;
+    l4.rewind(&buf);
+    Ok(())
+}
+
+/// The admin listener when some proxy listener takes PROXY protocol: an NLB with
+/// `proxy_protocol_v2.enabled` sends a header on its health checks too, to the health
+/// check port (`/readyz` on the admin port). A header there is skipped and its address
+/// ignored: the admin API's loopback rule keeps judging the socket's peer, so a header
+/// cannot make a remote client local. Connections without one are served as before.
+pub struct SkipHeader<A> {
+    pub state: Arc<State>,
+    pub inner: Arc<A>,
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for SkipHeader<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        stream: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let Ok(mut l4) = stream.into_any().downcast::<L4Stream>() else {
+            return None;
+        };
+        let limit = self.state.table().config.server.client_header_timeout;
+        if let Err(e) = skip(&mut l4, limit).await {
+            if !matches!(e, HeaderError::Closed) {
+                closed(&*l4, &e);
+            }
+            return None;
+        }
+        // Served here to its end, so a kept-alive connection is not read for a header
+        // again.
+        let stream: Stream = l4;
+        let mut next = self.inner.process_new(stream, shutdown).await;
+        while let Some(stream) = next {
+            next = self.inner.process_new(stream, shutdown).await;
+        }
+        None
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await;
+    }
+}
+
 /// Logs a connection closed for its header.
 pub fn closed(io: &impl GetSocketDigest, e: &HeaderError) {
     let peer = io
@@ -322,6 +404,22 @@ mod tests {
         // A v1 header that never ends is refused at its maximum length (107 bytes).
         let long = [b"PROXY TCP4 ".as_slice(), &[b'1'; 120]].concat();
         assert!(matches!(parse(&long), Err(HeaderError::Malformed(_))));
+    }
+
+    #[test]
+    fn only_header_starts_look_like_headers() {
+        for yes in [
+            &b"P"[..],
+            b"PROXY",
+            b"PROXY TCP4",
+            b"\r\n",
+            b"\r\n\r\n\0\r\nQUIT\n\x20",
+        ] {
+            assert!(starts_like_header(yes), "{yes:?}");
+        }
+        for no in [&b"GET /readyz HTTP/1.1\r\n"[..], b"POST", b"PRI *", b"\r\r"] {
+            assert!(!starts_like_header(no), "{no:?}");
+        }
     }
 
     #[tokio::test]

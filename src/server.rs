@@ -11,7 +11,7 @@ use crate::lifecycle::{IdleExit, Signals};
 use crate::metrics::METRICS;
 use crate::options::{load_config, RunOptions};
 use crate::proxy::CohortProxy;
-use crate::proxy_protocol::{PreTls, Proxied};
+use crate::proxy_protocol::{PreTls, Proxied, SkipHeader};
 use crate::reload::{ReloadTriggers, Reloader};
 use crate::routing::RoutingTable;
 use crate::source::Source;
@@ -213,13 +213,26 @@ pub fn run_table(
     }
 
     if let Some(addr) = server_cfg.admin {
-        let mut admin = Service::new(
-            "cohort admin".to_string(),
-            Admin::new(state.clone(), reloader.clone()),
-        );
-        admin.threads = Some(1);
-        admin.add_tcp(&addr.to_string());
-        server.add_service(admin);
+        let app = Admin::new(state.clone(), reloader.clone());
+        let mut listeners = Listeners::new();
+        listeners.add_tcp(&addr.to_string());
+        let name = "cohort admin".to_string();
+        let proxied = !server_cfg.proxy_protocol.is_empty()
+            || server_cfg.tls.iter().any(|t| t.proxy_protocol);
+        if proxied {
+            // An NLB that sends PROXY protocol sends it on its health checks too.
+            let app = SkipHeader {
+                state: state.clone(),
+                inner: Arc::new(app),
+            };
+            let mut admin = Service::with_listeners(name, listeners, app);
+            admin.threads = Some(1);
+            server.add_service(admin);
+        } else {
+            let mut admin = Service::with_listeners(name, listeners, app);
+            admin.threads = Some(1);
+            server.add_service(admin);
+        }
     }
 
     server.add_service(background_service(

@@ -289,6 +289,31 @@ fn a_listener_without_the_option_answers_a_proxy_header_as_a_bad_request() {
     assert_eq!(seen(&r), (expected("127.0.0.1"), Some("127.0.0.1".into())));
 }
 
+/// An NLB with `proxy_protocol_v2.enabled` sends the header on its health checks too,
+/// to the health check port: the admin listener skips one (keeping the socket's peer).
+#[test]
+fn the_admin_listener_takes_a_health_checks_header() {
+    let t = start();
+    for header in [
+        v2(0, [10, 0, 0, 9], 1),
+        v2(1, [203, 0, 113, 7], 2),
+        v1("203.0.113.7"),
+        Vec::new(),
+    ] {
+        let mut c = proxied(t.px.admin, &header);
+        for path in ["/readyz", "/healthz"] {
+            let r = get(&mut c, path);
+            assert_eq!(r.status, 200, "{path} after {header:?}: {}", r.text());
+        }
+    }
+    let got = answer_to(
+        t.px.admin,
+        b"PROXY TCP4 bad\r\nGET /readyz HTTP/1.1\r\n\r\n",
+        false,
+    );
+    assert!(got.is_empty(), "{:?}", String::from_utf8_lossy(&got));
+}
+
 fn tls_connector(alpn: &[u8]) -> SslConnector {
     let mut c = SslConnector::builder(SslMethod::tls()).unwrap();
     c.set_verify(SslVerifyMode::NONE);
