@@ -2,8 +2,10 @@
 //! for it (`proxy_protocol = true`): a load balancer in front (an AWS NLB with the
 //! target group attribute `proxy_protocol_v2.enabled`) opens every connection with a
 //! header naming the client it relays. That address then *is* the connection's peer:
-//! what rules (`client_cidr`), the `ip` key, `force_from`, the `trusted_proxies` check,
-//! `X-Forwarded-For` and the access log see, on both carriers.
+//! what rules (`client_cidr`), the `ip` key, `force_from`, the `trusted_proxies` check
+//! and `X-Forwarded-For` see, on both carriers: the engine's `ClientPeer` and Pingora's
+//! `session.client_addr()` both come from here, so anything else that reads the client
+//! (an access log's address) does too.
 //!
 //! Where the header is read:
 //! - TLS listeners: by [`PreTls`], Pingora's pre-handshake hook, on the raw TCP stream;

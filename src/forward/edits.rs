@@ -21,6 +21,7 @@ const COHORT_PREFIX: &[u8] = b"x-cohort-";
 pub struct ClientPeer {
     /// As the socket (or the PROXY header) reports it (routing sees this).
     pub ip: IpAddr,
+    /// The client's port (kept for the socket digest of a stream handed to Pingora).
     pub port: u16,
     /// IPv4-mapped addresses as IPv4 (trusted-proxy checks, `X-Forwarded-For`).
     pub canonical: IpAddr,
