@@ -142,12 +142,23 @@ async fn proxied(app: Arc<FastApp>, mut io: TcpStream, shutdown: ShutdownWatch) 
 }
 
 /// Serves one client connection until it closes, or hands it to the Pingora carrier.
-async fn connection<S: ClientIo>(app: Arc<FastApp>, mut conn: Conn<S>, shutdown: ShutdownWatch) {
-    if let Served::HandOver = conn.serve(&app, &shutdown).await {
-        let stream = conn.io.into_stream(&conn.buf, conn.peer.as_ref());
-        let mut next = app.handover.serve(stream, &shutdown).await;
-        while let Some(stream) = next {
-            next = app.handover.serve(stream, &shutdown).await;
+///
+/// An `async` block rather than an `async fn`: an `async fn` keeps its arguments and
+/// moves them into locals as well, so the connection would be held twice by every idle
+/// connection's task.
+#[allow(clippy::manual_async_fn)]
+fn connection<S: ClientIo>(
+    app: Arc<FastApp>,
+    mut conn: Conn<S>,
+    shutdown: ShutdownWatch,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        if let Served::HandOver = conn.serve(&app, &shutdown).await {
+            let stream = conn.io.into_stream(&conn.buf, conn.peer.as_ref());
+            let mut next = app.handover.serve(stream, &shutdown).await;
+            while let Some(stream) = next {
+                next = app.handover.serve(stream, &shutdown).await;
+            }
         }
     }
 }
