@@ -52,6 +52,9 @@ const V1_MAX: usize = 107;
 /// Why a connection was closed before its first request.
 #[derive(Debug, thiserror::Error)]
 pub enum HeaderError {
+    /// Connected and closed without a byte: a TCP health check or a port probe.
+    #[error("the connection closed without sending anything")]
+    Empty,
     #[error("the connection closed before a complete PROXY protocol header")]
     Closed,
     #[error("no complete PROXY protocol header within {0:?}")]
@@ -143,7 +146,10 @@ async fn read_header<R: AsyncRead + Unpin>(
             buf.reserve(FIRST_READ);
         }
         if io.read_buf(buf).await? == 0 {
-            return Err(HeaderError::Closed);
+            return Err(match buf.is_empty() {
+                true => HeaderError::Empty,
+                false => HeaderError::Closed,
+            });
         }
     }
 }
@@ -252,7 +258,10 @@ pub async fn skip(l4: &mut L4Stream, limit: Duration) -> Result<(), HeaderError>
                 buf.reserve(FIRST_READ);
             }
             if l4.read_buf(&mut buf).await? == 0 {
-                return Err(HeaderError::Closed);
+                return Err(match buf.is_empty() {
+                    true => HeaderError::Empty,
+                    false => HeaderError::Closed,
+                });
             }
         }
     };
@@ -286,9 +295,7 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for SkipHeader<A> {
         };
         let limit = self.state.table().config.server.client_header_timeout;
         if let Err(e) = skip(&mut l4, limit).await {
-            if !matches!(e, HeaderError::Closed) {
-                closed(&*l4, &e);
-            }
+            closed(&*l4, &e);
             return None;
         }
         // Served here to its end, so a kept-alive connection is not read for a header
@@ -306,15 +313,21 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for SkipHeader<A> {
     }
 }
 
-/// Logs a connection closed for its header.
+/// Logs a connection closed for its header (a probe that sent nothing only at debug
+/// level: an NLB's TCP health checks connect and close without a byte).
 pub fn closed(io: &impl GetSocketDigest, e: &HeaderError) {
     let peer = io
         .get_socket_digest()
         .and_then(|d| d.peer_addr().map(|a| a.to_string()));
-    log::info!(
-        "closed a connection from {}: {e}",
-        peer.as_deref().unwrap_or("?")
-    );
+    log_closed(peer.as_deref().unwrap_or("?"), e);
+}
+
+/// Logs a connection from `peer` closed for its header.
+pub fn log_closed(peer: &str, e: &HeaderError) {
+    match e {
+        HeaderError::Empty => log::debug!("closed a connection from {peer}: {e}"),
+        _ => log::info!("closed a connection from {peer}: {e}"),
+    }
 }
 
 #[cfg(test)]
@@ -434,6 +447,8 @@ mod tests {
         let mut short = b"PROXY TCP4 203.0.113.7".as_slice();
         let r = read(&mut short, &mut Vec::new(), Duration::from_secs(5)).await;
         assert!(matches!(r, Err(HeaderError::Closed)), "{r:?}");
+        let r = read(&mut b"".as_slice(), &mut Vec::new(), Duration::from_secs(5)).await;
+        assert!(matches!(r, Err(HeaderError::Empty)), "{r:?}");
     }
 
     proptest::proptest! {

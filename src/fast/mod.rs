@@ -133,7 +133,7 @@ async fn proxied(app: Arc<FastApp>, mut io: TcpStream, shutdown: ShutdownWatch) 
         Ok(None) => io.peer_addr().ok(),
         Err(e) => {
             let peer = io.peer_addr().map_or("?".to_string(), |a| a.to_string());
-            log::info!("closed a connection from {peer}: {e}");
+            crate::proxy_protocol::log_closed(&peer, &e);
             return;
         }
     };
