@@ -45,9 +45,9 @@ const FIRST_READ: usize = 512;
 
 /// How a v1 header starts, and its greatest length (the spec's 107 bytes).
 const V1_PREFIX: &[u8] = b"PROXY ";
+const V1_MAX: usize = 107;
 /// How a v2 header starts.
 const V2_SIGNATURE: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
-const V1_MAX: usize = 107;
 
 /// Why a connection was closed before its first request.
 #[derive(Debug, thiserror::Error)]
@@ -334,11 +334,9 @@ pub fn log_closed(peer: &str, e: &HeaderError) {
 mod tests {
     use super::*;
 
-    const V2_SIG: &[u8] = b"\r\n\r\n\0\r\nQUIT\n";
-
     /// A v2 header: `command` 0 (LOCAL) or 1 (PROXY), TCP over IPv4, and `tlv` bytes.
     fn v2(command: u8, src: [u8; 4], port: u16, tlv: &[u8]) -> Vec<u8> {
-        let mut h = V2_SIG.to_vec();
+        let mut h = V2_SIGNATURE.to_vec();
         h.push(0x20 | command);
         h.push(0x11);
         h.extend_from_slice(&((12 + tlv.len()) as u16).to_be_bytes());
