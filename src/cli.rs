@@ -287,7 +287,10 @@ pub fn summary(c: &Config) -> String {
         c.version,
         s.listen
             .iter()
-            .map(|a| a.to_string())
+            .map(|a| match s.proxy_protocol.contains(a) {
+                true => format!("{a} (PROXY protocol)"),
+                false => a.to_string(),
+            })
             .collect::<Vec<_>>()
             .join(", "),
         s.admin.map_or("off".to_string(), |a| a.to_string()),

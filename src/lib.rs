@@ -32,6 +32,7 @@ pub mod listeners;
 pub mod metrics;
 pub mod options;
 pub mod proxy;
+pub mod proxy_protocol;
 pub mod reload;
 pub mod rollout;
 pub mod routing;

@@ -19,7 +19,8 @@ pub struct RunOptions {
     pub config_poll: std::time::Duration,
     /// `--config-cache FILE`: last good fetched copy.
     pub config_cache: Option<PathBuf>,
-    /// `--listen` (repeatable): replaces `server.listen`.
+    /// `--listen` (repeatable): replaces `server.listen`; the new listeners take a PROXY
+    /// protocol header when every listener of the file's `server.listen` does.
     pub listen: Vec<SocketAddr>,
     /// `--admin`: replaces `server.admin`.
     pub admin: Option<SocketAddr>,
@@ -59,7 +60,24 @@ pub fn load_config(opts: &RunOptions, source: &Source) -> Result<Config, ConfigE
 
 pub fn apply_overrides(server: &mut ServerConfig, opts: &RunOptions) {
     if !opts.listen.is_empty() {
+        // One shared file behind an NLB, per-instance ports: the file says whether its
+        // listeners take PROXY protocol, `--listen` only moves them.
+        let all_proxied = server
+            .listen
+            .iter()
+            .all(|a| server.proxy_protocol.contains(a));
+        if !all_proxied && !server.proxy_protocol.is_empty() {
+            log::warn!(
+                "--listen replaces server.listen, whose listeners differ in proxy_protocol: \
+                 the --listen listeners take no PROXY protocol header"
+            );
+        }
         server.listen = opts.listen.clone();
+        server.proxy_protocol = if all_proxied {
+            opts.listen.clone()
+        } else {
+            Vec::new()
+        };
     }
     if opts.admin.is_some() {
         server.admin = opts.admin;
@@ -92,5 +110,34 @@ mod tests {
         apply_overrides(&mut s, &opts);
         assert_eq!(s.pid_file(), "/run/a.pid");
         assert_eq!(s.upgrade_sock(), "/run/a.sock");
+    }
+
+    fn listening(listen: &str) -> ServerConfig {
+        let text = format!(
+            "[server]\nlisten = {listen}\n[[service]]\nname = \"api\"\n[[service.variant]]\nname = \"stable\"\nweight = 1\nbackends = [\"127.0.0.1:9000\"]\n"
+        );
+        Config::parse(&text).unwrap().server
+    }
+
+    fn overridden(listen: &str) -> ServerConfig {
+        let mut s = listening(listen);
+        let opts = RunOptions {
+            listen: vec!["127.0.0.1:18095".parse().unwrap()],
+            ..RunOptions::default()
+        };
+        apply_overrides(&mut s, &opts);
+        s
+    }
+
+    #[test]
+    fn listen_override_keeps_a_uniform_proxy_protocol_setting() {
+        let on = overridden(r#"[{ addr = "0.0.0.0:8080", proxy_protocol = true }]"#);
+        assert_eq!(on.listen, on.proxy_protocol);
+        let off = overridden(r#"["0.0.0.0:8080"]"#);
+        assert!(off.proxy_protocol.is_empty());
+        let mixed =
+            overridden(r#"["0.0.0.0:8080", { addr = "0.0.0.0:8081", proxy_protocol = true }]"#);
+        assert_eq!(mixed.listen.len(), 1);
+        assert!(mixed.proxy_protocol.is_empty());
     }
 }

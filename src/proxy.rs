@@ -47,11 +47,14 @@ pub struct Ctx {
     client_ip: Option<std::net::IpAddr>,
 }
 
+/// The client's address: the connection's peer, as its socket digest holds it (the
+/// socket's, or what a PROXY protocol header named: see [`crate::proxy_protocol`]).
+fn client_addr(session: &Session) -> Option<std::net::SocketAddr> {
+    session.client_addr().and_then(|a| a.as_inet()).copied()
+}
+
 fn client_peer(session: &Session) -> Option<ClientPeer> {
-    session
-        .client_addr()
-        .and_then(|a| a.as_inet())
-        .map(|a| ClientPeer::new(a.ip()))
+    client_addr(session).map(ClientPeer::new)
 }
 
 /// A short plain-text response header, with the variant's field when given.
@@ -146,10 +149,7 @@ impl ProxyHttp for CohortProxy {
             return Ok(true);
         }
         let req = session.req_header();
-        let peer_ip = session
-            .client_addr()
-            .and_then(|a| a.as_inet())
-            .map(|a| a.ip());
+        let peer_ip = client_addr(session).map(|a| a.ip());
         let view = RequestView::new(&req.headers, &req.uri, peer_ip);
         if self.state.access_log.is_some() {
             ctx.client_ip = table.router.client_ip(&view);

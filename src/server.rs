@@ -11,6 +11,7 @@ use crate::lifecycle::{IdleExit, Signals};
 use crate::metrics::METRICS;
 use crate::options::{load_config, RunOptions};
 use crate::proxy::CohortProxy;
+use crate::proxy_protocol::{PreTls, Proxied, SkipHeader};
 use crate::reload::{ReloadTriggers, Reloader};
 use crate::routing::RoutingTable;
 use crate::source::Source;
@@ -19,13 +20,18 @@ use crate::tls::CertResolver;
 use crate::upstream::health::HealthService;
 use pingora_core::apps::ServerApp;
 use pingora_core::listeners::tls::TlsSettings;
-use pingora_core::listeners::{L4BufferSettings, ListenerConfig, DEFAULT_L4_WRITE_BUFFER_SIZE};
+use pingora_core::listeners::{
+    L4BufferSettings, ListenerConfig, Listeners, DEFAULT_L4_WRITE_BUFFER_SIZE,
+};
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 
 /// Read buffer per plaintext downstream connection (request heads are far smaller).
 const PLAINTEXT_READ_BUFFER: usize = 4 * 1024;
+/// The listening services' names (Pingora logs them).
+const PROXY_SERVICE: &str = "cohort proxy";
+const PROXY_PROTOCOL_SERVICE: &str = "cohort proxy (PROXY protocol)";
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server};
 use pingora_core::services::background::background_service;
@@ -82,7 +88,7 @@ impl HandOver for PingoraCarrier {
     }
 
     async fn cleanup(&self) {
-        ServerApp::cleanup(self.0.as_ref()).await;
+        ServerApp::cleanup(self).await;
     }
 }
 
@@ -172,45 +178,98 @@ pub fn run_table(
         // An idle TLS connection gives its read and write buffers (about 34 KiB) back to
         // OpenSSL's pool instead of keeping them (NGINX does the same).
         settings.set_mode(openssl::ssl::SslMode::RELEASE_BUFFERS);
-        tls_settings.push((t.listen, settings));
+        tls_settings.push((t.listen, t.proxy_protocol, settings));
     }
+    // Listeners with `proxy_protocol = true` belong to a service of their own, whose app
+    // reads the header: the others' connections never pay for telling them apart (a
+    // Pingora service does not say which listener accepted a connection). A config that
+    // has both runs two listener services.
+    let mut groups = Vec::new();
+    for proxied in [false, true] {
+        let mut listeners = Listeners::new();
+        for addr in &server_cfg.listen {
+            if server_cfg.proxy_protocol.contains(addr) == proxied {
+                listeners.add_listener(plaintext(addr));
+            }
+        }
+        let (tls, others): (Vec<_>, Vec<_>) = std::mem::take(&mut tls_settings)
+            .into_iter()
+            .partition(|t| t.1 == proxied);
+        tls_settings = others;
+        let any_tls = !tls.is_empty();
+        for (listen, _, settings) in tls {
+            listeners.add_listener(plaintext(&listen).tls(settings));
+        }
+        if any_tls && proxied {
+            listeners.set_pre_tls_callback(Arc::new(PreTls {
+                state: state.clone(),
+            }));
+        }
+        if !listeners.addresses().is_empty() {
+            groups.push((proxied, listeners));
+        }
+    }
+    let conf = server.configuration.clone();
+    let carrier = || -> Arc<dyn HandOver> {
+        Arc::new(PingoraCarrier(
+            Arc::new(pingora_proxy::http_proxy(&conf, cohort_proxy())),
+            state.clone(),
+        ))
+    };
     if fast {
         // Every listener on the HTTP/1 engine; HTTP/2 and hand-overs go to the Pingora
-        // carrier behind it.
-        let carrier = pingora_proxy::http_proxy(&server.configuration, cohort_proxy());
-        let carrier = PingoraCarrier(Arc::new(carrier), state.clone());
-        let app = FastApp::new(state.clone(), Arc::new(carrier));
-        let mut service = Service::new("cohort proxy".to_string(), app);
-        for addr in &server_cfg.listen {
-            service.add_listener(plaintext(addr));
+        // carrier behind it (one, shared by both services).
+        let handover = carrier();
+        for (proxied, listeners) in groups {
+            let app = FastApp::new(state.clone(), handover.clone());
+            let (name, app) = match proxied {
+                false => (PROXY_SERVICE, app),
+                true => (PROXY_PROTOCOL_SERVICE, app.with_proxy_protocol()),
+            };
+            server.add_service(Service::with_listeners(name.to_string(), listeners, app));
         }
-        for (listen, settings) in tls_settings {
-            service.add_listener(plaintext(&listen).tls(settings));
-        }
-        server.add_service(service);
     } else {
-        let carrier = pingora_proxy::http_proxy(&server.configuration, cohort_proxy());
-        let mut proxy = Service::new(
-            "cohort proxy".to_string(),
-            PingoraCarrier(Arc::new(carrier), state.clone()),
-        );
-        for addr in &server_cfg.listen {
-            proxy.add_listener(plaintext(addr));
+        for (proxied, listeners) in groups {
+            if proxied {
+                let app = Proxied {
+                    state: state.clone(),
+                    carrier: carrier(),
+                };
+                let name = PROXY_PROTOCOL_SERVICE.to_string();
+                server.add_service(Service::with_listeners(name, listeners, app));
+            } else {
+                // Its cleanup waits for the end of the drain window.
+                let app = PingoraCarrier(
+                    Arc::new(pingora_proxy::http_proxy(&conf, cohort_proxy())),
+                    state.clone(),
+                );
+                let name = PROXY_SERVICE.to_string();
+                server.add_service(Service::with_listeners(name, listeners, app));
+            }
         }
-        for (listen, settings) in tls_settings {
-            proxy.add_listener(plaintext(&listen).tls(settings));
-        }
-        server.add_service(proxy);
     }
 
     if let Some(addr) = server_cfg.admin {
-        let mut admin = Service::new(
-            "cohort admin".to_string(),
-            Admin::new(state.clone(), reloader.clone()),
-        );
-        admin.threads = Some(1);
-        admin.add_tcp(&addr.to_string());
-        server.add_service(admin);
+        let app = Admin::new(state.clone(), reloader.clone());
+        let mut listeners = Listeners::new();
+        listeners.add_tcp(&addr.to_string());
+        let name = "cohort admin".to_string();
+        let proxied = !server_cfg.proxy_protocol.is_empty()
+            || server_cfg.tls.iter().any(|t| t.proxy_protocol);
+        if proxied {
+            // An NLB that sends PROXY protocol sends it on its health checks too.
+            let app = SkipHeader {
+                state: state.clone(),
+                inner: Arc::new(app),
+            };
+            let mut admin = Service::with_listeners(name, listeners, app);
+            admin.threads = Some(1);
+            server.add_service(admin);
+        } else {
+            let mut admin = Service::with_listeners(name, listeners, app);
+            admin.threads = Some(1);
+            server.add_service(admin);
+        }
     }
 
     server.add_service(background_service(

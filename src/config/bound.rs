@@ -13,6 +13,9 @@ use std::net::SocketAddr;
 pub struct Bound {
     #[serde(rename = "server.listen")]
     listen: Vec<SocketAddr>,
+    /// The plaintext listeners that take a PROXY protocol header.
+    #[serde(rename = "server.listen.proxy_protocol")]
+    listen_proxy_protocol: Vec<SocketAddr>,
     #[serde(rename = "server.admin")]
     admin: Option<SocketAddr>,
     #[serde(rename = "server.threads")]
@@ -23,6 +26,9 @@ pub struct Bound {
     pid_file: String,
     #[serde(rename = "server.tls.listen")]
     tls_listen: Vec<SocketAddr>,
+    /// The TLS listeners that take a PROXY protocol header.
+    #[serde(rename = "server.tls.proxy_protocol")]
+    tls_proxy_protocol: Vec<SocketAddr>,
     #[serde(rename = "server.access_log")]
     access_log: String,
     #[serde(rename = "server.access_log_keys")]
@@ -42,6 +48,7 @@ impl ServerConfig {
         // bound (kept below) or live (read from the current table where it is used).
         let ServerConfig {
             listen,
+            proxy_protocol,
             threads,
             admin,
             admin_token_env: _,
@@ -65,12 +72,19 @@ impl ServerConfig {
         } = self;
         Bound {
             listen: listen.clone(),
+            // Which listeners read a PROXY protocol header is fixed when they are set up.
+            listen_proxy_protocol: proxy_protocol.clone(),
             admin: *admin,
             threads: *threads,
             upgrade_sock: self.upgrade_sock(),
             pid_file: self.pid_file(),
             // Certificate paths are live (re-read on every reload); addresses are bound.
             tls_listen: tls.iter().map(|t| t.listen).collect(),
+            tls_proxy_protocol: tls
+                .iter()
+                .filter(|t| t.proxy_protocol)
+                .map(|t| t.listen)
+                .collect(),
             access_log: format!("{access_log:?}"),
             access_log_keys: *access_log_keys,
             sample_log: sample_log.clone(),
@@ -129,6 +143,28 @@ mod tests {
         }
         let other = server("").bound();
         assert!(base.changes(&other).is_empty());
+    }
+
+    #[test]
+    fn proxy_protocol_on_a_listener_needs_an_upgrade() {
+        let base = server("").bound();
+        let text = "[server]\nlisten = [{ addr = \"127.0.0.1:8080\", proxy_protocol = true }]\n[[service]]\nname = \"api\"\n[[service.variant]]\nname = \"stable\"\nweight = 1\nbackends = [\"127.0.0.1:9000\"]\n";
+        let proxied = Config::parse(text).unwrap().server.bound();
+        assert_eq!(base.changes(&proxied), ["server.listen.proxy_protocol"]);
+        let tls = |on: bool| {
+            let mut s = server("");
+            s.tls.push(crate::config::TlsListener {
+                listen: "127.0.0.1:8443".parse().unwrap(),
+                cert: "c".into(),
+                key: "k".into(),
+                proxy_protocol: on,
+            });
+            s.bound()
+        };
+        assert_eq!(
+            tls(false).changes(&tls(true)),
+            ["server.tls.proxy_protocol"]
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ pub struct FileConfig {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
-    pub listen: Option<Vec<String>>,
+    pub listen: Option<Vec<ListenFile>>,
     pub threads: Option<usize>,
     pub admin: Option<String>,
     pub admin_token_env: Option<String>,
@@ -51,6 +51,48 @@ pub struct TlsFile {
     pub listen: String,
     pub cert: String,
     pub key: String,
+    pub proxy_protocol: Option<bool>,
+}
+
+/// One `server.listen` entry: an address string, or a table that also says whether the
+/// listener takes a PROXY protocol header (`{ addr = "...", proxy_protocol = true }`).
+#[derive(Debug)]
+pub enum ListenFile {
+    Addr(String),
+    Table(ListenTable),
+}
+
+/// The table form of a `server.listen` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenTable {
+    pub addr: String,
+    pub proxy_protocol: Option<bool>,
+}
+
+/// By hand rather than `untagged`: a mistake inside the table form is then reported as
+/// it is (an unknown field, a wrong type) instead of "matched no variant".
+impl<'de> Deserialize<'de> for ListenFile {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<ListenFile, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = ListenFile;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an address string or { addr = \"...\", proxy_protocol = true }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ListenFile, E> {
+                Ok(ListenFile::Addr(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<ListenFile, A::Error> {
+                ListenTable::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(ListenFile::Table)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// `[[service]]`.

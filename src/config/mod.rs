@@ -34,6 +34,9 @@ pub struct Config {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ServerConfig {
     pub listen: Vec<SocketAddr>,
+    /// The plaintext listeners (addresses in `listen`) on which every connection starts
+    /// with a PROXY protocol header (`{ addr = "...", proxy_protocol = true }`).
+    pub proxy_protocol: Vec<SocketAddr>,
     /// Worker threads; already resolved (0 in the file = one per CPU).
     pub threads: usize,
     pub admin: Option<SocketAddr>,
@@ -137,6 +140,8 @@ pub struct TlsListener {
     pub listen: SocketAddr,
     pub cert: String,
     pub key: String,
+    /// Every connection starts with a PROXY protocol header, before the TLS handshake.
+    pub proxy_protocol: bool,
 }
 
 /// One `[[service]]`.

@@ -3,7 +3,8 @@
 
 use super::error::{ConfigError, Errors};
 use super::file::{
-    FileConfig, HealthCheckFile, MatcherFile, RuleFile, ServerFile, ServiceFile, VariantFile,
+    FileConfig, HealthCheckFile, ListenFile, MatcherFile, RuleFile, ServerFile, ServiceFile,
+    VariantFile,
 };
 use super::*;
 use std::collections::{BTreeSet, HashMap};
@@ -50,18 +51,32 @@ pub(super) fn validate(file: FileConfig, version: String) -> Result<Config, Conf
 }
 
 fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
-    let listen_raw = f
-        .listen
-        .clone()
-        .unwrap_or_else(|| vec![DEFAULT_LISTEN.to_string()]);
+    let default_listen = ListenFile::Addr(DEFAULT_LISTEN.to_string());
+    let listen_raw = match &f.listen {
+        Some(l) => l.iter().collect(),
+        None => vec![&default_listen],
+    };
     if listen_raw.is_empty() {
         errs.push("server.listen", "at least one listen address is required");
     }
-    let listen: Vec<SocketAddr> = listen_raw
-        .iter()
-        .enumerate()
-        .filter_map(|(i, a)| socket_addr(a, &format!("server.listen[{i}]"), errs))
-        .collect();
+    let mut listen = Vec::with_capacity(listen_raw.len());
+    let mut proxy_protocol = Vec::new();
+    for (i, entry) in listen_raw.iter().enumerate() {
+        let (addr, path, proxied) = match entry {
+            ListenFile::Addr(a) => (a, format!("server.listen[{i}]"), false),
+            ListenFile::Table(t) => (
+                &t.addr,
+                format!("server.listen[{i}].addr"),
+                t.proxy_protocol.unwrap_or(false),
+            ),
+        };
+        if let Some(a) = socket_addr(addr, &path, errs) {
+            listen.push(a);
+            if proxied {
+                proxy_protocol.push(a);
+            }
+        }
+    }
     let admin = match f.admin.as_deref().unwrap_or(DEFAULT_ADMIN) {
         "" => None,
         a => socket_addr(a, "server.admin", errs),
@@ -116,6 +131,7 @@ fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
     }
     ServerConfig {
         listen,
+        proxy_protocol,
         threads,
         admin,
         admin_token_env: f.admin_token_env.clone().filter(|s| !s.is_empty()),
@@ -153,6 +169,7 @@ fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
                     listen,
                     cert: t.cert.clone(),
                     key: t.key.clone(),
+                    proxy_protocol: t.proxy_protocol.unwrap_or(false),
                 })
             })
             .collect(),
@@ -774,4 +791,69 @@ fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{Config, ConfigError};
+
+    fn parse(server: &str) -> Result<Config, ConfigError> {
+        Config::parse(&format!(
+            "[server]\n{server}\n[[service]]\nname = \"api\"\n[[service.variant]]\nname = \"stable\"\nweight = 1\nbackends = [\"127.0.0.1:9000\"]\n"
+        ))
+    }
+
+    fn errors(server: &str) -> Vec<String> {
+        parse(server).map_or_else(|e| e.lines(), |_| Vec::new())
+    }
+
+    #[test]
+    fn listen_entries_are_strings_or_tables_with_proxy_protocol() {
+        let c = parse(
+            "listen = [\"127.0.0.1:8080\", { addr = \"127.0.0.1:8081\", proxy_protocol = true }, { addr = \"127.0.0.1:8082\" }]",
+        )
+        .unwrap();
+        let addrs: Vec<String> = c.server.listen.iter().map(|a| a.to_string()).collect();
+        assert_eq!(
+            addrs,
+            ["127.0.0.1:8080", "127.0.0.1:8081", "127.0.0.1:8082"]
+        );
+        assert_eq!(c.server.proxy_protocol, ["127.0.0.1:8081".parse().unwrap()]);
+        let c = parse("listen = [\"127.0.0.1:8080\"]").unwrap();
+        assert!(c.server.proxy_protocol.is_empty());
+    }
+
+    #[test]
+    fn tls_listeners_take_proxy_protocol() {
+        let c = parse(
+            "[[server.tls]]\nlisten = \"127.0.0.1:8443\"\ncert = \"c\"\nkey = \"k\"\nproxy_protocol = true\n[[server.tls]]\nlisten = \"127.0.0.1:8444\"\ncert = \"c\"\nkey = \"k\"",
+        )
+        .unwrap();
+        let on: Vec<bool> = c.server.tls.iter().map(|t| t.proxy_protocol).collect();
+        assert_eq!(on, [true, false]);
+    }
+
+    #[test]
+    fn listen_mistakes_name_their_field() {
+        let e =
+            errors("listen = [\"127.0.0.1:8080\", { addr = \"nowhere\", proxy_protocol = true }]");
+        assert!(
+            e.iter().any(|l| l.starts_with("server.listen[1].addr")),
+            "{e:?}"
+        );
+        let e = errors("listen = [{ addr = \"127.0.0.1:8080\", proxy = true }]");
+        assert!(
+            e.iter()
+                .any(|l| l.contains("server.listen[0]") && l.contains("proxy")),
+            "{e:?}"
+        );
+        let e = errors("listen = [{ addr = \"127.0.0.1:8080\", proxy_protocol = \"yes\" }]");
+        assert!(
+            e.iter()
+                .any(|l| l.contains("server.listen[0].proxy_protocol")),
+            "{e:?}"
+        );
+        let e = errors("listen = [8080]");
+        assert!(e.iter().any(|l| l.contains("server.listen[0]")), "{e:?}");
+    }
 }

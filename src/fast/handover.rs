@@ -2,7 +2,9 @@
 //! engine: a [`HandOver`] target that serves a connection from where the engine left it,
 //! with the bytes already read put back in front.
 
+use crate::forward::ClientPeer;
 use async_trait::async_trait;
+use pingora_core::protocols::l4::socket::SocketAddr as PingoraAddr;
 use pingora_core::protocols::l4::stream::Stream as L4Stream;
 use pingora_core::protocols::raw_connect::ProxyDigest;
 use pingora_core::protocols::tls::TlsRef;
@@ -11,7 +13,7 @@ use pingora_core::protocols::{
     TimingDigest, UniqueID, UniqueIDType, ALPN,
 };
 use pingora_core::server::ShutdownWatch;
-use std::net::IpAddr;
+use std::net::SocketAddr;
 use std::os::fd::{AsRawFd, BorrowedFd};
 use std::pin::Pin;
 use std::sync::Arc;
@@ -32,22 +34,30 @@ pub trait HandOver: Send + Sync {
 
 /// A client connection the engine can serve.
 pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {
-    /// The connection as a Pingora stream that yields `buffered` before anything else.
-    fn into_stream(self, buffered: &[u8]) -> Stream;
+    /// The connection as a Pingora stream that yields `buffered` before anything else,
+    /// with `peer` as its peer address (the engine's, which may come from a PROXY
+    /// protocol header).
+    fn into_stream(self, buffered: &[u8], peer: Option<&ClientPeer>) -> Stream;
 }
 
 impl ClientIo for TcpStream {
-    fn into_stream(self, buffered: &[u8]) -> Stream {
+    fn into_stream(self, buffered: &[u8], peer: Option<&ClientPeer>) -> Stream {
         let fd = self.as_raw_fd();
         let mut io = L4Stream::from(self);
-        io.set_socket_digest(SocketDigest::from_raw_fd(fd));
+        let digest = SocketDigest::from_raw_fd(fd);
+        if let Some(p) = peer {
+            let _ = digest.peer_addr.set(Some(PingoraAddr::Inet(p.addr())));
+        }
+        io.set_socket_digest(digest);
         io.rewind(buffered);
         Box::new(io)
     }
 }
 
 impl ClientIo for Stream {
-    fn into_stream(self, buffered: &[u8]) -> Stream {
+    /// A TLS stream keeps the peer its socket digest already holds (set before the
+    /// handshake on a PROXY protocol listener).
+    fn into_stream(self, buffered: &[u8], _peer: Option<&ClientPeer>) -> Stream {
         if buffered.is_empty() {
             return self;
         }
@@ -59,10 +69,11 @@ impl ClientIo for Stream {
     }
 }
 
-/// The client's IP address, as the socket reports it.
-pub fn peer_ip(stream: &Stream) -> Option<IpAddr> {
+/// The client's address, as the stream's socket digest holds it (the socket's peer, or
+/// what a PROXY protocol header named).
+pub fn peer_addr(stream: &Stream) -> Option<SocketAddr> {
     let digest = stream.get_socket_digest()?;
-    digest.peer_addr()?.as_inet().map(|a| a.ip())
+    digest.peer_addr()?.as_inet().copied()
 }
 
 /// Moves an accepted TCP connection onto this thread's reactor. Pingora accepts on one

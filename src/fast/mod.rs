@@ -29,12 +29,12 @@ use pingora_core::apps::ServerApp;
 use pingora_core::protocols::tls::ALPN;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
-use std::net::IpAddr;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
 use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
 use tokio::time::Sleep;
@@ -57,6 +57,9 @@ pub struct FastApp {
     /// Set once the service stopped listening: idle connections close.
     closing: AtomicBool,
     wake_idle: Notify,
+    /// Every plaintext connection starts with a PROXY protocol header (the listeners'
+    /// `proxy_protocol = true`; a TLS connection's was read before its handshake).
+    proxy_protocol: bool,
 }
 
 impl FastApp {
@@ -66,7 +69,14 @@ impl FastApp {
             handover,
             closing: AtomicBool::new(false),
             wake_idle: Notify::new(),
+            proxy_protocol: false,
         }
+    }
+
+    /// The engine for listeners with `proxy_protocol = true` (see [`crate::proxy_protocol`]).
+    pub fn with_proxy_protocol(mut self) -> FastApp {
+        self.proxy_protocol = true;
+        self
     }
 }
 
@@ -83,19 +93,25 @@ impl ServerApp for FastApp {
             if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
                 return self.handover.serve(stream, shutdown).await;
             }
-            let peer = handover::peer_ip(&stream);
-            connection(self.clone(), stream, peer, true, shutdown.clone()).await;
+            let peer = handover::peer_addr(&stream).map(ClientPeer::new);
+            let conn = Conn::new(&self.state, stream, peer, Vec::new(), true);
+            connection(self.clone(), conn, shutdown.clone()).await;
             return None;
         }
         let io = match handover::rehome(stream) {
             Ok(io) => io,
             Err(stream) => return self.handover.serve(stream, shutdown).await,
         };
-        let peer = io.peer_addr().ok().map(|a| a.ip());
         // The connection gets its own small task on this thread; Pingora's accept task
         // (sized for a TLS handshake) ends here instead of living as long as the
         // connection (see BENCHMARKS.md, memory).
-        tokio::spawn(connection(self.clone(), io, peer, false, shutdown.clone()));
+        if self.proxy_protocol {
+            tokio::spawn(proxied(self.clone(), io, shutdown.clone()));
+            return None;
+        }
+        let peer = io.peer_addr().ok().map(ClientPeer::new);
+        let conn = Conn::new(&self.state, io, peer, Vec::new(), false);
+        tokio::spawn(connection(self.clone(), conn, shutdown.clone()));
         None
     }
 
@@ -111,34 +127,43 @@ impl ServerApp for FastApp {
     }
 }
 
-/// Serves one client connection until it closes, or hands it to the Pingora carrier.
-async fn connection<S: ClientIo>(
-    app: Arc<FastApp>,
-    io: S,
-    peer: Option<IpAddr>,
-    tls: bool,
-    shutdown: ShutdownWatch,
-) {
-    let server = &app.state.table().config.server;
-    let (keepalive, head_timeout) = (server.keepalive_timeout, server.client_header_timeout);
-    let max_head = server.max_request_head_bytes;
-    let mut conn = Conn {
-        io,
-        buf: Vec::new(),
-        peer: peer.map(ClientPeer::new),
-        tls,
-        served: 0,
-        keepalive,
-        head_timeout,
-        max_head,
-        client_timer: Box::pin(tokio::time::sleep(keepalive)),
-        upstream_timer: Box::pin(tokio::time::sleep(keepalive)),
+/// A plaintext connection on a listener with `proxy_protocol = true`: its header first
+/// (the address it names becomes the peer; bytes after it are the first request's), then
+/// served as any other. A bad or missing header closes it without a response.
+async fn proxied(app: Arc<FastApp>, mut io: TcpStream, shutdown: ShutdownWatch) {
+    let limit = app.state.table().config.server.client_header_timeout;
+    let mut buf = Vec::with_capacity(READ_CHUNK);
+    let peer = match crate::proxy_protocol::read(&mut io, &mut buf, limit).await {
+        Ok(Some(client)) => Some(client),
+        Ok(None) => io.peer_addr().ok(),
+        Err(e) => {
+            let peer = io.peer_addr().map_or("?".to_string(), |a| a.to_string());
+            crate::proxy_protocol::log_closed(&peer, &e);
+            return;
+        }
     };
-    if let Served::HandOver = conn.serve(&app, &shutdown).await {
-        let stream = conn.io.into_stream(&conn.buf);
-        let mut next = app.handover.serve(stream, &shutdown).await;
-        while let Some(stream) = next {
-            next = app.handover.serve(stream, &shutdown).await;
+    let conn = Conn::new(&app.state, io, peer.map(ClientPeer::new), buf, false);
+    connection(app, conn, shutdown).await;
+}
+
+/// Serves one client connection until it closes, or hands it to the Pingora carrier.
+///
+/// An `async` block rather than an `async fn`: an `async fn` keeps its arguments and
+/// moves them into locals as well, so the connection would be held twice by every idle
+/// connection's task.
+#[allow(clippy::manual_async_fn)]
+fn connection<S: ClientIo>(
+    app: Arc<FastApp>,
+    mut conn: Conn<S>,
+    shutdown: ShutdownWatch,
+) -> impl std::future::Future<Output = ()> + Send {
+    async move {
+        if let Served::HandOver = conn.serve(&app, &shutdown).await {
+            let stream = conn.io.into_stream(&conn.buf, conn.peer.as_ref());
+            let mut next = app.handover.serve(stream, &shutdown).await;
+            while let Some(stream) = next {
+                next = app.handover.serve(stream, &shutdown).await;
+            }
         }
     }
 }
@@ -177,6 +202,24 @@ struct Conn<S> {
 }
 
 impl<S: ClientIo> Conn<S> {
+    /// A connection from `peer` (`None`: unknown) whose client already sent `buf`.
+    fn new(state: &State, io: S, peer: Option<ClientPeer>, buf: Vec<u8>, tls: bool) -> Conn<S> {
+        let server = &state.table().config.server;
+        let (keepalive, head_timeout) = (server.keepalive_timeout, server.client_header_timeout);
+        Conn {
+            io,
+            buf,
+            peer,
+            tls,
+            served: 0,
+            keepalive,
+            head_timeout,
+            max_head: server.max_request_head_bytes,
+            client_timer: Box::pin(tokio::time::sleep(keepalive)),
+            upstream_timer: Box::pin(tokio::time::sleep(keepalive)),
+        }
+    }
+
     async fn serve(&mut self, app: &FastApp, shutdown: &ShutdownWatch) -> Served {
         // Registered once for the connection's life; fires when the service shuts down.
         let closing = app.wake_idle.notified();
@@ -253,7 +296,6 @@ impl<S: ClientIo> Conn<S> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::net::TcpStream;
 
     /// A hand-over target for tests that never hand over.
     struct Refuse;
@@ -290,7 +332,8 @@ mod tests {
             .unwrap();
         let (server, _) = listener.accept().await.unwrap();
         let (_tx, shutdown) = tokio::sync::watch::channel(false);
-        let task = std::mem::size_of_val(&connection(app, server, None, false, shutdown));
+        let conn = Conn::new(&app.state, server, None, Vec::new(), false);
+        let task = std::mem::size_of_val(&connection(app, conn, shutdown));
         let sleep = std::mem::size_of::<Sleep>();
         eprintln!("connection future {task} B, timer {sleep} B");
         assert!(task <= 1536, "connection future is {task} bytes");

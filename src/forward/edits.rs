@@ -6,7 +6,7 @@
 
 use crate::routing::compare::eq_lower;
 use crate::routing::{Decision, Reason, RoutingTable, Service};
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 /// The header naming the variant serving, towards the upstream (SPEC "Headers").
 pub const VARIANT_HEADER: &str = "x-cohort-variant";
@@ -14,12 +14,15 @@ pub const VARIANT_HEADER: &str = "x-cohort-variant";
 pub const REASON_HEADER: &str = "x-cohort-reason";
 const COHORT_PREFIX: &[u8] = b"x-cohort-";
 
-/// The client's TCP peer, with what each request needs from it computed once per
+/// The client's TCP peer (the socket's, or the client a PROXY protocol header named on a
+/// listener that takes one), with what each request needs from it computed once per
 /// connection.
 #[derive(Debug, Clone)]
 pub struct ClientPeer {
-    /// As the socket reports it (routing sees this).
+    /// As the socket (or the PROXY header) reports it (routing sees this).
     pub ip: IpAddr,
+    /// The client's port (kept for the socket digest of a stream handed to Pingora).
+    pub port: u16,
     /// IPv4-mapped addresses as IPv4 (trusted-proxy checks, `X-Forwarded-For`).
     pub canonical: IpAddr,
     /// `canonical` as text, for `X-Forwarded-For`.
@@ -27,13 +30,20 @@ pub struct ClientPeer {
 }
 
 impl ClientPeer {
-    pub fn new(ip: IpAddr) -> ClientPeer {
+    pub fn new(addr: SocketAddr) -> ClientPeer {
+        let ip = addr.ip();
         let canonical = ip.to_canonical();
         ClientPeer {
             ip,
+            port: addr.port(),
             canonical,
             text: canonical.to_string(),
         }
+    }
+
+    /// The address again, as the socket (or the PROXY header) reported it.
+    pub fn addr(&self) -> SocketAddr {
+        SocketAddr::new(self.ip, self.port)
     }
 }
 
