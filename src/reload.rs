@@ -3,7 +3,7 @@
 //! resolved addresses) *before* one atomic swap. A failed reload changes nothing and is
 //! recorded for `/status`, the log and `cohort_config_reloads_total{result="error"}`.
 
-use crate::config::{version_of, Config, ConfigError};
+use crate::config::{Config, ConfigError, Fingerprint};
 use crate::metrics::{ReloadResult, METRICS};
 use crate::options::{apply_overrides, RunOptions};
 use crate::routing::RoutingTable;
@@ -167,19 +167,23 @@ impl Reloader {
             },
         };
         let current = self.state.table();
-        let version = version_of(text.as_bytes());
+        // Unchanged bytes are told before parsing (or hashing with sha256).
         let certs_unchanged =
             crate::tls::files_digest(&current.config.server.tls) == current.certs.digest;
-        if version == current.config.version && certs_unchanged {
+        if Fingerprint::of(text.as_bytes()) == current.config.fingerprint && certs_unchanged {
             if let Source::Url(u) = &self.source {
                 u.commit(&text, etag);
             }
-            return Outcome::Unchanged { version };
+            return Outcome::Unchanged {
+                version: current.config.version.clone(),
+            };
         }
+        drop(current);
         let mut config = match Config::parse(&text) {
             Ok(c) => c,
             Err(e) => return Outcome::Rejected { errors: e.lines() },
         };
+        let version = config.version.clone();
         apply_overrides(&mut config.server, &self.opts);
         let needs_upgrade = self.state.bound.changes(&config.server.bound());
         let table = match RoutingTable::build(config) {
