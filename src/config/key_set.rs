@@ -192,7 +192,7 @@ mod tests {
         for k in &keys {
             assert!(set.contains(k), "length {}", k.len());
         }
-        assert!(!set.contains(&vec![b'k'; 2]));
+        assert!(!set.contains(&[b'k'; 2]));
         assert!(!set.contains(&vec![b'k'; 16_385]));
     }
 
