@@ -4,7 +4,9 @@
 //!   extraction from a 12-header map, 4 rules evaluated, 3 variants hashed);
 //! - `names/*`: the case-insensitive name comparisons of one decision, two ways;
 //! - `record/request`: per-request metric recording (status, histogram, reason);
-//! - `compile/10x3x10`: parse + validate + compile 10 services × 3 variants × 10 backends.
+//! - `compile/10x3x10`: parse + validate + compile 10 services × 3 variants × 10 backends;
+//! - `decide/services/{1,1000}`: one decision in a table of 1 and of 1,000 services;
+//! - `compile/1000x3-1M-keys-*`: parse + validate + compile of the scale bench's big config.
 //!
 //! Run: `cargo bench --bench hot_path` (see BENCHMARKS.md for recorded results).
 
@@ -69,6 +71,68 @@ fn bench_decide(c: &mut Criterion) {
             black_box(table.router.decide(svc, &view))
         })
     });
+}
+
+/// `n - 1` services shaped like [`SERVICE`] (hosts `s<i>.example.com`, a 1,000-key
+/// `key_in` each), then [`SERVICE`] itself: the request's service comes last, where a
+/// scan of the services would find it latest.
+fn many_services(n: usize) -> String {
+    let mut s = String::from("[server]\nlisten = [\"127.0.0.1:8080\"]\n");
+    for i in 1..n {
+        let keys: Vec<String> = (0..1000).map(|k| format!("\"s{i}-u{k:06}\"")).collect();
+        s += &SERVICE
+            .replacen("name = \"api\"", &format!("name = \"svc{i}\""), 1)
+            .replacen("api.example.com", &format!("s{i}.example.com"), 1)
+            .replacen(
+                "[\"partner-acme\", \"partner-globex\"]",
+                &format!("[{}]", keys.join(", ")),
+                1,
+            );
+    }
+    s + SERVICE
+}
+
+/// The same decision (raw headers, as the fast path sees them) in a table of 1 service
+/// and of 1,000 services with 1M allow-list keys between them.
+fn bench_scale(c: &mut Criterion) {
+    let headers = realistic_headers("user-123456");
+    let raw = raw_head(&headers);
+    let mut slots = [httparse::EMPTY_HEADER; 64];
+    let mut req = httparse::Request::new(&mut slots);
+    req.parse(&raw).expect("parse");
+    let (target, list) = (req.path.expect("target"), &*req.headers);
+    let peer = Some("203.0.113.9".parse().expect("ip"));
+    let mut group = c.benchmark_group("decide/services");
+    for n in [1, 1000] {
+        let table =
+            RoutingTable::build(Config::parse(&many_services(n)).expect("config")).expect("table");
+        assert_eq!(table.router.services.len(), n);
+        group.bench_function(format!("{n}"), |b| {
+            b.iter(|| {
+                let view = RequestView::raw(black_box(list), target, peer);
+                let svc = table.router.match_service(&view).expect("service");
+                black_box(table.router.decide(svc, &view))
+            })
+        });
+    }
+    group.finish();
+}
+
+/// Parse + validate + compile of the 1,000-service, 1M-key config (about 12 MB).
+fn bench_compile_big(c: &mut Criterion) {
+    let text = many_services(1000);
+    let mut group = c.benchmark_group("compile");
+    group.sample_size(10);
+    group.bench_function(
+        format!("1000x3-1M-keys-{}MB", text.len() / 1_000_000),
+        |b| {
+            b.iter(|| {
+                let cfg = Config::parse(black_box(&text)).expect("config");
+                black_box(RoutingTable::build(cfg).expect("table"))
+            })
+        },
+    );
+    group.finish();
 }
 
 /// The header names (as clients case them) and host a decision compares, against the
@@ -153,6 +217,8 @@ criterion_group!(
     bench_decide,
     bench_names,
     bench_record,
-    bench_compile
+    bench_compile,
+    bench_scale,
+    bench_compile_big
 );
 criterion_main!(benches);

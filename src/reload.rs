@@ -5,7 +5,7 @@
 //! A backend name that does not resolve fails nothing: the reload applies with a warning,
 //! that backend is down, and the re-resolution tick retries it.
 
-use crate::config::{version_of, Config, ConfigError};
+use crate::config::{Config, ConfigError, Fingerprint};
 use crate::metrics::{ReloadResult, METRICS};
 use crate::options::{apply_overrides, RunOptions};
 use crate::routing::table::Scope;
@@ -173,19 +173,23 @@ impl Reloader {
             },
         };
         let current = self.state.table();
-        let version = version_of(text.as_bytes());
+        // Unchanged bytes are told before parsing (or hashing with sha256).
         let certs_unchanged =
             crate::tls::files_digest(&current.config.server.tls) == current.certs.digest;
-        if version == current.config.version && certs_unchanged {
+        if Fingerprint::of(text.as_bytes()) == current.config.fingerprint && certs_unchanged {
             if let Source::Url(u) = &self.source {
                 u.commit(&text, etag);
             }
-            return Outcome::Unchanged { version };
+            return Outcome::Unchanged {
+                version: current.config.version.clone(),
+            };
         }
+        drop(current);
         let mut config = match Config::parse(&text) {
             Ok(c) => c,
             Err(e) => return Outcome::Rejected { errors: e.lines() },
         };
+        let version = config.version.clone();
         apply_overrides(&mut config.server, &self.opts);
         let needs_upgrade = self.state.bound.changes(&config.server.bound());
         let table = match current.build_replacing(config, &crate::upstream::Resolver::from_env()) {

@@ -1,30 +1,161 @@
-//! The set behind a rule's `key_in`: looked up once per request with the user's key, so
-//! it hashes with one `xxh3` call instead of std's SipHash (a `key_in` list comes from
-//! the operator's config, not from clients, so flooding it is not a concern).
+//! The set behind a rule's `key_in`: one byte arena per rule, so a 100,000-key partner
+//! list costs about its bytes, not 100,000 allocations.
+//!
+//! Layout: the keys are grouped by bucket (`xxh3_64` of the key, mapped onto about one
+//! bucket per two keys) and written one after another, each as a LEB128 length and its
+//! bytes; `starts[b]..starts[b + 1]` is bucket `b`'s run of the arena. A lookup hashes
+//! once and compares the key with the few keys of one run, so membership is exact (no
+//! false positives: a partner list must not admit strangers) and costs the same for 10
+//! keys or 10 million. The set is immutable and shared: cloning it (the router keeps a
+//! copy of each service's config) only bumps a reference count.
 
-use std::collections::HashSet;
-use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::Arc;
 
 /// Keys listed in `key_in`.
-pub type KeySet = HashSet<Vec<u8>, BuildHasherDefault<KeyHasher>>;
+#[derive(Clone)]
+pub struct KeySet(Arc<Arena>);
 
-/// Hashes a byte string as `xxh3_64_with_seed(bytes, len)`: `Hash for [u8]` writes the
-/// length first, then the bytes in one call.
-#[derive(Default)]
-pub struct KeyHasher(u64);
+struct Arena {
+    /// Every distinct key, grouped by bucket, each as LEB128 length + bytes.
+    bytes: Box<[u8]>,
+    /// `starts[b]` is where bucket `b` begins in `bytes`; one more entry closes the last.
+    starts: Box<[u32]>,
+    /// Distinct keys.
+    len: usize,
+}
 
-impl Hasher for KeyHasher {
-    fn write(&mut self, bytes: &[u8]) {
-        self.0 = xxhash_rust::xxh3::xxh3_64_with_seed(bytes, self.0);
+/// The keys do not fit a 4 GiB arena (offsets are 32-bit).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TooLarge;
+
+/// Keys per bucket on average: a lookup compares the key with about this many others.
+const LOAD: usize = 2;
+
+impl KeySet {
+    /// The set of `keys` (duplicates count once).
+    pub fn new<K: AsRef<[u8]>>(keys: &[K]) -> Result<KeySet, TooLarge> {
+        let n_buckets = keys.len().div_ceil(LOAD).max(1);
+        // Counting sort of the key indices by bucket.
+        let bucket_of: Vec<u32> = keys
+            .iter()
+            .map(|k| bucket(k.as_ref(), n_buckets) as u32)
+            .collect();
+        let mut first = vec![0u32; n_buckets + 1];
+        for &b in &bucket_of {
+            first[b as usize + 1] += 1;
+        }
+        for b in 0..n_buckets {
+            first[b + 1] += first[b];
+        }
+        let mut next = first.clone();
+        let mut order = vec![0u32; keys.len()];
+        for (i, &b) in bucket_of.iter().enumerate() {
+            order[next[b as usize] as usize] = i as u32;
+            next[b as usize] += 1;
+        }
+        drop(bucket_of);
+        let total: usize = keys.iter().map(|k| k.as_ref().len() + 5).sum();
+        let mut bytes = Vec::with_capacity(total.min(u32::MAX as usize));
+        let mut starts = Vec::with_capacity(n_buckets + 1);
+        let mut len = 0;
+        for b in 0..n_buckets {
+            let start = bytes.len();
+            starts.push(u32::try_from(start).map_err(|_| TooLarge)?);
+            for &i in &order[first[b] as usize..first[b + 1] as usize] {
+                let key = keys[i as usize].as_ref();
+                if run_contains(&bytes[start..], key) {
+                    continue;
+                }
+                push_len(&mut bytes, key.len());
+                bytes.extend_from_slice(key);
+                len += 1;
+            }
+        }
+        starts.push(u32::try_from(bytes.len()).map_err(|_| TooLarge)?);
+        Ok(KeySet(Arc::new(Arena {
+            bytes: bytes.into_boxed_slice(),
+            starts: starts.into_boxed_slice(),
+            len,
+        })))
     }
 
-    fn write_usize(&mut self, n: usize) {
-        self.0 ^= n as u64;
+    /// Whether `key` is one of the listed keys (byte for byte).
+    #[inline]
+    pub fn contains(&self, key: &[u8]) -> bool {
+        let a = &*self.0;
+        let b = bucket(key, a.starts.len() - 1);
+        match (a.starts.get(b), a.starts.get(b + 1)) {
+            (Some(&s), Some(&e)) => a
+                .bytes
+                .get(s as usize..e as usize)
+                .is_some_and(|run| run_contains(run, key)),
+            _ => false,
+        }
     }
 
-    fn finish(&self) -> u64 {
-        self.0
+    /// Number of distinct keys.
+    pub fn len(&self) -> usize {
+        self.0.len
     }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.len == 0
+    }
+
+    /// Heap bytes the set holds (arena and bucket starts), for memory accounting.
+    pub fn heap_bytes(&self) -> usize {
+        self.0.bytes.len() + self.0.starts.len() * std::mem::size_of::<u32>()
+    }
+}
+
+impl std::fmt::Debug for KeySet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "KeySet({} keys)", self.0.len)
+    }
+}
+
+/// Bucket of `key` among `n` (`n` > 0): the hash's high bits scaled onto `0..n`.
+#[inline]
+fn bucket(key: &[u8], n: usize) -> usize {
+    let h = xxhash_rust::xxh3::xxh3_64(key);
+    ((u128::from(h) * n as u128) >> 64) as usize
+}
+
+/// Whether the run of length-prefixed keys holds `key`.
+#[inline]
+fn run_contains(mut run: &[u8], key: &[u8]) -> bool {
+    while let Some((len, rest)) = read_len(run) {
+        let Some((k, tail)) = rest.split_at_checked(len) else {
+            return false;
+        };
+        if k == key {
+            return true;
+        }
+        run = tail;
+    }
+    false
+}
+
+fn push_len(out: &mut Vec<u8>, mut n: usize) {
+    while n >= 0x80 {
+        out.push((n as u8) | 0x80);
+        n >>= 7;
+    }
+    out.push(n as u8);
+}
+
+/// A LEB128 length and the bytes after it; `None` at the end of the run (or on a
+/// truncated length, which the builder never writes).
+#[inline]
+fn read_len(run: &[u8]) -> Option<(usize, &[u8])> {
+    let mut n = 0usize;
+    for (i, &b) in run.iter().enumerate().take(10) {
+        n |= usize::from(b & 0x7f) << (7 * i);
+        if b < 0x80 {
+            return Some((n, &run[i + 1..]));
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -32,15 +163,67 @@ mod tests {
     use super::*;
 
     #[test]
-    fn lookups_by_slice_find_exactly_the_listed_keys() {
-        let set: KeySet = ["partner-acme", "partner-globex", ""]
+    fn lookups_find_exactly_the_listed_keys() {
+        let set = KeySet::new(&["partner-acme", "partner-globex", ""]).expect("set");
+        assert!(set.contains(b"partner-acme"));
+        assert!(set.contains(b"partner-globex"));
+        assert!(set.contains(b""));
+        assert!(!set.contains(b"partner-acm"));
+        assert!(!set.contains(b"partner-acme "));
+        assert!(!set.contains(b"PARTNER-ACME"));
+        assert_eq!(set.len(), 3);
+    }
+
+    #[test]
+    fn duplicates_count_once() {
+        let set = KeySet::new(&["a", "b", "a", "a"]).expect("set");
+        assert_eq!(set.len(), 2);
+        assert!(set.contains(b"a") && set.contains(b"b") && !set.contains(b"c"));
+    }
+
+    #[test]
+    fn keys_of_every_length_class_round_trip() {
+        // Lengths around the one- and two-byte LEB128 boundaries.
+        let keys: Vec<Vec<u8>> = [0, 1, 126, 127, 128, 129, 300, 16_383, 16_384, 70_000]
             .iter()
-            .map(|k| k.as_bytes().to_vec())
+            .map(|&n| vec![b'k'; n])
             .collect();
-        assert!(set.contains(&b"partner-acme"[..]));
-        assert!(set.contains(&b"partner-globex"[..]));
-        assert!(set.contains(&b""[..]));
-        assert!(!set.contains(&b"partner-acm"[..]));
-        assert!(!set.contains(&b"partner-acme "[..]));
+        let set = KeySet::new(&keys).expect("set");
+        for k in &keys {
+            assert!(set.contains(k), "length {}", k.len());
+        }
+        assert!(!set.contains(&[b'k'; 2]));
+        assert!(!set.contains(&vec![b'k'; 16_385]));
+    }
+
+    #[test]
+    fn a_large_set_has_no_false_positives_or_negatives() {
+        let keys: Vec<String> = (0..100_000).map(|i| format!("user-{i}")).collect();
+        let set = KeySet::new(&keys).expect("set");
+        assert_eq!(set.len(), keys.len());
+        assert!(keys.iter().all(|k| set.contains(k.as_bytes())));
+        // Near misses: other numbers, prefixes and extensions of listed keys.
+        assert!((100_000..200_000).all(|i| !set.contains(format!("user-{i}").as_bytes())));
+        assert!((0..10_000).all(|i| !set.contains(format!("user-{i}x").as_bytes())));
+        assert!(!set.contains(b"user-") && !set.contains(b"user"));
+    }
+
+    #[test]
+    fn a_key_costs_its_length_and_a_few_bytes() {
+        // 1,000 keys like the scale bench's (`s17-u000123`, 11 bytes).
+        let keys: Vec<String> = (0..1000).map(|i| format!("s17-u{i:06}")).collect();
+        let set = KeySet::new(&keys).expect("set");
+        let key_bytes: usize = keys.iter().map(String::len).sum();
+        let overhead = (set.heap_bytes() - key_bytes) as f64 / keys.len() as f64;
+        // One length byte, plus a 4-byte bucket start per two keys.
+        assert!(overhead <= 3.01, "{overhead} bytes per key beyond the key");
+        assert!(overhead >= 1.0, "{overhead}: the lengths must be stored");
+    }
+
+    #[test]
+    fn clones_share_the_arena() {
+        let set = KeySet::new(&["a"]).expect("set");
+        let copy = set.clone();
+        assert!(Arc::ptr_eq(&set.0, &copy.0));
     }
 }

@@ -28,6 +28,8 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// First 12 hex digits of the file's sha256 (`/status` `version`).
     pub version: String,
+    /// What a reload compares to tell an unchanged file before parsing it.
+    pub fingerprint: Fingerprint,
 }
 
 /// `[server]` after validation.
@@ -317,7 +319,27 @@ impl Config {
     /// Parses and validates config text.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
         let file = parse_file(text)?;
-        validate::validate(file, version_of(text.as_bytes()))
+        let bytes = text.as_bytes();
+        validate::validate(file, version_of(bytes), Fingerprint::of(bytes))
+    }
+}
+
+/// The identity of a config file's bytes: length and 128-bit `xxh3`. A reload compares it
+/// with the serving config's to answer `unchanged` before parsing; on a 12 MB file it
+/// costs a small fraction of the sha256 behind `version` (no SHA instructions needed),
+/// and its 128 bits tell files apart far more surely than the 48 bits `version` shows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Fingerprint {
+    len: u64,
+    hash: u128,
+}
+
+impl Fingerprint {
+    pub fn of(bytes: &[u8]) -> Fingerprint {
+        Fingerprint {
+            len: bytes.len() as u64,
+            hash: xxhash_rust::xxh3::xxh3_128(bytes),
+        }
     }
 }
 

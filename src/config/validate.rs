@@ -18,7 +18,11 @@ const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 1_000;
 const DEFAULT_READ_TIMEOUT_MS: u64 = 30_000;
 const DEFAULT_SAMPLE_LOG_RATE: f64 = 0.01;
 
-pub(super) fn validate(file: FileConfig, version: String) -> Result<Config, ConfigError> {
+pub(super) fn validate(
+    file: FileConfig,
+    version: String,
+    fingerprint: super::Fingerprint,
+) -> Result<Config, ConfigError> {
     let mut errs = Errors::default();
     let server = server(&file.server, &mut errs);
     if file.services.is_empty() {
@@ -44,6 +48,7 @@ pub(super) fn validate(file: FileConfig, version: String) -> Result<Config, Conf
             server,
             services,
             version,
+            fingerprint,
         })
     } else {
         Err(ConfigError::Invalid(errs.0))
@@ -532,13 +537,13 @@ fn rule(
         .query
         .as_ref()
         .and_then(|m| named_matcher(m, &format!("{path}.query"), errs));
-    let key_in = r.key_in.as_ref().map(|keys| {
+    let key_in = r.key_in.as_ref().and_then(|keys| {
         if keys.is_empty() {
             errs.push(format!("{path}.key_in"), "must list at least one key");
         }
-        keys.iter()
-            .map(|k| k.as_bytes().to_vec())
-            .collect::<super::KeySet>()
+        super::KeySet::new(keys)
+            .map_err(|_| errs.push(format!("{path}.key_in"), "more than 4 GiB of keys"))
+            .ok()
     });
     if r.client_cidr.is_none()
         && r.header.is_none()

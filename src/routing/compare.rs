@@ -55,9 +55,41 @@ pub fn eq_lower(mut raw: &[u8], mut lower: &[u8]) -> bool {
     lower8(word(raw)) == word(lower)
 }
 
+/// A hash of `bytes` that ignores ASCII case (equal for any two inputs [`eq_lower`]
+/// takes as equal), word at a time: the service index looks request hosts up with it.
+/// Not for hashing attacker-chosen keys into a growing table (it is unseeded); the
+/// index's tables are fixed by the config, so a collision costs one more comparison.
+#[inline]
+pub fn hash_lower(mut bytes: &[u8]) -> u64 {
+    #[inline]
+    fn mix(h: u64, w: u64) -> u64 {
+        let m = u128::from(h ^ w) * 0x9e37_79b9_7f4a_7c15_u128;
+        (m as u64) ^ ((m >> 64) as u64)
+    }
+    let mut h = mix(0x243f_6a88_85a3_08d3, bytes.len() as u64);
+    while let Some(w) = bytes.first_chunk::<8>() {
+        h = mix(h, lower8(u64::from_le_bytes(*w)));
+        bytes = &bytes[8..];
+    }
+    mix(h, lower8(word(bytes)) ^ 0x1319_8a2e_0370_7344)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hash_lower_ignores_ascii_case_only() {
+        let h = hash_lower(b"Api.Example.COM");
+        assert_eq!(h, hash_lower(b"api.example.com"));
+        assert_eq!(h, hash_lower(b"API.EXAMPLE.COM"));
+        assert_ne!(h, hash_lower(b"api.example.co"));
+        assert_ne!(h, hash_lower(b"api.example.comm"));
+        assert_ne!(hash_lower(b"a"), hash_lower(b"b"));
+        assert_ne!(hash_lower(b""), hash_lower(b"\0"));
+        // '@' and '`' are not letters: they differ in the case bit and must stay apart.
+        assert_ne!(hash_lower(b"@"), hash_lower(b"`"));
+    }
 
     #[test]
     fn words_load_every_length_like_a_byte_loop() {

@@ -7,6 +7,9 @@ pub mod key;
 pub mod request;
 pub mod router;
 pub mod rules;
+pub mod service_index;
+#[cfg(test)]
+mod service_index_reference;
 pub mod table;
 
 pub use request::RequestView;

@@ -3,11 +3,11 @@
 //! `GET /explain` all call [`Router::match_service`] and [`Router::decide`].
 
 use super::cohort;
-use super::compare::eq_lower;
 use super::key::{client_ip, find_key, KeyBytes, KeyFrom};
 use super::request::RequestView;
 use super::rules::matches;
-use crate::config::{Config, HostPattern, RuleAction, ServiceConfig};
+use super::service_index::ServiceIndex;
+use crate::config::{Config, RuleAction, ServiceConfig};
 use ipnet::IpNet;
 use std::net::IpAddr;
 
@@ -228,6 +228,7 @@ fn pool_hash(key: &[u8]) -> u64 {
 pub struct Router {
     pub services: Vec<Service>,
     pub trusted_proxies: Vec<IpNet>,
+    index: ServiceIndex,
 }
 
 impl Router {
@@ -235,6 +236,7 @@ impl Router {
         Router {
             services: config.services.iter().cloned().map(Service::new).collect(),
             trusted_proxies: config.server.trusted_proxies.clone(),
+            index: ServiceIndex::new(&config.services),
         }
     }
 
@@ -245,23 +247,10 @@ impl Router {
     /// Among services whose `hosts` match (case-insensitive, port ignored; no `hosts` =
     /// any host), the longest `path_prefix` wins; on a tie exact host > wildcard > any
     /// host; then config order.
+    /// The cost does not grow with the number of services ([`ServiceIndex`]).
+    #[inline]
     pub fn match_service(&self, req: &RequestView<'_>) -> Option<usize> {
-        let host = req.host().unwrap_or_default();
-        let path = req.path();
-        let mut best: Option<(usize, (usize, u8))> = None;
-        for (i, s) in self.services.iter().enumerate() {
-            if !path.starts_with(s.cfg.path_prefix.as_bytes()) {
-                continue;
-            }
-            let Some(rank) = host_rank(&s.cfg.hosts, host) else {
-                continue;
-            };
-            let score = (s.cfg.path_prefix.len(), rank);
-            if best.is_none_or(|(_, b)| score > b) {
-                best = Some((i, score));
-            }
-        }
-        best.map(|(i, _)| i)
+        self.index.find(req.host().unwrap_or_default(), req.path())
     }
 
     /// The client IP as routing sees it (after trusted `X-Forwarded-For`).
@@ -309,25 +298,4 @@ impl Router {
         }
         s.hashed(key, &s.weights, None)
     }
-}
-
-/// 2 = exact host, 1 = wildcard, 0 = service without `hosts`; `None` = no match.
-fn host_rank(patterns: &[HostPattern], host: &[u8]) -> Option<u8> {
-    if patterns.is_empty() {
-        return Some(0);
-    }
-    let mut rank = None;
-    for p in patterns {
-        match p {
-            HostPattern::Exact(h) if eq_lower(host, h.as_bytes()) => return Some(2),
-            HostPattern::Wildcard(suffix)
-                if host.len() > suffix.len()
-                    && eq_lower(&host[host.len() - suffix.len()..], suffix.as_bytes()) =>
-            {
-                rank = Some(1)
-            }
-            _ => {}
-        }
-    }
-    rank
 }
