@@ -184,7 +184,6 @@ impl Reloader {
                 version: current.config.version.clone(),
             };
         }
-        drop(current);
         let mut config = match Config::parse(&text) {
             Ok(c) => c,
             Err(e) => return Outcome::Rejected { errors: e.lines() },

@@ -102,11 +102,32 @@ impl KeySet {
         self.0.len == 0
     }
 
+    /// Every key, in arena order (by bucket, not as listed).
+    pub fn iter(&self) -> impl Iterator<Item = &[u8]> + '_ {
+        let mut run: &[u8] = &self.0.bytes;
+        std::iter::from_fn(move || {
+            let (len, rest) = read_len(run)?;
+            let (key, tail) = rest.split_at_checked(len)?;
+            run = tail;
+            Some(key)
+        })
+    }
+
     /// Heap bytes the set holds (arena and bucket starts), for memory accounting.
     pub fn heap_bytes(&self) -> usize {
         self.0.bytes.len() + self.0.starts.len() * std::mem::size_of::<u32>()
     }
 }
+
+/// Two sets are equal when they hold the same keys, however they were listed.
+impl PartialEq for KeySet {
+    fn eq(&self, other: &KeySet) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+            || (self.len() == other.len() && self.iter().all(|k| other.contains(k)))
+    }
+}
+
+impl Eq for KeySet {}
 
 impl std::fmt::Debug for KeySet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -161,6 +182,17 @@ fn read_len(run: &[u8]) -> Option<(usize, &[u8])> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn iteration_gives_every_key_once_and_equality_ignores_order() {
+        let a = KeySet::new(&["b", "a", "c", "a"]).unwrap();
+        let mut keys: Vec<&[u8]> = a.iter().collect();
+        keys.sort_unstable();
+        assert_eq!(keys, [b"a".as_slice(), b"b", b"c"]);
+        assert_eq!(a, KeySet::new(&["c", "b", "a"]).unwrap());
+        assert_ne!(a, KeySet::new(&["c", "b"]).unwrap());
+        assert_ne!(a, KeySet::new(&["c", "b", "d"]).unwrap());
+    }
 
     #[test]
     fn lookups_find_exactly_the_listed_keys() {

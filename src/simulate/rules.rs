@@ -202,7 +202,7 @@ fn rule_matrix(
         let mut keys: Vec<&[u8]> = [(sa, ia), (sb, ib)]
             .iter()
             .filter_map(|(s, i)| s.cfg.rules.get((*i)?)?.key_in.as_ref())
-            .flat_map(|set| set.iter().map(Vec::as_slice))
+            .flat_map(|set| set.iter())
             .collect();
         keys.sort_unstable();
         keys.dedup();
