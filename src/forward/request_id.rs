@@ -15,9 +15,16 @@ const MAX_LEN: usize = 256;
 /// A request's id and whether cohort adds it to the upstream request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RequestId {
-    value: String,
+    value: Value,
     /// The client sent `X-Request-Id`: it passes through, nothing is added.
     from_client: bool,
+}
+
+/// A new id is kept inline (no allocation on the request path); a client's is copied.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Value {
+    New([u8; 32]),
+    Given(String),
 }
 
 impl RequestId {
@@ -28,7 +35,7 @@ impl RequestId {
             if is(name, REQUEST_ID) {
                 if let Some(v) = usable(value) {
                     return RequestId {
-                        value: v.to_string(),
+                        value: Value::Given(v.to_string()),
                         from_client: true,
                     };
                 }
@@ -37,18 +44,22 @@ impl RequestId {
             }
         }
         RequestId {
-            value: trace.map_or_else(new_id, str::to_string),
+            value: trace.map_or_else(|| Value::New(new_id()), |t| Value::Given(t.to_string())),
             from_client: false,
         }
     }
 
     pub fn as_str(&self) -> &str {
-        &self.value
+        match &self.value {
+            // Hex digits only: always UTF-8.
+            Value::New(hex) => std::str::from_utf8(hex).unwrap_or_default(),
+            Value::Given(s) => s,
+        }
     }
 
     /// The `X-Request-Id` value cohort adds upstream (`None`: the client's passes).
     pub fn to_add(&self) -> Option<&str> {
-        (!self.from_client).then_some(self.value.as_str())
+        (!self.from_client).then(|| self.as_str())
     }
 }
 
@@ -59,9 +70,16 @@ fn usable(value: &[u8]) -> Option<&str> {
     ok.then(|| std::str::from_utf8(value).ok()).flatten()
 }
 
-/// 128 random bits as 32 lowercase hex digits.
-fn new_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+/// 128 random bits as 32 lowercase hex digits (written by hand: `format!` costs more
+/// than the rest of the id on the request path).
+fn new_id() -> [u8; 32] {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bits = rand::random::<u128>();
+    let mut out = [0u8; 32];
+    for (i, c) in out.iter_mut().enumerate() {
+        *c = HEX[((bits >> (124 - 4 * i)) & 0xf) as usize];
+    }
+    out
 }
 
 #[cfg(test)]
