@@ -253,6 +253,19 @@ impl ServeHttp for Admin {
                 )
             }
             (Method::GET, "/explain") => self.explain(session.req_header().uri.query()),
+            (Method::GET | Method::HEAD, "/rollout") => {
+                json_reply(StatusCode::OK, &crate::rollouts::admin::status(&self.state))
+            }
+            (Method::POST, p) if p.starts_with("/rollout/") => {
+                if let Err(denied) = self.authorize(session) {
+                    return *denied;
+                }
+                let query = session.req_header().uri.query().map(str::to_string);
+                let action = p.trim_start_matches("/rollout/");
+                let (code, body) =
+                    crate::rollouts::admin::act(&self.state, action, query.as_deref());
+                json_reply(code, &body)
+            }
             (Method::POST, "/reload") => {
                 // Drain any request body so the connection stays usable (bounded).
                 let mut read = 0usize;
@@ -264,9 +277,8 @@ impl ServeHttp for Admin {
                 }
                 self.reload(session).await
             }
-            (_, "/healthz" | "/readyz" | "/status" | "/metrics" | "/reload" | "/explain") => {
-                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-            }
+            (_, "/healthz" | "/readyz" | "/status" | "/metrics" | "/reload" | "/explain")
+            | (_, "/rollout") => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }

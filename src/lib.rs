@@ -21,6 +21,7 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod analysis;
 pub mod cli;
 pub mod config;
 pub mod demo;
@@ -34,6 +35,7 @@ pub mod options;
 pub mod proxy;
 pub mod reload;
 pub mod rollout;
+pub mod rollouts;
 pub mod routing;
 pub mod sample;
 pub mod server;

@@ -21,6 +21,8 @@ pub struct Bound {
     upgrade_sock: String,
     #[serde(rename = "server.pid_file")]
     pid_file: String,
+    #[serde(rename = "server.rollout_state")]
+    rollout_state: String,
     #[serde(rename = "server.tls.listen")]
     tls_listen: Vec<SocketAddr>,
     #[serde(rename = "server.access_log")]
@@ -51,6 +53,7 @@ impl ServerConfig {
             shutdown_timeout,
             upgrade_sock_set: _,
             pid_file_set: _,
+            rollout_state_set: _,
             access_log,
             access_log_keys,
             sample_log,
@@ -69,6 +72,7 @@ impl ServerConfig {
             threads: *threads,
             upgrade_sock: self.upgrade_sock(),
             pid_file: self.pid_file(),
+            rollout_state: self.rollout_state(),
             // Certificate paths are live (re-read on every reload); addresses are bound.
             tls_listen: tls.iter().map(|t| t.listen).collect(),
             access_log: format!("{access_log:?}"),
