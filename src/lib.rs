@@ -23,6 +23,7 @@ pub mod access_log;
 pub mod admin;
 pub mod analysis;
 pub mod cli;
+pub mod cli_rollout;
 pub mod config;
 pub mod demo;
 pub mod explain;

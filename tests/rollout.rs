@@ -136,6 +136,19 @@ fn metric(px: &Cohort, prefix: &str) -> f64 {
         .unwrap_or(0.0)
 }
 
+/// Polls `/metrics` until the series `prefix` reaches `want` (a request's metrics may be
+/// recorded just after its response is sent); returns its last value (at most 20 s).
+fn metric_reaches(px: &Cohort, prefix: &str, want: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let v = metric(px, prefix);
+        if v >= want || Instant::now() >= deadline {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Which variant each of `users` gets now.
 fn variants(px: &Cohort, users: &[String]) -> Vec<String> {
     let mut cl = px.client();
@@ -274,6 +287,14 @@ fn low_traffic_holds_without_a_false_rollback() {
         ),
         0.0
     );
+    // The CLI's screen carries the last check's numbers.
+    let admin = px.admin.to_string();
+    let (code, out, err) = cohort_cmd(&["rollout", "status", "--admin", &admin]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(": inconclusive") && out.contains("errors inconclusive: canary "),
+        "{out}"
+    );
 }
 
 #[test]
@@ -328,7 +349,9 @@ fn kill_9_and_restart_resumes_the_same_step() {
     px.wait_exit(Duration::from_secs(10));
     px.child = spawn_run(&px.config_path, px.dir.path(), &[]);
     let deadline = Instant::now() + Duration::from_secs(20);
-    while std::net::TcpStream::connect(px.admin).is_err() {
+    while std::net::TcpStream::connect(px.admin).is_err()
+        || std::net::TcpStream::connect(px.addr).is_err()
+    {
         assert!(Instant::now() < deadline, "{}", px.stderr());
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -354,12 +377,14 @@ fn rule_pinned_staff_with_errors_do_not_count_in_the_analysis() {
     for _ in 0..50 {
         assert_eq!(cl.get("/", &[("x-staff", "1")]).status, 500);
     }
-    let m = px.metrics();
     let errors =
         "cohort_analysis_requests_total{outcome=\"error\",service=\"api\",variant=\"canary\"}";
+    let pinned_500 = "cohort_requests_total{code=\"500\",service=\"api\",variant=\"canary\"}";
+    // Once all 50 are recorded, none of them is in the analysis.
+    assert_eq!(metric_reaches(&px, pinned_500, 50.0), 50.0);
+    let m = px.metrics();
     assert!(m.contains(errors), "{m}");
     assert_eq!(metric(&px, errors), 0.0);
-    assert!(m.contains("cohort_requests_total{code=\"500\",service=\"api\",variant=\"canary\"} 50"));
     // Hashed users are counted, errors included.
     let mut errs = 0;
     for i in 0..200 {
@@ -369,11 +394,34 @@ fn rule_pinned_staff_with_errors_do_not_count_in_the_analysis() {
         }
     }
     assert!(errs > 0);
-    assert_eq!(metric(&px, errors), errs as f64);
+    assert_eq!(metric_reaches(&px, errors, errs as f64), errs as f64);
     assert!(
         metric(
             &px,
             "cohort_analysis_duration_seconds_count{service=\"api\",variant=\"canary\"}"
         ) >= errs as f64
     );
+}
+
+#[test]
+fn the_cli_shows_the_status_and_acts() {
+    let (s, c) = (backend("stable"), backend("canary"));
+    let px = Cohort::start(&config(&s, &c, FAST));
+    let admin = px.admin.to_string();
+    let (code, out, err) = cohort_cmd(&["rollout", "status", "--admin", &admin]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("api  rollout v2  running  step 1"), "{out}");
+    assert!(out.contains("canary 20% / baseline stable 80%"), "{out}");
+    let (code, out, err) = cohort_cmd(&["rollout", "pause", "--admin", &admin, "--service", "api"]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("paused"), "{out}");
+    assert_eq!(rollout(&px)["state"], "paused");
+    let (code, _, err) = cohort_cmd(&["rollout", "abort", "--admin", &admin]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = cohort_cmd(&["rollout", "promote", "--admin", &admin]);
+    assert_eq!(code, 1);
+    assert!(err.contains("409") && err.contains("rolled_back"), "{err}");
+    let (code, out, _) = cohort_cmd(&["rollout", "status", "--admin", &admin]);
+    assert_eq!(code, 0);
+    assert!(out.contains("rolled_back"), "{out}");
 }
