@@ -425,3 +425,91 @@ fn the_cli_shows_the_status_and_acts() {
     assert_eq!(code, 0);
     assert!(out.contains("rolled_back"), "{out}");
 }
+
+#[test]
+fn every_transition_is_posted_to_the_webhook_with_a_text() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let hook = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}/hook", hook.local_addr().unwrap());
+    let (tx, rx) = std::sync::mpsc::channel::<Value>();
+    std::thread::spawn(move || {
+        for stream in hook.incoming().flatten() {
+            let mut r = BufReader::new(stream);
+            let mut len = 0;
+            loop {
+                let mut line = String::new();
+                if r.read_line(&mut line).unwrap_or(0) == 0 || line == "\r\n" {
+                    break;
+                }
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                    len = v.trim().parse().unwrap_or(0);
+                }
+            }
+            let mut body = vec![0; len];
+            let _ = r.read_exact(&mut body);
+            let _ = r
+                .get_mut()
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n");
+            if let Ok(v) = serde_json::from_slice(&body) {
+                let _ = tx.send(v);
+            }
+        }
+    });
+    let (s, c) = (backend("stable"), backend("canary"));
+    let px = Cohort::start(&config(&s, &c, &format!("{FAST}webhook = \"{url}\"\n")));
+    let started = rx.recv_timeout(Duration::from_secs(30)).expect("started");
+    assert_eq!(started["event"], "started", "{started}");
+    assert_eq!(post(&px, "abort").0, 200);
+    let aborted = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("rolled_back");
+    assert_eq!(aborted["event"], "rolled_back", "{aborted}");
+    assert_eq!(aborted["service"], "api");
+    let text = aborted["text"].as_str().unwrap();
+    assert!(
+        text.contains("api") && text.contains("rolled back"),
+        "{text}"
+    );
+}
+
+#[test]
+fn a_failing_webhook_is_logged_and_the_rollout_goes_on() {
+    let (s, c) = (backend("stable"), backend("canary"));
+    let dead = closed_addr();
+    let px = Cohort::start(&config(
+        &s,
+        &c,
+        &format!("{FAST}webhook = \"http://{dead}/hook\"\n"),
+    ));
+    assert_eq!(post(&px, "pause").0, 200);
+    assert_eq!(post(&px, "promote").1["state"], "promoted");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !px.stderr().contains("rollout webhook") {
+        assert!(Instant::now() < deadline, "{}", px.stderr());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_reload_with_the_same_id_and_other_steps_keeps_the_share() {
+    let (s, c) = (backend("stable"), backend("canary"));
+    let px = Cohort::start(&config(&s, &c, FAST));
+    assert_eq!(post(&px, "pause").0, 200);
+    let before = rollout(&px);
+    px.rewrite(&config(&s, &c, &FAST.replace("[20, 50]", "[10, 20, 30]")));
+    assert_eq!(px.post_reload().0, 200);
+    let after = rollout(&px);
+    assert_eq!(after["percent"], 20.0, "{after:#}");
+    assert_eq!(after["step"], 1, "{after:#}");
+    assert_eq!(after["state"], "paused");
+    assert_eq!(after["step_started_at"], before["step_started_at"]);
+    let last = after["history"].as_array().unwrap().last().unwrap().clone();
+    assert_eq!(last["event"], "reconfigured", "{last}");
+    let users: Vec<String> = (0..100).map(|i| format!("s-{i}")).collect();
+    for (u, v) in users.iter().zip(variants(&px, &users)) {
+        assert_eq!(
+            v,
+            expected_variant("api", &[("stable", 80.0), ("canary", 20.0)], u)
+        );
+    }
+}
