@@ -167,13 +167,17 @@ impl Admin {
             .iter()
             .zip(&table.pools)
             .map(|(s, pools)| {
-                let total: f64 = s.weights.iter().sum();
+                // `share` is what hashing uses now: a rollout's effective weights.
+                let effective = s.rollout.as_ref().map(|r| r.load().weights.clone());
+                let shares = effective.as_deref().unwrap_or(&s.weights);
+                let total: f64 = shares.iter().sum();
                 let variants: Vec<Value> = s
                     .cfg
                     .variants
                     .iter()
                     .zip(pools)
-                    .map(|(v, pool)| {
+                    .zip(shares)
+                    .map(|((v, pool), w)| {
                         // A name that does not resolve is listed as configured, down,
                         // with the reason.
                         let unresolved = pool.unresolved().map(|l| {
@@ -188,7 +192,7 @@ impl Admin {
                         json!({
                             "name": v.name,
                             "weight": v.weight,
-                            "share": share_percent(v.weight, total),
+                            "share": share_percent(*w, total),
                             "backends": backends,
                         })
                     })

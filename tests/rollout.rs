@@ -500,6 +500,15 @@ fn a_reload_with_the_same_id_and_other_steps_keeps_the_share() {
     assert_eq!(px.post_reload().0, 200);
     let after = rollout(&px);
     assert_eq!(after["percent"], 20.0, "{after:#}");
+    // `/status` shows the shares hashing uses now, beside the configured weights.
+    let st = px.status();
+    let v = &st["services"][0]["variants"];
+    assert_eq!(
+        (v[0]["weight"].as_f64(), v[0]["share"].as_f64()),
+        (Some(50.0), Some(80.0)),
+        "{st:#}"
+    );
+    assert_eq!(v[1]["share"], 20.0);
     assert_eq!(after["step"], 1, "{after:#}");
     assert_eq!(after["state"], "paused");
     assert_eq!(after["step_started_at"], before["step_started_at"]);
@@ -512,4 +521,31 @@ fn a_reload_with_the_same_id_and_other_steps_keeps_the_share() {
             expected_variant("api", &[("stable", 80.0), ("canary", 20.0)], u)
         );
     }
+}
+
+#[test]
+fn a_slow_canary_rolls_back_on_latency() {
+    let (s, c) = (backend("stable"), backend("canary"));
+    c.set_delay_ms(300);
+    let px = Cohort::start(&config(&s, &c, FAST));
+    let traffic = Traffic::start(&px);
+    let more = Traffic::start(&px);
+    let r = wait_for(&px, "rollback", |r| r["state"] == "rolled_back");
+    drop((traffic, more));
+    assert_eq!(r["last_check"]["latency"]["result"], "fail", "{r:#}");
+    assert_eq!(r["last_check"]["errors"]["result"], "pass", "{r:#}");
+}
+
+#[test]
+fn a_canary_without_a_healthy_backend_rolls_back_on_availability() {
+    let (s, c) = (backend("stable"), backend("canary"));
+    c.set_healthy(false);
+    let hc = "health_check = { path = \"/healthz\", interval_ms = 200, timeout_ms = 150, unhealthy_after = 1, healthy_after = 1 }";
+    let cfg = config(&s, &c, FAST).replace(
+        &format!("backends = [\"{}\"]", c.addr),
+        &format!("backends = [\"{}\"]\n{hc}", c.addr),
+    );
+    let px = Cohort::start(&cfg);
+    let r = wait_for(&px, "rollback", |r| r["state"] == "rolled_back");
+    assert_eq!(r["last_check"]["availability"]["result"], "fail", "{r:#}");
 }
