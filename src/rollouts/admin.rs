@@ -48,7 +48,7 @@ pub fn act(state: &State, action: &str, query: Option<&str>) -> (StatusCode, Val
             }
         }
     };
-    match state.rollouts.act(&table, &service, action) {
+    match state.rollouts.act(|| state.table(), &service, action) {
         Ok(s) => (
             StatusCode::OK,
             serde_json::to_value(view::status(&service, &s)).unwrap_or(Value::Null),

@@ -18,7 +18,7 @@ use crate::rollout::{Action, ActionError, Counters, Engine, Outcome, RolloutStat
 use crate::routing::RoutingTable;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 /// The name of this process's entry in a counters [`Snapshot`].
@@ -132,25 +132,27 @@ impl Rollouts {
         }
     }
 
-    /// An operator's action on `service`'s rollout in `table`.
+    /// An operator's action on `service`'s rollout in the table `serving` returns, read
+    /// under the lock (so a reload cannot swap in a table between the two).
     pub fn act(
         &self,
-        table: &RoutingTable,
+        serving: impl Fn() -> Arc<RoutingTable>,
         service: &str,
         action: Action,
     ) -> Result<RolloutState, ActError> {
         let no = || ActError::NoRollout(service.to_string());
+        let mut states = self.lock();
+        let table = serving();
         let svc = table.router.service_by_name(service).ok_or_else(no)?;
         let cfg = table.router.services[svc]
             .cfg
             .rollout
             .clone()
             .ok_or_else(no)?;
-        let mut states = self.lock();
         let state = states.get(service).cloned().ok_or_else(no)?;
         let out = Engine::new(cfg).act(&state, action, now())?;
         let after = out.state.clone();
-        self.commit(&mut states, table, svc, out);
+        self.commit(&mut states, &table, svc, out);
         Ok(after)
     }
 
