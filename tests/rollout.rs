@@ -549,3 +549,32 @@ fn a_canary_without_a_healthy_backend_rolls_back_on_availability() {
     let r = wait_for(&px, "rollback", |r| r["state"] == "rolled_back");
     assert_eq!(r["last_check"]["availability"]["result"], "fail", "{r:#}");
 }
+
+#[test]
+fn five_percent_errors_against_none_roll_back_with_a_tight_gate() {
+    let (s, c) = (backend("stable"), backend("canary"));
+    c.set_error_rate(0.05);
+    let cfg =
+        config(&s, &c, FAST).replace("max_error_increase = 0.05", "max_error_increase = 0.005");
+    let px = Cohort::start(&cfg);
+    let traffic = Traffic::start(&px);
+    let r = wait_for(&px, "rollback", |r| r["state"] == "rolled_back");
+    drop(traffic);
+    let e = &r["last_check"]["errors"];
+    assert_eq!(e["result"], "fail", "{r:#}");
+    assert!(e["lower"].as_f64().unwrap() > 0.005, "{r:#}");
+    assert_eq!(e["baseline"]["e"], 0, "{r:#}");
+}
+
+#[test]
+fn failed_checks_while_paused_still_roll_back() {
+    let (s, c) = (backend("stable"), backend("canary"));
+    let px = Cohort::start(&config(&s, &c, FAST));
+    assert_eq!(post(&px, "pause").0, 200);
+    c.set_error_rate(0.5);
+    let traffic = Traffic::start(&px);
+    let r = wait_for(&px, "rollback", |r| r["state"] == "rolled_back");
+    drop(traffic);
+    assert_eq!(r["step"], 0, "{r:#}");
+    assert_eq!(r["last_check"]["errors"]["result"], "fail", "{r:#}");
+}
