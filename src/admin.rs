@@ -167,13 +167,17 @@ impl Admin {
             .iter()
             .zip(&table.pools)
             .map(|(s, pools)| {
-                let total: f64 = s.weights.iter().sum();
+                // `share` is what hashing uses now: a rollout's effective weights.
+                let effective = s.rollout.as_ref().map(|r| r.load().weights.clone());
+                let shares = effective.as_deref().unwrap_or(&s.weights);
+                let total: f64 = shares.iter().sum();
                 let variants: Vec<Value> = s
                     .cfg
                     .variants
                     .iter()
                     .zip(pools)
-                    .map(|(v, pool)| {
+                    .zip(shares)
+                    .map(|((v, pool), w)| {
                         // A name that does not resolve is listed as configured, down,
                         // with the reason.
                         let unresolved = pool.unresolved().map(|l| {
@@ -188,7 +192,7 @@ impl Admin {
                         json!({
                             "name": v.name,
                             "weight": v.weight,
-                            "share": share_percent(v.weight, total),
+                            "share": share_percent(*w, total),
                             "backends": backends,
                         })
                     })
@@ -253,6 +257,19 @@ impl ServeHttp for Admin {
                 )
             }
             (Method::GET, "/explain") => self.explain(session.req_header().uri.query()),
+            (Method::GET | Method::HEAD, "/rollout") => {
+                json_reply(StatusCode::OK, &crate::rollouts::admin::status(&self.state))
+            }
+            (Method::POST, p) if p.starts_with("/rollout/") => {
+                if let Err(denied) = self.authorize(session) {
+                    return *denied;
+                }
+                let query = session.req_header().uri.query().map(str::to_string);
+                let action = p.trim_start_matches("/rollout/");
+                let (code, body) =
+                    crate::rollouts::admin::act(&self.state, action, query.as_deref());
+                json_reply(code, &body)
+            }
             (Method::POST, "/reload") => {
                 // Drain any request body so the connection stays usable (bounded).
                 let mut read = 0usize;
@@ -264,9 +281,8 @@ impl ServeHttp for Admin {
                 }
                 self.reload(session).await
             }
-            (_, "/healthz" | "/readyz" | "/status" | "/metrics" | "/reload" | "/explain") => {
-                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-            }
+            (_, "/healthz" | "/readyz" | "/status" | "/metrics" | "/reload" | "/explain")
+            | (_, "/rollout") => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }

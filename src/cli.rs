@@ -140,6 +140,17 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = 2000)]
         timeout_ms: u64,
     },
+    /// A running instance's progressive rollouts: status, or an operator action.
+    Rollout {
+        #[arg(value_enum)]
+        command: crate::cli_rollout::RolloutCommand,
+        /// Admin API address.
+        #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
+        admin: SocketAddr,
+        /// The service (needed for an action when several services have a rollout).
+        #[arg(long, value_name = "NAME")]
+        service: Option<String>,
+    },
     /// Start two demo backends and the proxy on localhost; print curl lines to try.
     Demo {
         /// Proxy address.
@@ -210,6 +221,11 @@ pub fn dispatch(cli: Cli) -> i32 {
             (against, _) => simulate_cmd(&config, against.as_deref(), users),
         },
         Command::Health { admin, timeout_ms } => health(admin, timeout_ms),
+        Command::Rollout {
+            command,
+            admin,
+            service,
+        } => crate::cli_rollout::run(command, admin, service.as_deref()),
         Command::Demo { listen, admin } => {
             report(crate::demo::run(&listen.to_string(), &admin.to_string()))
         }

@@ -32,6 +32,12 @@ pub struct EchoBackend {
 struct Flags {
     unhealthy: AtomicBool,
     stopped: AtomicBool,
+    /// Of every 1000 requests (not `/healthz`), this many answer 500, evenly spread.
+    error_permille: std::sync::atomic::AtomicU64,
+    /// Added to every answer (not `/healthz`), in milliseconds.
+    delay_ms: std::sync::atomic::AtomicU64,
+    /// Requests answered (not `/healthz`), for spreading the errors.
+    served: std::sync::atomic::AtomicU64,
 }
 
 impl EchoBackend {
@@ -63,6 +69,18 @@ impl EchoBackend {
     /// Makes `GET /healthz` answer 503 (false) or 200 (true); other paths keep working.
     pub fn set_healthy(&self, healthy: bool) {
         self.flags.unhealthy.store(!healthy, Ordering::SeqCst);
+    }
+
+    /// Makes this fraction (0–1) of requests other than `/healthz` answer 500, evenly
+    /// spread (deterministic: 0.25 is every fourth request).
+    pub fn set_error_rate(&self, rate: f64) {
+        let permille = (rate.clamp(0.0, 1.0) * 1000.0).round() as u64;
+        self.flags.error_permille.store(permille, Ordering::SeqCst);
+    }
+
+    /// Delays every answer but `/healthz` by `ms` milliseconds.
+    pub fn set_delay_ms(&self, ms: u64) {
+        self.flags.delay_ms.store(ms, Ordering::SeqCst);
     }
 
     /// Stops accepting and closes open connections at their next request. Returns once
@@ -119,10 +137,24 @@ fn serve(stream: TcpStream, name: &str, addr: SocketAddr, flags: &Flags) {
             };
             hmap.insert(k.clone(), Value::String(joined));
         }
-        let status = if target == "/healthz" && flags.unhealthy.load(Ordering::SeqCst) {
-            "503 Service Unavailable"
+        let status = if target == "/healthz" {
+            if flags.unhealthy.load(Ordering::SeqCst) {
+                "503 Service Unavailable"
+            } else {
+                "200 OK"
+            }
         } else {
-            "200 OK"
+            let delay = flags.delay_ms.load(Ordering::SeqCst);
+            if delay > 0 {
+                thread::sleep(std::time::Duration::from_millis(delay.min(60_000)));
+            }
+            let p = flags.error_permille.load(Ordering::SeqCst);
+            let n = flags.served.fetch_add(1, Ordering::SeqCst);
+            if (n + 1) * p / 1000 > n * p / 1000 {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            }
         };
         let body = json!({
             "backend": name,

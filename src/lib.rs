@@ -21,7 +21,9 @@
 
 pub mod access_log;
 pub mod admin;
+pub mod analysis;
 pub mod cli;
+pub mod cli_rollout;
 pub mod config;
 pub mod demo;
 pub mod explain;
@@ -35,6 +37,7 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;
 pub mod rollout;
+pub mod rollouts;
 pub mod routing;
 pub mod sample;
 pub mod server;

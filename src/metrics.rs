@@ -233,10 +233,13 @@ pub struct VariantMetrics {
     codes: Box<[OnceLock<IntCounter>]>,
     duration: Histogram,
     upstream: Histogram,
-    /// By [`reason_slot`]: forced, hash, cookie, no_key, fallback, then one per rule.
+    /// By [`reason_slot`]: forced, hash, cookie, no_key, fallback, rollback, then one per
+    /// rule.
     assignments: Vec<IntCounter>,
     reasons: Vec<String>,
     errors: Vec<IntCounter>,
+    /// The rollout gates' inputs (hash- and cookie-assigned requests only).
+    pub analysis: crate::analysis::Analysis,
 }
 
 impl VariantMetrics {
@@ -254,6 +257,7 @@ impl VariantMetrics {
             assignments: Vec::new(),
             reasons: Vec::new(),
             errors: Vec::new(),
+            analysis: crate::analysis::Analysis::detached(),
         }
     }
 
@@ -298,6 +302,7 @@ impl VariantMetrics {
                         .with_label_values(&[service, variant, k.as_str()])
                 })
                 .collect(),
+            analysis: crate::analysis::Analysis::new(service, variant),
         }
     }
 
@@ -312,6 +317,9 @@ impl VariantMetrics {
         self.duration.observe(seconds);
         if let Some(r) = reason_slot {
             self.record_assignment(r);
+            if r == HASH_SLOT || r == COOKIE_SLOT {
+                self.analysis.record(code, seconds);
+            }
         }
     }
 
@@ -350,16 +358,20 @@ impl VariantMetrics {
     }
 }
 
+const HASH_SLOT: usize = 1;
+const COOKIE_SLOT: usize = 2;
+
 /// Index of a reason in [`VariantMetrics`]'s assignment handles.
 pub fn reason_slot(r: crate::routing::Reason) -> usize {
     use crate::routing::Reason;
     match r {
         Reason::Forced => 0,
-        Reason::Hash => 1,
-        Reason::Cookie => 2,
+        Reason::Hash => HASH_SLOT,
+        Reason::Cookie => COOKIE_SLOT,
         Reason::NoKey => 3,
         Reason::Fallback => 4,
-        Reason::Rule(i) => 5 + i,
+        Reason::Rollback => 5,
+        Reason::Rule(i) => 6 + i,
     }
 }
 
@@ -389,10 +401,11 @@ impl TableMetrics {
             .iter()
             .enumerate()
             .map(|(si, s)| {
-                let mut reasons: Vec<String> = ["forced", "hash", "cookie", "no_key", "fallback"]
-                    .iter()
-                    .map(|r| r.to_string())
-                    .collect();
+                let mut reasons: Vec<String> =
+                    ["forced", "hash", "cookie", "no_key", "fallback", "rollback"]
+                        .iter()
+                        .map(|r| r.to_string())
+                        .collect();
                 reasons.extend(s.rule_labels.iter().cloned());
                 s.cfg
                     .variants
@@ -469,6 +482,7 @@ impl TableMetrics {
                     let _ = m.duration.remove_label_values(&[s, n]);
                     let _ = m.upstream.remove_label_values(&[s, n]);
                     let _ = m.weight.remove_label_values(&[s, n]);
+                    crate::analysis::Analysis::remove(s, n);
                 }
             }
         }

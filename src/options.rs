@@ -140,4 +140,25 @@ mod tests {
         assert_eq!(mixed.listen.len(), 1);
         assert!(mixed.proxy_protocol.is_empty());
     }
+
+    #[test]
+    fn the_rollout_state_file_defaults_per_instance_and_must_be_absolute() {
+        let opts = RunOptions {
+            listen: vec!["127.0.0.1:18095".parse().expect("addr")],
+            ..RunOptions::default()
+        };
+        let mut s = server("");
+        assert_eq!(s.rollout_state(), "/tmp/cohort-8080.rollout.json");
+        apply_overrides(&mut s, &opts);
+        assert_eq!(s.rollout_state(), "/tmp/cohort-18095.rollout.json");
+        let s = server("rollout_state = \"/var/lib/cohort/r.json\"");
+        assert_eq!(s.rollout_state(), "/var/lib/cohort/r.json");
+        for bad in ["r.json", "/var/lib/cohort/"] {
+            let text = format!(
+                "[server]\nlisten = [\"127.0.0.1:8080\"]\nrollout_state = {bad:?}\n[[service]]\nname = \"api\"\n[[service.variant]]\nname = \"stable\"\nweight = 1\nbackends = [\"127.0.0.1:9\"]\n"
+            );
+            let err = Config::parse(&text).expect_err(bad).lines().join("\n");
+            assert!(err.contains("server.rollout_state"), "{err}");
+        }
+    }
 }

@@ -141,7 +141,18 @@ pub fn run_table(
         }
         None => (None, None),
     };
-    let state = Arc::new(State::with_access_log(table, access_log).with_sample_log(sample_log));
+    let rollout_state = server_cfg.rollout_state();
+    let rollouts = crate::rollouts::Rollouts::open(rollout_state.clone().into()).map_err(|e| {
+        ConfigError::Io {
+            path: format!("server.rollout_state {rollout_state:?}"),
+            source: std::io::Error::other(e.to_string()),
+        }
+    })?;
+    let state = Arc::new(
+        State::with_access_log(table, access_log)
+            .with_sample_log(sample_log)
+            .with_rollouts(rollouts),
+    );
     METRICS.set_config_versions(&state.versions());
     let reloader = source.map(|src| Arc::new(Reloader::new(state.clone(), opts.clone(), src)));
     let opt = Opt {
@@ -281,6 +292,12 @@ pub fn run_table(
     server.add_service(background_service(
         "cohort health",
         HealthService {
+            state: state.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "cohort rollout",
+        crate::rollouts::task::RolloutTask {
             state: state.clone(),
         },
     ));

@@ -5,6 +5,7 @@
 use crate::access_log::AccessLog;
 use crate::config::bound::Bound;
 use crate::listeners::Listeners;
+use crate::rollouts::Rollouts;
 use crate::routing::RoutingTable;
 use arc_swap::ArcSwap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -43,6 +44,8 @@ pub struct State {
     pub access_log: Option<AccessLog>,
     /// The request sample log (`server.sample_log`), opened at start (`None` = off).
     pub sample_log: Option<AccessLog>,
+    /// The services' rollout states (in memory only unless [`State::with_rollouts`]).
+    pub rollouts: Rollouts,
 }
 
 /// Which config this process runs: the version whose every setting is in effect, and the
@@ -80,7 +83,17 @@ impl State {
             drain_started: std::sync::OnceLock::new(),
             in_flight: AtomicUsize::new(0),
             last_reload: Mutex::new(None),
+            rollouts: Rollouts::default(),
         }
+    }
+
+    /// The same state with the rollout states persisted in `rollouts`, applied to the
+    /// serving table (at start, before it serves).
+    pub fn with_rollouts(self, rollouts: Rollouts) -> State {
+        let state = State { rollouts, ..self };
+        let table = state.table();
+        state.rollouts.apply(&mut state.rollouts.lock(), &table);
+        state
     }
 
     /// The same state, writing request samples to `sample_log`.
@@ -97,7 +110,12 @@ impl State {
     /// no longer has; returns the previous table.
     pub fn install(&self, table: RoutingTable) -> Arc<RoutingTable> {
         let table = Arc::new(table);
+        // The rollouts' weights are set before the table serves, and no check runs
+        // between setting them and the swap.
+        let mut rollouts = self.rollouts.lock();
+        self.rollouts.apply(&mut rollouts, &table);
         let previous = self.table.swap(table.clone());
+        drop(rollouts);
         previous.metrics.retire(&table.metrics);
         previous
     }

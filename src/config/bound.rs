@@ -24,6 +24,8 @@ pub struct Bound {
     upgrade_sock: String,
     #[serde(rename = "server.pid_file")]
     pid_file: String,
+    #[serde(rename = "server.rollout_state")]
+    rollout_state: String,
     #[serde(rename = "server.tls.listen")]
     tls_listen: Vec<SocketAddr>,
     /// The TLS listeners that take a PROXY protocol header.
@@ -58,6 +60,7 @@ impl ServerConfig {
             shutdown_timeout,
             upgrade_sock_set: _,
             pid_file_set: _,
+            rollout_state_set: _,
             access_log,
             access_log_keys,
             sample_log,
@@ -78,6 +81,7 @@ impl ServerConfig {
             threads: *threads,
             upgrade_sock: self.upgrade_sock(),
             pid_file: self.pid_file(),
+            rollout_state: self.rollout_state(),
             // Certificate paths are live (re-read on every reload); addresses are bound.
             tls_listen: tls.iter().map(|t| t.listen).collect(),
             tls_proxy_protocol: tls

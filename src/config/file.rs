@@ -30,6 +30,7 @@ pub struct ServerFile {
     pub shutdown_timeout_secs: Option<u64>,
     pub upgrade_sock: Option<String>,
     pub pid_file: Option<String>,
+    pub rollout_state: Option<String>,
     pub access_log: Option<String>,
     pub access_log_keys: Option<bool>,
     pub sample_log: Option<String>,

@@ -51,6 +51,8 @@ pub struct ServerConfig {
     pub upgrade_sock_set: Option<String>,
     /// `pid_file` as configured; [`ServerConfig::pid_file`] gives the effective one.
     pub pid_file_set: Option<String>,
+    /// `rollout_state` as configured; [`ServerConfig::rollout_state`] gives the effective one.
+    pub rollout_state_set: Option<String>,
     pub access_log: crate::access_log::Target,
     /// Include the cohort key in access log lines.
     pub access_log_keys: bool,
@@ -112,6 +114,13 @@ impl ServerConfig {
         self.pid_file_set
             .clone()
             .unwrap_or_else(|| format!("/tmp/cohort-{}.pid", self.instance_port()))
+    }
+
+    /// The rollout state file: `rollout_state`, or `/tmp/cohort-<instance port>.rollout.json`.
+    pub fn rollout_state(&self) -> String {
+        self.rollout_state_set
+            .clone()
+            .unwrap_or_else(|| format!("/tmp/cohort-{}.rollout.json", self.instance_port()))
     }
 
     /// The admin bearer token: the value of the variable `admin_token_env` names, read

@@ -146,6 +146,7 @@ fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
         shutdown_timeout: Duration::from_secs(f.shutdown_timeout_secs.unwrap_or(30)),
         upgrade_sock_set: f.upgrade_sock.clone().filter(|s| !s.is_empty()),
         pid_file_set: f.pid_file.clone().filter(|s| !s.is_empty()),
+        rollout_state_set: rollout_state(f, errs),
         access_log: crate::access_log::Target::parse(f.access_log.as_deref().unwrap_or("off")),
         access_log_keys: f.access_log_keys.unwrap_or(false),
         sample_log: sample_log(f, errs),
@@ -195,6 +196,20 @@ fn sample_log(f: &ServerFile, errs: &mut Errors) -> Option<String> {
         }
         Some(path) => Some(path.to_string()),
     }
+}
+
+/// `server.rollout_state`: the rollout state file, an absolute file path (empty or absent:
+/// the per-instance default).
+fn rollout_state(f: &ServerFile, errs: &mut Errors) -> Option<String> {
+    let path = f.rollout_state.as_deref().filter(|s| !s.is_empty())?;
+    if !path.starts_with('/') || path.ends_with('/') {
+        errs.push(
+            "server.rollout_state",
+            format!("{path:?} is not an absolute file path (the rollout state file, such as \"/var/lib/cohort/rollout.json\")"),
+        );
+        return None;
+    }
+    Some(path.to_string())
 }
 
 /// `server.sample_log_rate`: the fraction of requests sampled, in (0, 1]; default 0.01.

@@ -17,7 +17,7 @@
 //!   it implies; [`view`]: `GET /rollout` and webhook JSON; [`store`]: the state file
 //!   (the module's only I/O, kept apart).
 //!
-//! Not yet wired into the proxy: nothing here runs until the integration calls it.
+//! Pure: [`crate::rollouts`] wires it into a running instance (routing, loop, admin).
 
 pub mod check;
 pub mod engine;

@@ -15,3 +15,7 @@ pub mod table;
 pub use request::RequestView;
 pub use router::{CookieId, Decision, Reason, Router, Service};
 pub use table::RoutingTable;
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod rollback_tests;

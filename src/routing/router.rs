@@ -8,6 +8,8 @@ use super::request::RequestView;
 use super::rules::matches;
 use super::service_index::ServiceIndex;
 use crate::config::{Config, RuleAction, ServiceConfig};
+use crate::rollout::Effective;
+use arc_swap::ArcSwap;
 use ipnet::IpNet;
 use std::net::IpAddr;
 
@@ -22,6 +24,9 @@ pub enum Reason {
     NoKey,
     /// The assigned variant had no healthy backend; `fallback` served.
     Fallback,
+    /// A rule pinned the user to a rolled-back canary: the baseline served (SPEC
+    /// "Progressive rollout").
+    Rollback,
 }
 
 /// A fresh anonymous id: 128 random bits as 32 lowercase hex digits.
@@ -79,6 +84,9 @@ pub struct Service {
     /// variant names, and `rule:<name>` per rule.
     pub variant_values: Vec<http::HeaderValue>,
     pub rule_values: Vec<http::HeaderValue>,
+    /// With a `[service.rollout]`: the effective weights and suspension, replaced whole
+    /// when the rollout's state changes (read once per decision, never computed there).
+    pub rollout: Option<ArcSwap<Effective>>,
 }
 
 impl Service {
@@ -88,7 +96,7 @@ impl Service {
             .iter()
             .map(|v| cohort::variant_seed(&cfg.salt, &v.name))
             .collect();
-        let weights = cfg.variants.iter().map(|v| v.weight).collect();
+        let weights: Vec<f64> = cfg.variants.iter().map(|v| v.weight).collect();
         let rule_labels: Vec<String> = cfg
             .rules
             .iter()
@@ -100,7 +108,18 @@ impl Service {
         };
         let variant_values = cfg.variants.iter().map(|v| value(&v.name)).collect();
         let rule_values = rule_labels.iter().map(|l| value(l)).collect();
+        // Until the rollout's state is applied (before the table serves), its first step.
+        let rollout = cfg.rollout.as_ref().map(|r| {
+            let first = r.steps.first().copied().unwrap_or(100.0);
+            let weights =
+                crate::rollout::shares::weights(&weights, r.canary.index, r.baseline.index, first);
+            ArcSwap::from_pointee(Effective {
+                weights,
+                suspended: None,
+            })
+        });
         Service {
+            rollout,
             cfg,
             seeds,
             weights,
@@ -133,6 +152,14 @@ impl Service {
             Reason::Cookie => "cookie",
             Reason::NoKey => "no_key",
             Reason::Fallback => "fallback",
+            Reason::Rollback => "rollback",
+        }
+    }
+
+    /// Replaces the effective weights of this service's rollout (no-op without one).
+    pub fn set_effective(&self, e: Effective) {
+        if let Some(cell) = &self.rollout {
+            cell.store(std::sync::Arc::new(e));
         }
     }
 
@@ -157,6 +184,7 @@ impl Service {
             Reason::Cookie => http::HeaderValue::from_static("cookie"),
             Reason::NoKey => http::HeaderValue::from_static("no_key"),
             Reason::Fallback => http::HeaderValue::from_static("fallback"),
+            Reason::Rollback => http::HeaderValue::from_static("rollback"),
         }
     }
 
@@ -278,11 +306,14 @@ impl Router {
             }
         }
         let key = s.find_key(req, ip);
+        // One load per decision: the rollout's weights, computed when its state changed.
+        let rollout = s.rollout.as_ref().map(ArcSwap::load);
+        let effective = rollout.as_deref().map(|e| &**e);
         for (ri, rule) in s.cfg.rules.iter().enumerate() {
             if !matches(rule, req, ip, key.as_ref().map(|(k, _)| k.as_bytes())) {
                 continue;
             }
-            return match &rule.action {
+            let d = match &rule.action {
                 RuleAction::Variant(v) => Decision {
                     variant: *v,
                     reason: Reason::Rule(ri),
@@ -295,7 +326,21 @@ impl Router {
                 },
                 RuleAction::Weights(w) => s.hashed(key, w, Some(ri)),
             };
+            return suspend(d, effective);
         }
-        s.hashed(key, &s.weights, None)
+        let weights = effective.map_or(s.weights.as_slice(), |e| e.weights.as_slice());
+        s.hashed(key, weights, None)
+    }
+}
+
+/// A rule's decision for a rolled-back canary goes to the baseline, reason `rollback`.
+fn suspend(d: Decision, effective: Option<&Effective>) -> Decision {
+    match effective.and_then(|e| e.redirect(d.variant)) {
+        Some(baseline) => Decision {
+            variant: baseline,
+            reason: Reason::Rollback,
+            ..d
+        },
+        None => d,
     }
 }

@@ -1,0 +1,61 @@
+//! The rollout calls of the admin API: `GET /rollout` and
+//! `POST /rollout/pause|resume|promote|abort?service=S`, as status codes and JSON.
+
+use super::ActError;
+use crate::rollout::{view, Action};
+use crate::state::State;
+use http::StatusCode;
+use serde_json::{json, Value};
+
+/// `GET /rollout`: every rollout of the serving config, in SPEC's shape.
+pub fn status(state: &State) -> Value {
+    let table = state.table();
+    let services: Vec<Value> = state
+        .rollouts
+        .current(&table)
+        .iter()
+        .map(|(name, s)| serde_json::to_value(view::status(name, s)).unwrap_or(Value::Null))
+        .collect();
+    json!({ "services": services })
+}
+
+/// `POST /rollout/<action>?service=S` (already authorized).
+pub fn act(state: &State, action: &str, query: Option<&str>) -> (StatusCode, Value) {
+    let Some(action) = Action::parse(action) else {
+        return (
+            StatusCode::NOT_FOUND,
+            json!({ "error": format!("unknown rollout action {action:?} (pause, resume, promote, abort)") }),
+        );
+    };
+    let service = query
+        .into_iter()
+        .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
+        .find(|(k, _)| k == "service")
+        .map(|(_, v)| v.into_owned());
+    let table = state.table();
+    let service = match service {
+        Some(s) => s,
+        None => {
+            let all = state.rollouts.current(&table);
+            match all.as_slice() {
+                [(only, _)] => only.clone(),
+                _ => {
+                    return (
+                        StatusCode::BAD_REQUEST,
+                        json!({ "error": "service: required (?service=NAME) unless exactly one service has a rollout" }),
+                    )
+                }
+            }
+        }
+    };
+    match state.rollouts.act(|| state.table(), &service, action) {
+        Ok(s) => (
+            StatusCode::OK,
+            serde_json::to_value(view::status(&service, &s)).unwrap_or(Value::Null),
+        ),
+        Err(e @ ActError::NoRollout(_)) => {
+            (StatusCode::NOT_FOUND, json!({ "error": e.to_string() }))
+        }
+        Err(e @ ActError::Refused(_)) => (StatusCode::CONFLICT, json!({ "error": e.to_string() })),
+    }
+}
