@@ -250,25 +250,33 @@ impl<S: ClientIo> Conn<S> {
     }
 }
 
-/// Reads client bytes into `buf`. When `buf` has little room, a buffer of [`READ_CHUNK`]
-/// is taken for the read and given back if the read finds nothing and `buf` holds no
-/// bytes: a connection waiting for its next request holds no read buffer, whichever the
-/// stream (a TLS stream cannot say without a read whether bytes are there). That costs
-/// an allocation and a free per wait, from the thread's cache (BENCHMARKS.md, memory).
+/// Reads client bytes into `buf`. When `buf` has little room (between requests it has
+/// none), the read goes to the stack first and a buffer of [`READ_CHUNK`] is taken only
+/// for bytes that arrived: a connection waiting for its next request holds no read
+/// buffer, whichever the stream (a TLS stream cannot say whether bytes are there without
+/// reading), and a read that finds nothing allocates nothing (BENCHMARKS.md, memory).
 fn poll_read_in<S: ClientIo>(
     io: &mut S,
     buf: &mut Vec<u8>,
     cx: &mut Context<'_>,
 ) -> Poll<std::io::Result<usize>> {
-    let lent = buf.capacity() - buf.len() < READ_CHUNK / 4;
-    if lent {
-        buf.reserve(READ_CHUNK);
+    if buf.capacity() - buf.len() >= READ_CHUNK / 4 {
+        return std::pin::pin!(io.read_buf(buf)).poll(cx);
     }
-    let read = std::pin::pin!(io.read_buf(buf)).poll(cx);
-    if read.is_pending() && lent && buf.is_empty() {
-        *buf = Vec::new();
+    let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+    let mut read = tokio::io::ReadBuf::uninit(&mut stack);
+    match Pin::new(&mut *io).poll_read(cx, &mut read) {
+        Poll::Ready(Ok(())) => {
+            let got = read.filled();
+            if !got.is_empty() {
+                buf.reserve(READ_CHUNK);
+                buf.extend_from_slice(got);
+            }
+            Poll::Ready(Ok(got.len()))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
     }
-    read
 }
 
 #[cfg(test)]
