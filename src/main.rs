@@ -5,7 +5,9 @@ use cohort::cli::{dispatch, Cli, LogFormat};
 use std::io::Write;
 
 /// mimalloc: fewer cycles per allocation than glibc malloc on Pingora's per-request
-/// allocations (see BENCHMARKS.md).
+/// allocations (see BENCHMARKS.md). The `system-alloc` feature (profiling only) leaves the
+/// system allocator in place, for heap profilers that intercept `malloc`.
+#[cfg(not(feature = "system-alloc"))]
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

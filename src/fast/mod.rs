@@ -29,9 +29,11 @@ use pingora_core::apps::ServerApp;
 use pingora_core::protocols::tls::ALPN;
 use pingora_core::protocols::Stream;
 use pingora_core::server::ShutdownWatch;
+use std::future::{poll_fn, Future};
 use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -257,9 +259,6 @@ impl<S: ClientIo> Conn<S> {
     ) -> std::io::Result<usize> {
         use futures::FutureExt;
         let idle = head_deadline.is_none();
-        if self.buf.capacity() - self.buf.len() < READ_CHUNK / 4 {
-            self.buf.reserve(READ_CHUNK);
-        }
         let mut until =
             head_deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.keepalive);
         let mut closing = Some(closing);
@@ -272,7 +271,8 @@ impl<S: ClientIo> Conn<S> {
                 until = end.map_or(until, |e| until.min(e));
                 if until <= tokio::time::Instant::now() {
                     // Serve a request that already arrived, wait for no other.
-                    return match self.io.read_buf(&mut self.buf).now_or_never() {
+                    let read = poll_fn(|cx| poll_read_in(&mut self.io, &mut self.buf, cx));
+                    return match read.now_or_never() {
                         Some(Ok(n)) => Ok(n),
                         _ => Ok(0),
                     };
@@ -282,7 +282,7 @@ impl<S: ClientIo> Conn<S> {
             let wake = closing.as_mut().filter(|_| idle && !shutting_down);
             tokio::select! {
                 biased;
-                r = self.io.read_buf(&mut self.buf) => return r,
+                r = poll_fn(|cx| poll_read_in(&mut self.io, &mut self.buf, cx)) => return r,
                 _ = self.client_timer.as_mut() => return Ok(0),
                 _ = async { if let Some(w) = wake { w.await } }, if idle && !shutting_down => {
                     // The service stopped listening: look at the drain window again.
@@ -290,6 +290,35 @@ impl<S: ClientIo> Conn<S> {
                 }
             }
         }
+    }
+}
+
+/// Reads client bytes into `buf`. When `buf` has little room (between requests it has
+/// none), the read goes to the stack first and a buffer of [`READ_CHUNK`] is taken only
+/// for bytes that arrived: a connection waiting for its next request holds no read
+/// buffer, whichever the stream (a TLS stream cannot say whether bytes are there without
+/// reading), and a read that finds nothing allocates nothing (BENCHMARKS.md, memory).
+fn poll_read_in<S: ClientIo>(
+    io: &mut S,
+    buf: &mut Vec<u8>,
+    cx: &mut Context<'_>,
+) -> Poll<std::io::Result<usize>> {
+    if buf.capacity() - buf.len() >= READ_CHUNK / 4 {
+        return std::pin::pin!(io.read_buf(buf)).poll(cx);
+    }
+    let mut stack = [std::mem::MaybeUninit::<u8>::uninit(); READ_CHUNK];
+    let mut read = tokio::io::ReadBuf::uninit(&mut stack);
+    match Pin::new(&mut *io).poll_read(cx, &mut read) {
+        Poll::Ready(Ok(())) => {
+            let got = read.filled();
+            if !got.is_empty() {
+                buf.reserve(READ_CHUNK);
+                buf.extend_from_slice(got);
+            }
+            Poll::Ready(Ok(got.len()))
+        }
+        Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+        Poll::Pending => Poll::Pending,
     }
 }
 
@@ -319,6 +348,35 @@ mod tests {
             crate::routing::RoutingTable::build(config).unwrap(),
         ));
         Arc::new(FastApp::new(state, Arc::new(Refuse)))
+    }
+
+    /// A read that finds nothing gives its buffer back (an idle connection holds none);
+    /// bytes already in the buffer stay, and the next read takes a buffer again.
+    #[tokio::test]
+    async fn a_read_that_waits_holds_no_buffer() {
+        use futures::FutureExt;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let read = poll_fn(|cx| poll_read_in(&mut server, &mut buf, cx)).now_or_never();
+        assert!(read.is_none());
+        assert_eq!(buf.capacity(), 0, "an idle read holds no buffer");
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let n = poll_fn(|cx| poll_read_in(&mut server, &mut buf, cx))
+            .await
+            .unwrap();
+        assert_eq!(&buf[..n], b"GET / HTTP/1.1\r\n");
+        assert!(buf.capacity() >= READ_CHUNK);
+        // A partial head stays across a read that waits.
+        let read = poll_fn(|cx| poll_read_in(&mut server, &mut buf, cx)).now_or_never();
+        assert!(read.is_none());
+        assert_eq!(buf, b"GET / HTTP/1.1\r\n");
+        drop(client);
+        let end = poll_fn(|cx| poll_read_in(&mut server, &mut buf, cx)).await;
+        assert_eq!(end.unwrap(), 0);
     }
 
     /// Memory per idle keep-alive connection is mostly its task's future: keep the
