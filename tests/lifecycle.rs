@@ -219,6 +219,11 @@ fn per_instance_files_follow_the_effective_listen_address_and_the_pid_file_is_re
         );
         instances.push((child, listen, admin));
     }
+    // A failed assertion must not leave the instances running.
+    let _guards: Vec<KillOnDrop> = instances
+        .iter()
+        .map(|(c, _, _)| KillOnDrop(Some(c.id())))
+        .collect();
     for (child, listen, admin) in &mut instances {
         let deadline = Instant::now() + Duration::from_secs(20);
         while Client::new(std::net::SocketAddr::from(([127, 0, 0, 1], *admin)))
