@@ -518,3 +518,29 @@ pub fn parallel<T: Send + 'static>(
         .flat_map(|h| h.join().expect("worker thread"))
         .collect()
 }
+
+/// Reads one response (status, fields, `Content-Length` body) from a TLS stream.
+pub fn read_tls_response<R: std::io::BufRead>(r: &mut R) -> (u16, Vec<(String, String)>, Vec<u8>) {
+    let mut line = String::new();
+    r.read_line(&mut line).unwrap();
+    let status: u16 = line.split(' ').nth(1).unwrap().parse().unwrap();
+    let mut headers = Vec::new();
+    loop {
+        line.clear();
+        r.read_line(&mut line).unwrap();
+        let l = line.trim_end();
+        if l.is_empty() {
+            break;
+        }
+        let (k, v) = l.split_once(':').unwrap();
+        headers.push((k.trim().to_string(), v.trim().to_string()));
+    }
+    let len: usize = headers
+        .iter()
+        .find(|(k, _)| k.eq_ignore_ascii_case("content-length"))
+        .map(|(_, v)| v.parse().unwrap())
+        .unwrap_or(0);
+    let mut body = vec![0; len];
+    std::io::Read::read_exact(r, &mut body).unwrap();
+    (status, headers, body)
+}
