@@ -373,6 +373,9 @@ impl ProxyHttp for CohortProxy {
         if let Some(id) = edits.request_id() {
             up.insert_header(forward::request_id::REQUEST_ID, id)?;
         }
+        if !forward::pooling::reusable_before(up.method.as_str()) {
+            up.insert_header("connection", "close")?;
+        }
         Ok(())
     }
 

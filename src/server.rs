@@ -6,7 +6,7 @@
 use crate::access_log::AccessLog;
 use crate::admin::Admin;
 use crate::config::{ConfigError, ServerConfig};
-use crate::fast::{FastApp, HandOver};
+use crate::fast::{FastApp, HandOver, OneRequest};
 use crate::lifecycle::{IdleExit, Signals};
 use crate::metrics::METRICS;
 use crate::options::{load_config, RunOptions};
@@ -18,12 +18,14 @@ use crate::source::Source;
 use crate::state::State;
 use crate::tls::CertResolver;
 use crate::upstream::health::HealthService;
-use pingora_core::apps::ServerApp;
+use pingora_core::apps::{HttpServerApp, ServerApp};
 use pingora_core::listeners::tls::TlsSettings;
 use pingora_core::listeners::{
     L4BufferSettings, ListenerConfig, Listeners, DEFAULT_L4_WRITE_BUFFER_SIZE,
 };
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::Stream;
+use pingora_core::protocols::ALPN;
 use pingora_core::server::ShutdownWatch;
 use pingora_proxy::HttpProxy;
 
@@ -83,8 +85,28 @@ impl ServerApp for PingoraCarrier {
 
 #[async_trait::async_trait]
 impl HandOver for PingoraCarrier {
+    /// HTTP/2 for the whole connection. HTTP/1: Pingora's keep-alive loop, one request
+    /// at a time, until the request it served was a [`OneRequest`] the engine can take
+    /// back (or the connection ends).
     async fn serve(&self, stream: Stream, shutdown: &ShutdownWatch) -> Option<Stream> {
-        self.0.process_new(stream, shutdown).await
+        if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+            return self.0.process_new(stream, shutdown).await;
+        }
+        let mut session = ServerSession::new_http1(stream);
+        // As Pingora's own loop starts a connection; `request_filter` applies
+        // `server.keepalive_timeout_secs`.
+        session.set_keepalive((!*shutdown.borrow()).then_some(60));
+        loop {
+            let reused = HttpServerApp::process_new_http(&self.0, session, shutdown).await?;
+            let (stream, settings) = reused.consume();
+            if OneRequest::is_done(&stream) {
+                return Some(stream);
+            }
+            session = ServerSession::new_http1(stream);
+            if let Some(settings) = settings {
+                settings.apply_to_session(&mut session);
+            }
+        }
     }
 
     async fn cleanup(&self) {

@@ -389,9 +389,10 @@ fn http_1_0_and_chunked_requests_are_handed_to_pingora_and_still_routed() {
         let (resp, keep) = send(&mut c, chunked.as_bytes());
         assert_eq!(summary(&resp), want, "chunked {user}: {resp:?}");
         assert!(keep, "chunked {user}: connection closed: {resp:?}");
-        // Pingora serves the rest of the connection.
+        // The engine takes the connection back for the next request.
         let (resp, _) = send(&mut c, get(&format!("/next/{user}"), user).as_bytes());
-        assert_eq!(summary(&resp), want, "after chunked {user}: {resp:?}");
+        let want_next = (want.0, want.1.clone(), want.2.clone(), !engine_on());
+        assert_eq!(summary(&resp), want_next, "after chunked {user}: {resp:?}");
     }
     for (name, up) in [("stable", &stable), ("canary", &canary)] {
         for req in up.seen() {
@@ -612,9 +613,9 @@ fn a_retried_request_carries_its_whole_body_again() {
 /// cannot poison the next user's request: the engine does not pool a connection after a
 /// response that carries no body by rule (HEAD, 204, 304), so the next request goes on a
 /// new connection and gets the real answer. Before, the pooled connection was taken
-/// before the late bytes arrived and the next user got them (3 runs of 3). Engine only:
-/// under `COHORT_FAST_PATH=0` Pingora's own connection pool decides, and cohort's hooks
-/// cannot mark a connection unfit for reuse.
+/// before the late bytes arrived and the next user got them (3 runs of 3). Both
+/// carriers: the Pingora carrier sends a `HEAD` up with `Connection: close`, so its pool
+/// never keeps that connection.
 #[test]
 fn late_bytes_after_a_head_response_never_reach_the_next_user() {
     let conns = Arc::new(AtomicUsize::new(0));
@@ -633,7 +634,7 @@ fn late_bytes_after_a_head_response_never_reach_the_next_user() {
             }
         }
     });
-    let px = only_engine(&up);
+    let px = only(&up);
     let mut a = connect(px.addr);
     a.get_mut()
         .write_all(b"HEAD /h HTTP/1.1\r\nHost: x\r\nx-user-id: u1\r\n\r\n")

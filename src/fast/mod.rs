@@ -5,10 +5,11 @@
 //! over), and runs the lifecycle; this [`ServerApp`] serves the plain keep-alive requests
 //! an API gets with far less work per request than Pingora's general proxy (no
 //! per-request session objects, header maps or pool watcher tasks: see BENCHMARKS.md).
-//! HTTP/2 connections, and the first request the engine does not take on (HTTP/1.0,
-//! chunked or `Expect` request bodies, upgrades, absolute targets, malformed or oversized
-//! heads), go with every byte already read to a [`HandOver`] target: the Pingora carrier,
-//! wired in by `crate::server`, which serves the rest of that connection. What is
+//! HTTP/2 connections, and each request the engine does not take on (HTTP/1.0, chunked
+//! or `Expect` request bodies, upgrades, absolute targets, malformed heads), go with
+//! every byte already read to a [`HandOver`] target: the Pingora carrier, wired in by
+//! `crate::server`. A handed-over request is a [`OneRequest`]: Pingora reads that
+//! request and no more, and the engine serves the next one. What is
 //! forwarded and how failures are handled is the forwarding core's ([`crate::forward`]).
 //!
 //! `COHORT_FAST_PATH=0` in the environment turns the engine off.
@@ -16,6 +17,7 @@
 mod exchange;
 pub mod handover;
 pub mod http1;
+mod one_request;
 mod plan;
 mod pool;
 mod relay;
@@ -25,6 +27,7 @@ use crate::forward::ClientPeer;
 use crate::state::State;
 use async_trait::async_trait;
 pub use handover::{ClientIo, HandOver};
+pub use one_request::OneRequest;
 use pingora_core::apps::ServerApp;
 use pingora_core::protocols::tls::ALPN;
 use pingora_core::protocols::Stream;
@@ -148,7 +151,10 @@ async fn proxied(app: Arc<FastApp>, mut io: TcpStream, shutdown: ShutdownWatch) 
     connection(app, conn, shutdown).await;
 }
 
-/// Serves one client connection until it closes, or hands it to the Pingora carrier.
+/// Serves one client connection until it closes. A request the engine does not take is
+/// handed to the Pingora carrier as a [`OneRequest`]; once it is answered the engine goes
+/// on with the next, so every request head on the connection is read under the engine's
+/// limits.
 ///
 /// An `async` block rather than an `async fn`: an `async fn` keeps its arguments and
 /// moves them into locals as well, so the connection would be held twice by every idle
@@ -160,12 +166,22 @@ fn connection<S: ClientIo>(
     shutdown: ShutdownWatch,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
-        if let Served::HandOver = conn.serve(&app, &shutdown).await {
-            let stream = conn.io.into_stream(&conn.buf, conn.peer.as_ref());
-            let mut next = app.handover.serve(stream, &shutdown).await;
-            while let Some(stream) = next {
-                next = app.handover.serve(stream, &shutdown).await;
-            }
+        while let Served::HandOver = conn.serve(&app, &shutdown).await {
+            let (peer, tls) = (conn.peer.take(), conn.tls);
+            let stream = conn.io.into_stream(peer.as_ref());
+            let one = OneRequest::new(stream, std::mem::take(&mut conn.buf));
+            let Some(back) = app.handover.serve(Box::new(one), &shutdown).await else {
+                return;
+            };
+            let Ok(Some((stream, after))) = OneRequest::take_back(back) else {
+                return;
+            };
+            let Ok(io) = S::resume(stream) else {
+                return;
+            };
+            conn = Conn::new(&app.state, io, peer, after, tls);
+            // Between requests, as after any answered one (keep-alive, not head, timing).
+            conn.served = 1;
         }
     }
 }

@@ -94,11 +94,8 @@ impl<S: ClientIo> Exchange<'_, S> {
                 read_timeout,
             )
             .await;
-        // After a response that carries no body by rule (to HEAD, 204, 304) the upstream
-        // may still send one late; on a pooled connection those bytes would be read as
-        // the next user's response. Such connections are closed, not pooled.
-        let bodiless = self.plan.head_request || status == 204 || status == 304;
-        if relayed == Relayed::Clean && framing.reusable && !bodiless {
+        let reusable = crate::forward::pooling::reusable_after(self.plan.head_request, status);
+        if relayed == Relayed::Clean && framing.reusable && reusable {
             pool::put(addr, up);
         }
         let next = match (relayed, self.close) {

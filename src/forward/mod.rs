@@ -7,6 +7,7 @@
 //! - [`error`]: one upstream error type, mapped to a status and a metric kind;
 //! - [`finish`]: end-of-request metrics and the access log line;
 //! - [`plain`]: cohort's own short responses;
+//! - [`pooling`]: when an upstream connection may be used again;
 //! - [`request`]: the requests refused before routing (ambiguous framing, `Host`, size);
 //! - [`request_id`]: the id a request carries to the backend and the access log.
 //! - [`sample`]: the request samples `server.sample_log` writes.
@@ -20,6 +21,7 @@ pub mod edits;
 pub mod error;
 pub mod finish;
 pub mod plain;
+pub mod pooling;
 pub mod request;
 pub mod request_id;
 pub mod sample;
