@@ -99,6 +99,16 @@ pub fn parse_length(v: &[u8]) -> Option<u64> {
 /// response that lacks one, and cohort's own responses carry one). The text is
 /// formatted once per second per thread.
 pub fn date_header(out: &mut Vec<u8>) {
+    with_date(|date| {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(date.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
+/// Calls `f` with the current `Date` value (IMF-fixdate), formatted once per second per
+/// thread.
+pub fn with_date<R>(f: impl FnOnce(&str) -> R) -> R {
     use std::time::{SystemTime, UNIX_EPOCH};
     thread_local! {
         static CACHE: std::cell::RefCell<(u64, String)> = const {
@@ -112,10 +122,8 @@ pub fn date_header(out: &mut Vec<u8>) {
         if c.0 != secs || c.1.is_empty() {
             *c = (secs, httpdate::fmt_http_date(now));
         }
-        out.extend_from_slice(b"date: ");
-        out.extend_from_slice(c.1.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    });
+        f(&c.1)
+    })
 }
 
 /// Fields about this connection only (RFC 9110 §7.6.1), never relayed: each hop's
@@ -220,11 +228,27 @@ pub struct BadChunk {
 
 impl ChunkedScanner {
     /// Consumes `data`; `Ok(Some(n))` when the body ends after `n` bytes of it.
+    #[inline]
     pub fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, BadChunk> {
+        self.feed_with(data, |_| {})
+    }
+
+    /// As [`ChunkedScanner::feed`], and calls `payload` with each range of `data` that is
+    /// chunk payload (the decoded body), in order: what a carrier that re-frames the body
+    /// (HTTP/2 DATA frames) relays.
+    #[inline]
+    pub fn feed_with(
+        &mut self,
+        data: &[u8],
+        mut payload: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<Option<usize>, BadChunk> {
         let mut i = 0;
         while i < data.len() {
             if self.state == Chunk::Data {
                 let take = self.size.min((data.len() - i) as u64);
+                if take > 0 {
+                    payload(i..i + take as usize);
+                }
                 self.size -= take;
                 i += take as usize;
                 if self.size == 0 {
