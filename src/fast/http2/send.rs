@@ -46,7 +46,7 @@ pub(super) async fn data(
 
 /// The `Date` field's value now.
 pub(super) fn date() -> HeaderValue {
-    super::super::http1::with_date(|d| HeaderValue::from_str(d))
+    super::super::http1::with_date(HeaderValue::from_str)
         .unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
