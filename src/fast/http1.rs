@@ -463,4 +463,23 @@ mod tests {
             );
         }
     }
+
+    /// `feed_with` hands out exactly the decoded payload, however the bytes are split.
+    #[test]
+    fn chunk_payload_is_decoded_across_any_split() {
+        let body = b"5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nx-t: 1\r\n\r\n";
+        for split in 0..=body.len() {
+            let mut scanner = ChunkedScanner::default();
+            let mut payload = Vec::new();
+            let mut end = None;
+            for (base, part) in [(0, &body[..split]), (split, &body[split..])] {
+                let r = scanner.feed_with(part, |range| payload.extend_from_slice(&part[range]));
+                if let Some(n) = r.unwrap() {
+                    end = Some(base + n);
+                }
+            }
+            assert_eq!(payload, b"hello0123456789abcdef", "split at {split}");
+            assert_eq!(end, Some(body.len()), "split at {split}");
+        }
+    }
 }

@@ -165,6 +165,30 @@ impl RequestBody {
     }
 }
 
+/// What is read and dropped of a body after its response (see [`RequestBody::drain`]).
+const DRAIN_MAX: usize = 1024 * 1024;
+/// How long each read of a body being dropped may wait.
+const DRAIN_WAIT: Duration = Duration::from_secs(5);
+
+impl RequestBody {
+    /// After the response (a 413, an early answer): reads and drops what is left of the
+    /// body, up to [`DRAIN_MAX`], so the client's upload ends as it should rather than
+    /// with the stream cancelled under it (which clients report as a failed request).
+    pub async fn drain(&mut self) {
+        let mut left = DRAIN_MAX;
+        while !self.ended && left > 0 {
+            match fast_timeout(DRAIN_WAIT, self.recv.data()).await {
+                Ok(Some(Ok(piece))) => {
+                    let _ = self.recv.flow_control().release_capacity(piece.len());
+                    left = left.saturating_sub(piece.len());
+                }
+                Ok(None) => self.ended = true,
+                Ok(Some(Err(_))) | Err(_) => return,
+            }
+        }
+    }
+}
+
 /// One chunk of a chunked body.
 fn chunk(out: &mut Vec<u8>, data: &[u8]) {
     let _ = write!(out, "{:x}\r\n", data.len());

@@ -52,6 +52,9 @@ pub(super) async fn serve(
     };
     let status = s.run(&parts).await;
     s.finish(status, start);
+    if status != 499 {
+        s.body.drain().await;
+    }
 }
 
 /// One stream's exchange in progress.
@@ -287,4 +290,20 @@ fn joined_cookie(headers: &http::HeaderMap) -> Option<Vec<u8>> {
         joined.extend_from_slice(c.as_bytes());
     }
     Some(joined)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cookie_crumbs_are_joined_for_http_1_1() {
+        let mut h = http::HeaderMap::new();
+        assert_eq!(joined_cookie(&h), None);
+        h.append(http::header::COOKIE, "a=1".parse().unwrap());
+        assert_eq!(joined_cookie(&h), None, "one field passes as it is");
+        h.append(http::header::COOKIE, "cid=x".parse().unwrap());
+        h.append(http::header::COOKIE, "b=2".parse().unwrap());
+        assert_eq!(joined_cookie(&h).as_deref(), Some(&b"a=1; cid=x; b=2"[..]));
+    }
 }
