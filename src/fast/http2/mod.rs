@@ -93,7 +93,13 @@ pub(super) async fn serve(app: &FastApp, io: Stream, shutdown: &ShutdownWatch) {
                 conn.graceful_shutdown();
                 going_away = true;
             }
-            _ = shutdown.changed(), if !going_away => {}
+            changed = shutdown.changed(), if !going_away => {
+                if changed.is_err() {
+                    // The service is gone: no watch to wait on any more.
+                    conn.graceful_shutdown();
+                    going_away = true;
+                }
+            }
             () = closing, if !going_away => {}
         }
     }
