@@ -97,8 +97,7 @@ impl<S: ClientIo> Exchange<'_, S> {
         // After a response that carries no body by rule (to HEAD, 204, 304) the upstream
         // may still send one late; on a pooled connection those bytes would be read as
         // the next user's response. Such connections are closed, not pooled.
-        let bodiless = self.plan.head_request || status == 204 || status == 304;
-        if relayed == Relayed::Clean && framing.reusable && !bodiless {
+        if relayed == Relayed::Clean && poolable(self.plan.head_request, status, framing) {
             pool::put(addr, up);
         }
         let next = match (relayed, self.close) {
@@ -332,6 +331,15 @@ impl<S: ClientIo> Exchange<'_, S> {
             (Ok(()), false) => Relayed::Unclean,
         }
     }
+}
+
+/// Whether an upstream connection whose response was relayed to its exact end may go
+/// back to the pool: the upstream keeps it open, and the response was not one that
+/// carries no body by rule (to HEAD, 204, 304), after which the upstream may still send
+/// a late body that the next user would read as its response.
+#[inline]
+pub(super) fn poolable(head_request: bool, status: u16, framing: http1::ResponseFraming) -> bool {
+    framing.reusable && !(head_request || status == 204 || status == 304)
 }
 
 /// Whether the upstream response field `name` reaches the client: not connection-level

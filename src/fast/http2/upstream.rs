@@ -7,7 +7,7 @@
 
 use super::super::http1::{self, BodyFraming, ChunkedScanner, MAX_HEAD};
 use super::super::pool;
-use super::super::relay::{is_interim, relays_field};
+use super::super::relay::{is_interim, poolable, relays_field};
 use super::super::upstream_io::{read, send_upstream, UpErr, UPSTREAM_CHUNK};
 use super::send;
 use super::stream::Exchange;
@@ -90,9 +90,10 @@ impl Exchange<'_> {
             self.relay_body(attempt, addr, &mut up, &mut tx, rbuf, len, framing.body)
                 .await
         };
-        let bodiless = self.head_request || status == 204 || status == 304;
         match relayed {
-            Relayed::Clean(true) if framing.reusable && !bodiless => pool::put(addr, up),
+            Relayed::Clean(true) if poolable(self.head_request, status, framing) => {
+                pool::put(addr, up)
+            }
             Relayed::ClientGone => return Ok(499),
             _ => {}
         }
