@@ -426,9 +426,17 @@ fn h2_carriers_answer_alike() {
             (&["-H", "x-user-id: alice"], "/a?b=c"),
             (&["-H", "x-user-id: bob", "-H", "x-cohort-reason: no"], "/"),
             (&["-H", "cookie: cid=abc123", "-H", "cookie: other=1"], "/c"),
-            (&["-I"], "/head"),
-            (&["--data-binary", "0123456789"], "/post"),
-            (&["--data-binary", &"x".repeat(200)], "/too-big"),
+            (&["-I", "-H", "x-user-id: carol"], "/head"),
+            (
+                &["-H", "x-user-id: dave", "--data-binary", "0123456789"],
+                "/post",
+            ),
+            (
+                &["-H", "x-user-id: erin", "--data-binary", &"x".repeat(200)],
+                "/too-big",
+            ),
+            // No key: a fresh cookie id picks the variant at random; compare the rest.
+            (&[], "/mint"),
         ];
         for (args, path) in requests {
             let r = curl(t.port, args, &[path], None).pop().unwrap();
@@ -455,6 +463,10 @@ fn h2_carriers_answer_alike() {
                 .map(|n| r.header(n).map(str::to_string))
                 .collect();
             let cookie = r.header("set-cookie").map(|c| c.ends_with("; Secure"));
+            let (fields, backend) = match *path {
+                "/mint" => (vec![r.header("x-variant").map(|_| String::new())], None),
+                _ => (fields, backend),
+            };
             seen.push((path.to_string(), r.status, fields, cookie, backend));
         }
         let r = get(bad.port, "/", &[("x-user-id", "alice")]);
