@@ -20,7 +20,7 @@ use tokio::sync::futures::Notified;
 /// Request bodies up to this size are read whole before they go upstream, so that a
 /// retry resends exactly what was sent; larger ones stream, and are never retried once
 /// part of them went upstream.
-const REPLAY_BODY: usize = 64 * 1024;
+pub(super) const REPLAY_BODY: usize = 64 * 1024;
 
 /// What the connection does after an exchange.
 pub enum Next {

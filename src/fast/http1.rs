@@ -99,6 +99,16 @@ pub fn parse_length(v: &[u8]) -> Option<u64> {
 /// response that lacks one, and cohort's own responses carry one). The text is
 /// formatted once per second per thread.
 pub fn date_header(out: &mut Vec<u8>) {
+    with_date(|date| {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(date.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    });
+}
+
+/// Calls `f` with the current `Date` value (IMF-fixdate), formatted once per second per
+/// thread.
+pub fn with_date<R>(f: impl FnOnce(&str) -> R) -> R {
     use std::time::{SystemTime, UNIX_EPOCH};
     thread_local! {
         static CACHE: std::cell::RefCell<(u64, String)> = const {
@@ -112,10 +122,8 @@ pub fn date_header(out: &mut Vec<u8>) {
         if c.0 != secs || c.1.is_empty() {
             *c = (secs, httpdate::fmt_http_date(now));
         }
-        out.extend_from_slice(b"date: ");
-        out.extend_from_slice(c.1.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    });
+        f(&c.1)
+    })
 }
 
 /// Fields about this connection only (RFC 9110 §7.6.1), never relayed: each hop's
@@ -220,11 +228,27 @@ pub struct BadChunk {
 
 impl ChunkedScanner {
     /// Consumes `data`; `Ok(Some(n))` when the body ends after `n` bytes of it.
+    #[inline]
     pub fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, BadChunk> {
+        self.feed_with(data, |_| {})
+    }
+
+    /// As [`ChunkedScanner::feed`], and calls `payload` with each range of `data` that is
+    /// chunk payload (the decoded body), in order: what a carrier that re-frames the body
+    /// (HTTP/2 DATA frames) relays.
+    #[inline]
+    pub fn feed_with(
+        &mut self,
+        data: &[u8],
+        mut payload: impl FnMut(std::ops::Range<usize>),
+    ) -> Result<Option<usize>, BadChunk> {
         let mut i = 0;
         while i < data.len() {
             if self.state == Chunk::Data {
                 let take = self.size.min((data.len() - i) as u64);
+                if take > 0 {
+                    payload(i..i + take as usize);
+                }
                 self.size -= take;
                 i += take as usize;
                 if self.size == 0 {
@@ -437,6 +461,25 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(bad)
             );
+        }
+    }
+
+    /// `feed_with` hands out exactly the decoded payload, however the bytes are split.
+    #[test]
+    fn chunk_payload_is_decoded_across_any_split() {
+        let body = b"5;ext=1\r\nhello\r\n10\r\n0123456789abcdef\r\n0\r\nx-t: 1\r\n\r\n";
+        for split in 0..=body.len() {
+            let mut scanner = ChunkedScanner::default();
+            let mut payload = Vec::new();
+            let mut end = None;
+            for (base, part) in [(0, &body[..split]), (split, &body[split..])] {
+                let r = scanner.feed_with(part, |range| payload.extend_from_slice(&part[range]));
+                if let Some(n) = r.unwrap() {
+                    end = Some(base + n);
+                }
+            }
+            assert_eq!(payload, b"hello0123456789abcdef", "split at {split}");
+            assert_eq!(end, Some(body.len()), "split at {split}");
         }
     }
 }

@@ -17,6 +17,7 @@
 mod exchange;
 pub mod handover;
 pub mod http1;
+pub mod http2;
 mod one_request;
 mod plan;
 mod pool;
@@ -93,10 +94,15 @@ impl ServerApp for FastApp {
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
         if stream.get_ssl().is_some() {
-            // TLS, handshake done: HTTP/2 (ALPN `h2`) is Pingora's; `http/1.1` or no
-            // ALPN is served here, on this task (the TLS state cannot move threads).
+            // TLS, handshake done: HTTP/2 (ALPN `h2`) goes to the HTTP/2 carrier
+            // ([`http2`]; Pingora's with `COHORT_H2_CARRIER=0`), `http/1.1` or no ALPN
+            // to the engine, on this task (the TLS state cannot move threads).
             if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-                return self.handover.serve(stream, shutdown).await;
+                if !http2::enabled() {
+                    return self.handover.serve(stream, shutdown).await;
+                }
+                http2::serve(self, stream, shutdown).await;
+                return None;
             }
             let peer = handover::peer_addr(&stream).map(ClientPeer::new);
             let conn = Conn::new(&self.state, stream, peer, Vec::new(), true);

@@ -141,7 +141,8 @@ fn plan_with<'b>(
             tls,
         )
         .with_request_id(&request_id);
-        upstream_head(&mut out, &edits, method, target, req.headers);
+        let fields = || req.headers.iter().map(|h| (h.name, h.value));
+        upstream_head(&mut out, &edits, method, target, fields);
     }
     Parsed::Ready(Box::new(Plan {
         head_len,
@@ -181,29 +182,29 @@ pub(super) fn refused(
 
 /// Writes the upstream request head: the client's fields minus connection-level ones
 /// and those the edits drop, then the `X-Forwarded-*` fields the edits set.
-fn upstream_head(
+/// `fields` gives the client's (`name`, `value`), in order (it is walked twice).
+pub(super) fn upstream_head<'h, I: Iterator<Item = (&'h str, &'h [u8])>>(
     out: &mut Vec<u8>,
     edits: &RequestEdits<'_>,
     method: &str,
     target: &str,
-    headers: &[httparse::Header<'_>],
+    fields: impl Fn() -> I,
 ) {
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
-    for h in headers {
-        if http1::is_connection_field(h.name) || edits.drops(h.name) {
+    for (name, value) in fields() {
+        if http1::is_connection_field(name) || edits.drops(name) {
             continue;
         }
-        header(out, h.name.as_bytes(), h.value);
+        header(out, name.as_bytes(), value);
     }
     let mark = out.len();
     out.extend_from_slice(b"x-forwarded-for: ");
-    let client_hops = headers
-        .iter()
-        .filter(|h| is(h.name, "x-forwarded-for"))
-        .map(|h| h.value);
+    let client_hops = fields()
+        .filter(|(name, _)| is(name, "x-forwarded-for"))
+        .map(|(_, value)| value);
     if edits.forwarded_for(client_hops, out) {
         out.extend_from_slice(b"\r\n");
     } else {

@@ -94,8 +94,7 @@ impl<S: ClientIo> Exchange<'_, S> {
                 read_timeout,
             )
             .await;
-        let reusable = crate::forward::pooling::reusable_after(self.plan.head_request, status);
-        if relayed == Relayed::Clean && framing.reusable && reusable {
+        if relayed == Relayed::Clean && poolable(self.plan.head_request, status, framing) {
             pool::put(addr, up);
         }
         let next = match (relayed, self.close) {
@@ -191,10 +190,7 @@ impl<S: ClientIo> Exchange<'_, S> {
         for h in resp.headers.iter() {
             let n = h.name;
             has_date |= crate::forward::edits::is(n, "date");
-            if http1::is_connection_field(n)
-                || edits.drops(n)
-                || (body == BodyFraming::Chunked && crate::forward::edits::is(n, "content-length"))
-            {
+            if !relays_field(&edits, n, body) {
                 continue;
             }
             header(out, n.as_bytes(), h.value);
@@ -334,6 +330,25 @@ impl<S: ClientIo> Exchange<'_, S> {
     }
 }
 
+/// Whether an upstream connection whose response was relayed to its exact end may go
+/// back to the pool: the upstream keeps it open, and the core's rule allows it
+/// ([`crate::forward::pooling::reusable_after`]: not after a response that carries no
+/// body by rule).
+#[inline]
+pub(super) fn poolable(head_request: bool, status: u16, framing: http1::ResponseFraming) -> bool {
+    framing.reusable && crate::forward::pooling::reusable_after(head_request, status)
+}
+
+/// Whether the upstream response field `name` reaches the client: not connection-level
+/// fields, not those the response edits replace, and no `Content-Length` beside a
+/// chunked body (the client's framing is the carrier's).
+#[inline]
+pub(super) fn relays_field(edits: &ResponseEdits<'_>, name: &str, body: BodyFraming) -> bool {
+    !(http1::is_connection_field(name)
+        || edits.drops(name)
+        || (body == BodyFraming::Chunked && crate::forward::edits::is(name, "content-length")))
+}
+
 /// `HTTP/1.1 <code> <reason>\r\n` without going through `fmt`.
 fn status_line(out: &mut Vec<u8>, code: u16, reason: &str) {
     out.extend_from_slice(b"HTTP/1.1 ");
@@ -349,6 +364,6 @@ fn status_line(out: &mut Vec<u8>, code: u16, reason: &str) {
 }
 
 /// A 1xx response other than 101 (which cohort never asks for).
-fn is_interim(status: u16) -> bool {
+pub(super) fn is_interim(status: u16) -> bool {
     (100..200).contains(&status) && status != 101
 }

@@ -78,6 +78,16 @@ impl Cohort {
         Self::start_full(config, &[], env, |_| {})
     }
 
+    /// [`Cohort::start_prepared`] with extra environment variables for the process.
+    #[allow(dead_code)]
+    pub fn start_prepared_with_env(
+        config: &str,
+        env: &[(&str, &str)],
+        prepare: impl FnOnce(&Path),
+    ) -> Cohort {
+        Self::start_full(config, &[], env, prepare)
+    }
+
     fn start_full(
         config: &str,
         extra: &[&str],
@@ -543,4 +553,43 @@ pub fn read_tls_response<R: std::io::BufRead>(r: &mut R) -> (u16, Vec<(String, S
     let mut body = vec![0; len];
     std::io::Read::read_exact(r, &mut body).unwrap();
     (status, headers, body)
+}
+
+/// Writes a self-signed certificate for 127.0.0.1/localhost; returns its SHA-256.
+pub fn write_cert(dir: &Path, serial: u32) -> Vec<u8> {
+    let key = openssl::pkey::PKey::from_rsa(openssl::rsa::Rsa::generate(2048).unwrap()).unwrap();
+    let mut name = openssl::x509::X509NameBuilder::new().unwrap();
+    name.append_entry_by_text("CN", &format!("cohort-test-{serial}"))
+        .unwrap();
+    let name = name.build();
+    let mut b = openssl::x509::X509::builder().unwrap();
+    b.set_version(2).unwrap();
+    b.set_serial_number(
+        &openssl::bn::BigNum::from_u32(serial)
+            .unwrap()
+            .to_asn1_integer()
+            .unwrap(),
+    )
+    .unwrap();
+    b.set_subject_name(&name).unwrap();
+    b.set_issuer_name(&name).unwrap();
+    b.set_pubkey(&key).unwrap();
+    b.set_not_before(&openssl::asn1::Asn1Time::days_from_now(0).unwrap())
+        .unwrap();
+    b.set_not_after(&openssl::asn1::Asn1Time::days_from_now(2).unwrap())
+        .unwrap();
+    let san = openssl::x509::extension::SubjectAlternativeName::new()
+        .dns("localhost")
+        .ip("127.0.0.1")
+        .build(&b.x509v3_context(None, None))
+        .unwrap();
+    b.append_extension(san).unwrap();
+    b.sign(&key, openssl::hash::MessageDigest::sha256())
+        .unwrap();
+    let cert = b.build();
+    std::fs::write(dir.join("tls.crt"), cert.to_pem().unwrap()).unwrap();
+    std::fs::write(dir.join("tls.key"), key.private_key_to_pem_pkcs8().unwrap()).unwrap();
+    cert.digest(openssl::hash::MessageDigest::sha256())
+        .unwrap()
+        .to_vec()
 }
