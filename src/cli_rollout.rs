@@ -108,7 +108,10 @@ pub fn fleet_line(f: &Value) -> String {
             let decider = f["decider"].as_str().unwrap_or("-");
             match f["error"].as_str() {
                 Some(e) => format!("fleet: follower of {decider}, which does not answer: {e}\n"),
-                None => format!("fleet: follower of {decider}, last synced at {}\n", f["synced_at"]),
+                None => format!(
+                    "fleet: follower of {decider}, last synced at {}\n",
+                    f["synced_at"]
+                ),
             }
         }
         _ => String::new(),

@@ -15,7 +15,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
 /// The fleet's one config; `listen`/`admin` are given per instance on the command line.
-fn config(stable: &EchoBackend, canary: &EchoBackend, decider: SocketAddr, rollout: &str) -> String {
+fn config(
+    stable: &EchoBackend,
+    canary: &EchoBackend,
+    decider: SocketAddr,
+    rollout: &str,
+) -> String {
     format!(
         r#"
 [server]
@@ -124,7 +129,8 @@ impl Fleet {
         for f in &self.files[1..] {
             assert_eq!(std::fs::read(f).unwrap(), self.stale, "{f:?} changed");
         }
-        let written: Value = serde_json::from_slice(&std::fs::read(&self.files[0]).unwrap()).unwrap();
+        let written: Value =
+            serde_json::from_slice(&std::fs::read(&self.files[0]).unwrap()).unwrap();
         assert_eq!(written["services"]["api"]["id"], "v2", "{written}");
     }
 }
@@ -166,9 +172,9 @@ fn get(node: &Cohort) -> Value {
 }
 
 fn post(node: &Cohort, action: &str) -> (u16, Value) {
-    let r = node
-        .admin_client()
-        .request("POST", &format!("/rollout/{action}?service=api"), &[], b"");
+    let r =
+        node.admin_client()
+            .request("POST", &format!("/rollout/{action}?service=api"), &[], b"");
     (r.status, r.json())
 }
 
@@ -254,13 +260,22 @@ fn three_instances_serve_the_same_steps_and_only_the_decider_writes_state() {
         assert_eq!(r["percent"], percent, "{r:#}");
         let want: Vec<String> = users
             .iter()
-            .map(|u| expected_variant("api", &[("stable", 100.0 - percent), ("canary", percent)], u))
+            .map(|u| {
+                expected_variant(
+                    "api",
+                    &[("stable", 100.0 - percent), ("canary", percent)],
+                    u,
+                )
+            })
             .collect();
         for (i, node) in fleet.nodes.iter().enumerate() {
             assert_eq!(variants(node, &users), want, "instance {i} at {percent}%");
         }
         let share = want.iter().filter(|v| *v == "canary").count() as f64 / users.len() as f64;
-        assert!((share * 100.0 - percent).abs() < 10.0, "{share} at {percent}%");
+        assert!(
+            (share * 100.0 - percent).abs() < 10.0,
+            "{share} at {percent}%"
+        );
         if let Some(b) = &before {
             for ((u, was), is) in users.iter().zip(b).zip(&want) {
                 assert!(was != "canary" || is == "canary", "{u} left the canary");
@@ -276,10 +291,17 @@ fn three_instances_serve_the_same_steps_and_only_the_decider_writes_state() {
     all_agree(&fleet, "promotion", |r| r["state"] == "promoted");
     drop(traffic);
     // Final: no more checks, so the whole answers are equal, the last check included.
-    let answers: Vec<Value> = fleet.nodes.iter().map(|n| get(n)["services"].clone()).collect();
+    let answers: Vec<Value> = fleet
+        .nodes
+        .iter()
+        .map(|n| get(n)["services"].clone())
+        .collect();
     assert_eq!(answers[1], answers[0]);
     assert_eq!(answers[2], answers[0]);
-    assert!(fleet.nodes.iter().all(|n| variants(n, &users).iter().all(|v| v == "canary")));
+    assert!(fleet
+        .nodes
+        .iter()
+        .all(|n| variants(n, &users).iter().all(|v| v == "canary")));
 
     let d = get(&fleet.nodes[0])["fleet"].clone();
     assert_eq!(d["role"], "decider", "{d}");
@@ -290,7 +312,10 @@ fn three_instances_serve_the_same_steps_and_only_the_decider_writes_state() {
         .map(|f| f["instance"].as_str().unwrap())
         .collect();
     reporting.sort();
-    let mut followers = [fleet.nodes[1].admin.to_string(), fleet.nodes[2].admin.to_string()];
+    let mut followers = [
+        fleet.nodes[1].admin.to_string(),
+        fleet.nodes[2].admin.to_string(),
+    ];
     followers.sort();
     assert_eq!(reporting, followers);
     for n in &fleet.nodes[1..] {
@@ -302,13 +327,19 @@ fn three_instances_serve_the_same_steps_and_only_the_decider_writes_state() {
         );
         // Followers run no check: the counter stays at 0.
         assert_eq!(
-            metric(n, "cohort_rollout_checks_total{result=\"pass\",service=\"api\"}"),
+            metric(
+                n,
+                "cohort_rollout_checks_total{result=\"pass\",service=\"api\"}"
+            ),
             0
         );
         assert_eq!(metric(n, "cohort_rollout_percent{service=\"api\"}"), 100);
         let (code, out, err) = cohort_cmd(&["rollout", "status", "--admin", &n.admin.to_string()]);
         assert_eq!(code, 0, "{err}");
-        assert!(out.starts_with(&format!("fleet: follower of {decider}, last synced at ")), "{out}");
+        assert!(
+            out.starts_with(&format!("fleet: follower of {decider}, last synced at ")),
+            "{out}"
+        );
         assert!(out.contains("api  rollout v2  promoted"), "{out}");
     }
     fleet.assert_only_the_decider_writes_state();
@@ -323,7 +354,11 @@ fn the_fleet_rolls_back_together_when_the_canary_errs() {
     let r = all_agree(&fleet, "rollback", |r| r["state"] == "rolled_back");
     drop(traffic);
     assert_eq!(r["percent"], 0.0, "{r:#}");
-    let answers: Vec<Value> = fleet.nodes.iter().map(|n| get(n)["services"].clone()).collect();
+    let answers: Vec<Value> = fleet
+        .nodes
+        .iter()
+        .map(|n| get(n)["services"].clone())
+        .collect();
     assert_eq!(answers[0][0]["last_check"]["errors"]["result"], "fail");
     assert_eq!(answers[1], answers[0]);
     assert_eq!(answers[2], answers[0]);
@@ -333,7 +368,9 @@ fn the_fleet_rolls_back_together_when_the_canary_errs() {
             variants(node, &users).iter().all(|v| v == "stable"),
             "instance {i}"
         );
-        let pinned = node.client().get("/", &[("x-staff", "1"), ("x-user-id", "u1")]);
+        let pinned = node
+            .client()
+            .get("/", &[("x-staff", "1"), ("x-user-id", "u1")]);
         assert_eq!(pinned.backend(), "stable", "instance {i}");
         assert_eq!(
             pinned.upstream_header("x-cohort-reason").as_deref(),
@@ -357,7 +394,11 @@ fn the_decider_judges_the_summed_traffic_of_the_fleet() {
     for (f, node) in fleet.nodes.iter().enumerate().skip(1) {
         let mut cl = node.client();
         for k in 0..300 {
-            assert_eq!(cl.get("/", &[("x-user-id", &format!("sum-{f}-{k}"))]).status, 200);
+            assert_eq!(
+                cl.get("/", &[("x-user-id", &format!("sum-{f}-{k}"))])
+                    .status,
+                200
+            );
             sent += 1;
         }
     }
@@ -374,7 +415,10 @@ fn the_decider_judges_the_summed_traffic_of_the_fleet() {
         .map(|n| (analysis(n, "canary"), analysis(n, "stable")))
         .collect();
     for (cn, bn) in &per_follower {
-        assert!(*cn < 200 && *bn < 200, "one follower alone is inconclusive: {per_follower:?}");
+        assert!(
+            *cn < 200 && *bn < 200,
+            "one follower alone is inconclusive: {per_follower:?}"
+        );
     }
     let canary: u64 = per_follower.iter().map(|p| p.0).sum();
     let baseline: u64 = per_follower.iter().map(|p| p.1).sum();
@@ -443,7 +487,10 @@ fn killing_the_decider_mid_rollout_loses_and_repeats_no_step() {
         // The last step it got: the decider's at the kill, or the one before when the
         // decider advanced just before it died, unseen.
         let served = f["services"][0]["percent"].as_f64().unwrap();
-        assert!(served <= at_kill["percent"].as_f64().unwrap() && served >= 10.0, "{f:#}");
+        assert!(
+            served <= at_kill["percent"].as_f64().unwrap() && served >= 10.0,
+            "{f:#}"
+        );
         assert_eq!(f["services"][0]["state"], "running", "{f:#}");
     }
     fleet.nodes[0].restart();
@@ -458,7 +505,12 @@ fn killing_the_decider_mid_rollout_loses_and_repeats_no_step() {
     assert_eq!(&history[..before.len()], &before[..], "{r:#}");
     let events: Vec<(String, u64)> = history
         .iter()
-        .map(|e| (e["event"].as_str().unwrap().to_string(), e["step"].as_u64().unwrap()))
+        .map(|e| {
+            (
+                e["event"].as_str().unwrap().to_string(),
+                e["step"].as_u64().unwrap(),
+            )
+        })
         .collect();
     assert_eq!(
         events,

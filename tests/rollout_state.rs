@@ -98,11 +98,23 @@ fn during_an_upgrade_only_one_process_checks_and_writes() {
     // The old process drained for drain_delay_secs (3 checks' worth) after SIGQUIT and
     // ran none of them.
     let old_log = old.stderr();
-    let (_, after_quit) = old_log.split_once("SIGQUIT").expect("the old process got SIGQUIT");
-    assert!(!after_quit.contains(CHECKED), "the old process checked after SIGQUIT:\n{old_log}");
+    let (_, after_quit) = old_log
+        .split_once("SIGQUIT")
+        .expect("the old process got SIGQUIT");
+    assert!(
+        !after_quit.contains(CHECKED),
+        "the old process checked after SIGQUIT:\n{old_log}"
+    );
     // The new one resumed the same step from the file, and checks.
     let now = rollout(&old)["services"][0].clone();
-    for k in ["id", "state", "step", "percent", "step_started_at", "history"] {
+    for k in [
+        "id",
+        "state",
+        "step",
+        "percent",
+        "step_started_at",
+        "history",
+    ] {
         assert_eq!(now[k], before[k], "{k}: {now:#}");
     }
     wait_until(
@@ -111,7 +123,10 @@ fn during_an_upgrade_only_one_process_checks_and_writes() {
         || new_log().contains(CHECKED).then_some(()),
         new_log,
     );
-    assert_eq!(state_file(&old)["services"]["api"]["step_started_at"], before["step_started_at"]);
+    assert_eq!(
+        state_file(&old)["services"]["api"]["step_started_at"],
+        before["step_started_at"]
+    );
 }
 
 #[test]
@@ -123,12 +138,19 @@ fn the_state_of_a_removed_rollout_is_dropped_and_a_new_section_starts_over() {
     assert_eq!(px.post_reload().0, 200);
     assert_eq!(state_file(&px)["services"], serde_json::json!({}));
     assert_eq!(rollout(&px)["services"], serde_json::json!([]));
-    assert!(px.stderr().contains("its state is dropped"), "{}", px.stderr());
+    assert!(
+        px.stderr().contains("its state is dropped"),
+        "{}",
+        px.stderr()
+    );
     // Back with the same id: nothing was kept, so it starts at the first step.
     px.rewrite(&config(&s, &c, true));
     assert_eq!(px.post_reload().0, 200);
     let r = rollout(&px)["services"][0].clone();
-    assert_eq!((r["state"].as_str(), r["step"].as_u64()), (Some("running"), Some(0)));
+    assert_eq!(
+        (r["state"].as_str(), r["step"].as_u64()),
+        (Some("running"), Some(0))
+    );
     let events: Vec<&str> = r["history"]
         .as_array()
         .unwrap()

@@ -326,9 +326,8 @@ impl Rollouts {
             if !same || held == Some(new) {
                 continue;
             }
-            let moved = held.is_none_or(|h| {
-                (h.phase, h.step, h.percent) != (new.phase, new.step, new.percent)
-            });
+            let moved = held
+                .is_none_or(|h| (h.phase, h.step, h.percent) != (new.phase, new.step, new.percent));
             if moved {
                 log::info!(
                     "rollout {} {:?}: following the decider at {}: {} at step {} ({}%)",
@@ -345,7 +344,10 @@ impl Rollouts {
         }
         drop(states);
         if link.synced() {
-            log::info!("rollout: the fleet's decider at {} answers again", link.decider);
+            log::info!(
+                "rollout: the fleet's decider at {} answers again",
+                link.decider
+            );
         }
     }
 

@@ -18,8 +18,8 @@ pub mod task;
 pub mod webhook;
 
 use crate::analysis;
-use crate::rollout::store::{self, StateFile, StoreError};
 use crate::config::RolloutConfig;
+use crate::rollout::store::{self, StateFile, StoreError};
 use crate::rollout::{Action, ActionError, Counters, Engine, Outcome, RolloutState};
 use crate::routing::RoutingTable;
 use fleet::Role;
@@ -258,7 +258,11 @@ impl Rollouts {
         self.current_locked(&self.lock(), table)
     }
 
-    fn current_locked(&self, states: &Guard<'_>, table: &RoutingTable) -> Vec<(String, RolloutState)> {
+    fn current_locked(
+        &self,
+        states: &Guard<'_>,
+        table: &RoutingTable,
+    ) -> Vec<(String, RolloutState)> {
         table
             .router
             .services

@@ -86,4 +86,3 @@ fn serve(conn: TcpStream, body: &Mutex<String>, gets: &AtomicUsize, nm: &AtomicU
     };
     let _ = w.write_all(resp.as_bytes());
 }
-
