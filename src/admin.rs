@@ -11,6 +11,9 @@ use pingora_core::protocols::http::ServerSession;
 use serde_json::{json, Value};
 use std::sync::Arc;
 
+/// The largest fleet report taken (a few KiB per service in practice).
+const MAX_SYNC_BODY: usize = 1024 * 1024;
+
 /// The admin API.
 pub struct Admin {
     state: Arc<State>,
@@ -260,6 +263,24 @@ impl ServeHttp for Admin {
             (Method::GET | Method::HEAD, "/rollout") => {
                 json_reply(StatusCode::OK, &crate::rollouts::admin::status(&self.state))
             }
+            (Method::POST, "/fleet/sync") => {
+                if let Err(denied) = self.authorize(session) {
+                    return *denied;
+                }
+                let mut body = Vec::new();
+                while let Ok(Some(chunk)) = session.read_request_body().await {
+                    body.extend_from_slice(&chunk);
+                    if body.len() > MAX_SYNC_BODY {
+                        return text(StatusCode::PAYLOAD_TOO_LARGE, "body too large\n");
+                    }
+                }
+                let peer = session
+                    .client_addr()
+                    .and_then(|a| a.as_inet())
+                    .map(|a| a.ip());
+                let (code, v) = crate::rollouts::admin::sync(&self.state, peer, &body);
+                json_reply(code, &v)
+            }
             (Method::POST, p) if p.starts_with("/rollout/") => {
                 if let Err(denied) = self.authorize(session) {
                     return *denied;
@@ -282,7 +303,9 @@ impl ServeHttp for Admin {
                 self.reload(session).await
             }
             (_, "/healthz" | "/readyz" | "/status" | "/metrics" | "/reload" | "/explain")
-            | (_, "/rollout") => text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n"),
+            | (_, "/rollout" | "/fleet/sync") => {
+                text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+            }
             _ => text(StatusCode::NOT_FOUND, "not found\n"),
         }
     }

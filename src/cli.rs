@@ -47,7 +47,8 @@ pub enum Command {
         /// Fleet config source: an http(s) URL polled with If-None-Match.
         #[arg(long, value_name = "URL")]
         config_url: Option<String>,
-        /// Poll interval of --config-url, in seconds.
+        /// Poll interval of --config-url, and of a fleet follower's sync with the decider
+        /// ([server.fleet]), in seconds.
         #[arg(long, value_name = "N", default_value_t = 10)]
         config_poll_secs: u64,
         /// Where --config-url keeps its last good copy (default /tmp/cohort-config-<hash>.toml).

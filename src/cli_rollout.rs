@@ -71,6 +71,9 @@ pub fn run(cmd: RolloutCommand, admin: SocketAddr, service: Option<&str>) -> i32
         eprintln!("unexpected answer from {admin}: {body}");
         return 1;
     };
+    if cmd.action().is_none() {
+        print!("{}", fleet_line(&v["fleet"]));
+    }
     let rollouts: Vec<Value> = match cmd.action() {
         None => v["services"]
             .as_array()
@@ -92,6 +95,27 @@ pub fn run(cmd: RolloutCommand, admin: SocketAddr, service: Option<&str>) -> i32
 
 fn cmd_name(cmd: RolloutCommand) -> &'static str {
     cmd.action().unwrap_or("status")
+}
+
+/// The process's part in a fleet, one line (nothing for a single instance).
+pub fn fleet_line(f: &Value) -> String {
+    match f["role"].as_str() {
+        Some("decider") => {
+            let n = f["followers"].as_array().map_or(0, Vec::len);
+            format!("fleet: decider, {n} follower(s) reporting\n")
+        }
+        Some("follower") => {
+            let decider = f["decider"].as_str().unwrap_or("-");
+            match f["error"].as_str() {
+                Some(e) => format!("fleet: follower of {decider}, which does not answer: {e}\n"),
+                None => format!(
+                    "fleet: follower of {decider}, last synced at {}\n",
+                    f["synced_at"]
+                ),
+            }
+        }
+        _ => String::new(),
+    }
 }
 
 /// One rollout as text: state, step, shares, last check.

@@ -93,7 +93,10 @@ impl ShutdownSignalWatch for Signals {
                 // `Connection: close` on their next response, or close when idle at the
                 // end of the drain window.
                 self.state.start_draining();
-                log::info!("SIGQUIT: handing the listening sockets to the new process");
+                // The new process reads the rollout state file once it has the sockets:
+                // from now on only it checks and writes.
+                self.state.rollouts.retire();
+                log::info!("SIGQUIT: handing the listening sockets to the new process; rollout checks stop here");
                 ShutdownSignal::GracefulUpgrade
             }
             _ = term.recv() => {

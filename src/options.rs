@@ -15,7 +15,8 @@ pub struct RunOptions {
     pub config: PathBuf,
     /// `--config-url URL`: fleet config source, polled.
     pub config_url: Option<String>,
-    /// `--config-poll-secs` (with `--config-url`).
+    /// `--config-poll-secs`: how often `--config-url` is polled, and how often a fleet
+    /// follower syncs with its decider.
     pub config_poll: std::time::Duration,
     /// `--config-cache FILE`: last good fetched copy.
     pub config_cache: Option<PathBuf>,

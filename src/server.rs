@@ -13,6 +13,8 @@ use crate::options::{load_config, RunOptions};
 use crate::proxy::CohortProxy;
 use crate::proxy_protocol::{PreTls, Proxied, SkipHeader};
 use crate::reload::{ReloadTriggers, Reloader};
+use crate::rollouts::fleet::Role;
+use crate::rollouts::Rollouts;
 use crate::routing::RoutingTable;
 use crate::source::Source;
 use crate::state::State;
@@ -41,6 +43,7 @@ use pingora_core::services::listening::Service;
 use std::net::SocketAddr;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// Pingora's server settings derived from `[server]`.
 fn server_conf(s: &ServerConfig, daemon: bool) -> ServerConf {
@@ -163,20 +166,19 @@ pub fn run_table(
         }
         None => (None, None),
     };
+    let role = Role::of(&server_cfg, opts.config_poll.max(Duration::from_secs(1)));
     let rollout_state = server_cfg.rollout_state();
-    let rollouts = crate::rollouts::Rollouts::open(rollout_state.clone().into()).map_err(|e| {
-        ConfigError::Io {
-            path: format!("server.rollout_state {rollout_state:?}"),
-            source: std::io::Error::other(e.to_string()),
-        }
-    })?;
-    let state = Arc::new(
-        State::with_access_log(table, access_log)
-            .with_sample_log(sample_log)
-            .with_rollouts(rollouts),
-    );
-    METRICS.set_config_versions(&state.versions());
-    let reloader = source.map(|src| Arc::new(Reloader::new(state.clone(), opts.clone(), src)));
+    let state_error = |e: crate::rollout::store::StoreError| ConfigError::Io {
+        path: format!("server.rollout_state {rollout_state:?}"),
+        source: std::io::Error::other(e.to_string()),
+    };
+    let decides = !matches!(role, Role::Follower(_));
+    if opts.upgrade && decides {
+        // The old process writes the state file until it hands the sockets over: a file
+        // it cannot read stops this start now, before the hand-over; it is read for good
+        // after (below).
+        crate::rollout::store::load(rollout_state.as_ref()).map_err(state_error)?;
+    }
     let opt = Opt {
         upgrade: opts.upgrade,
         daemon: opts.daemon,
@@ -184,7 +186,22 @@ pub fn run_table(
     };
     let mut server =
         Server::new_with_opt_and_conf(Some(opt), server_conf(&server_cfg, opts.daemon));
+    // With --upgrade, this waits for the old process's sockets, which it sends once it has
+    // stopped writing rollout state (`Rollouts::retire` on SIGQUIT).
     server.bootstrap();
+    let rollouts = match role {
+        Role::Follower(link) => Rollouts::follower(link),
+        role => Rollouts::open(rollout_state.clone().into(), role).map_err(state_error)?,
+    };
+    let state = Arc::new(
+        State::with_access_log(table, access_log)
+            .with_sample_log(sample_log)
+            .with_rollouts(rollouts),
+    );
+    METRICS.set_config_versions(&state.versions());
+    let reloader = source.map(|src| Arc::new(Reloader::new(state.clone(), opts.clone(), src)));
+    // A follower takes the fleet's steps before it serves.
+    crate::rollouts::follow::sync(&state);
 
     let fast = crate::fast::enabled();
     let cohort_proxy = || CohortProxy {
@@ -320,6 +337,12 @@ pub fn run_table(
     server.add_service(background_service(
         "cohort rollout",
         crate::rollouts::task::RolloutTask {
+            state: state.clone(),
+        },
+    ));
+    server.add_service(background_service(
+        "cohort rollout follower",
+        crate::rollouts::follow::FollowTask {
             state: state.clone(),
         },
     ));

@@ -26,6 +26,8 @@ pub struct Bound {
     pid_file: String,
     #[serde(rename = "server.rollout_state")]
     rollout_state: String,
+    #[serde(rename = "server.fleet.decider")]
+    fleet_decider: Option<SocketAddr>,
     #[serde(rename = "server.tls.listen")]
     tls_listen: Vec<SocketAddr>,
     /// The TLS listeners that take a PROXY protocol header.
@@ -61,6 +63,7 @@ impl ServerConfig {
             upgrade_sock_set: _,
             pid_file_set: _,
             rollout_state_set: _,
+            fleet,
             access_log,
             access_log_keys,
             sample_log,
@@ -82,6 +85,8 @@ impl ServerConfig {
             upgrade_sock: self.upgrade_sock(),
             pid_file: self.pid_file(),
             rollout_state: self.rollout_state(),
+            // Which process decides is settled at start (`crate::rollouts::fleet::Role`).
+            fleet_decider: fleet.as_ref().map(|f| f.decider),
             // Certificate paths are live (re-read on every reload); addresses are bound.
             tls_listen: tls.iter().map(|t| t.listen).collect(),
             tls_proxy_protocol: tls
@@ -142,6 +147,10 @@ mod tests {
             ("sample_log = \"/tmp/s.jsonl\"", "server.sample_log"),
             ("resolve_interval_secs = 0", "server.resolve_interval_secs"),
             ("shutdown_timeout_secs = 7", "server.shutdown_timeout_secs"),
+            (
+                "[server.fleet]\ndecider = \"127.0.0.1:9090\"",
+                "server.fleet.decider",
+            ),
         ] {
             assert_eq!(base.changes(&server(line).bound()), [path], "{line}");
         }

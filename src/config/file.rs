@@ -31,6 +31,8 @@ pub struct ServerFile {
     pub upgrade_sock: Option<String>,
     pub pid_file: Option<String>,
     pub rollout_state: Option<String>,
+    /// `[server.fleet]`: the instances fed by one config source run rollouts together.
+    pub fleet: Option<FleetFile>,
     pub access_log: Option<String>,
     pub access_log_keys: Option<bool>,
     pub sample_log: Option<String>,
@@ -43,6 +45,13 @@ pub struct ServerFile {
     pub max_request_head_bytes: Option<u64>,
     #[serde(default)]
     pub tls: Vec<TlsFile>,
+}
+
+/// `[server.fleet]`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FleetFile {
+    pub decider: Option<String>,
 }
 
 /// `[[server.tls]]`: a TLS listener.

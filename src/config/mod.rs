@@ -5,11 +5,13 @@
 pub mod bound;
 pub mod error;
 pub mod file;
+pub mod fleet;
 mod key_set;
 pub mod rollout;
 mod validate;
 
 pub use error::{ConfigError, FieldError};
+pub use fleet::FleetConfig;
 pub use key_set::KeySet;
 pub use rollout::{Gates, OnInconclusive, RolloutConfig, VariantRef};
 pub use validate::split_host_port;
@@ -53,6 +55,8 @@ pub struct ServerConfig {
     pub pid_file_set: Option<String>,
     /// `rollout_state` as configured; [`ServerConfig::rollout_state`] gives the effective one.
     pub rollout_state_set: Option<String>,
+    /// `[server.fleet]`: run rollouts across a fleet (one decider, the rest follow).
+    pub fleet: Option<FleetConfig>,
     pub access_log: crate::access_log::Target,
     /// Include the cohort key in access log lines.
     pub access_log_keys: bool,

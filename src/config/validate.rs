@@ -147,6 +147,7 @@ fn server(f: &ServerFile, errs: &mut Errors) -> ServerConfig {
         upgrade_sock_set: f.upgrade_sock.clone().filter(|s| !s.is_empty()),
         pid_file_set: f.pid_file.clone().filter(|s| !s.is_empty()),
         rollout_state_set: rollout_state(f, errs),
+        fleet: super::fleet::validate(f, errs),
         access_log: crate::access_log::Target::parse(f.access_log.as_deref().unwrap_or("off")),
         access_log_keys: f.access_log_keys.unwrap_or(false),
         sample_log: sample_log(f, errs),

@@ -1,13 +1,18 @@
-//! The rollout calls of the admin API: `GET /rollout` and
-//! `POST /rollout/pause|resume|promote|abort?service=S`, as status codes and JSON.
+//! The rollout calls of the admin API: `GET /rollout`,
+//! `POST /rollout/pause|resume|promote|abort?service=S`, and the fleet's
+//! `POST /fleet/sync` (a follower's report, answered by the decider), as status codes and
+//! JSON.
 
+use super::fleet::Report;
 use super::ActError;
 use crate::rollout::{view, Action};
 use crate::state::State;
 use http::StatusCode;
 use serde_json::{json, Value};
+use std::net::IpAddr;
 
-/// `GET /rollout`: every rollout of the serving config, in SPEC's shape.
+/// `GET /rollout`: every rollout of the serving config, in SPEC's shape, and this
+/// process's part in the fleet (`fleet`).
 pub fn status(state: &State) -> Value {
     let table = state.table();
     let services: Vec<Value> = state
@@ -16,7 +21,37 @@ pub fn status(state: &State) -> Value {
         .iter()
         .map(|(name, s)| serde_json::to_value(view::status(name, s)).unwrap_or(Value::Null))
         .collect();
-    json!({ "services": services })
+    json!({ "services": services, "fleet": state.rollouts.fleet_status() })
+}
+
+/// `POST /fleet/sync` (already authorized): a follower at `peer` reports its counters;
+/// the decider answers the rollout states. 404 on any other process.
+pub fn sync(state: &State, peer: Option<IpAddr>, body: &[u8]) -> (StatusCode, Value) {
+    let report: Report = match serde_json::from_slice(body) {
+        Ok(r) => r,
+        Err(e) => {
+            return (
+                StatusCode::BAD_REQUEST,
+                json!({ "error": format!("not a fleet report: {e}") }),
+            )
+        }
+    };
+    let Some(peer) = peer else {
+        return (
+            StatusCode::BAD_REQUEST,
+            json!({ "error": "the reporting instance's address is unknown" }),
+        );
+    };
+    match state.rollouts.receive(|| state.table(), peer, report) {
+        Some(answer) => (
+            StatusCode::OK,
+            serde_json::to_value(answer).unwrap_or(Value::Null),
+        ),
+        None => (
+            StatusCode::NOT_FOUND,
+            json!({ "error": format!("this instance is not the fleet's decider (it is {})", state.rollouts.role().as_str()) }),
+        ),
+    }
 }
 
 /// `POST /rollout/<action>?service=S` (already authorized).
@@ -56,6 +91,8 @@ pub fn act(state: &State, action: &str, query: Option<&str>) -> (StatusCode, Val
         Err(e @ ActError::NoRollout(_)) => {
             (StatusCode::NOT_FOUND, json!({ "error": e.to_string() }))
         }
-        Err(e @ ActError::Refused(_)) => (StatusCode::CONFLICT, json!({ "error": e.to_string() })),
+        Err(e @ (ActError::Refused(_) | ActError::Follower(_) | ActError::Retired)) => {
+            (StatusCode::CONFLICT, json!({ "error": e.to_string() }))
+        }
     }
 }

@@ -1,35 +1,49 @@
-//! The rollout engine ([`crate::rollout`], pure) wired into one running instance: the
+//! The rollout engine ([`crate::rollout`], pure) wired into a running instance: the
 //! services' rollout states, persisted in the state file (`server.rollout_state`), applied
 //! to the routing table as effective weights, advanced by checks ([`task`]) and by the
-//! operator (`POST /rollout/<action>`).
+//! operator (`POST /rollout/<action>`). In a fleet ([`fleet`]) one process decides and
+//! writes; the others take its states ([`follow`]).
 //!
-//! Consistency: one lock ([`Rollouts::lock`]) covers a state change *and* setting the
-//! effective weights of the table serving; a reload holds it from applying the states to
-//! its new table to swapping that table in ([`crate::state::State::install`]), so a check
-//! never updates a table that is about to be replaced.
+//! Consistency: one lock ([`Rollouts::lock`]) covers a state change, writing it to the
+//! state file *and* setting the effective weights of the table serving; a reload holds it
+//! from applying the states to its new table to swapping that table in
+//! ([`crate::state::State::install`]), so a check never updates a table that is about to
+//! be replaced, and nothing reads a state (a follower's sync included) before it is
+//! written.
 
 pub mod admin;
+pub mod fleet;
+pub mod follow;
 pub mod task;
 pub mod webhook;
 
 use crate::analysis;
+use crate::config::RolloutConfig;
 use crate::rollout::store::{self, StateFile, StoreError};
-use crate::rollout::{Action, ActionError, Counters, Engine, Outcome, RolloutState, Snapshot};
+use crate::rollout::{Action, ActionError, Counters, Engine, Outcome, RolloutState};
 use crate::routing::RoutingTable;
+use fleet::Role;
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// The name of this process's entry in a counters [`Snapshot`].
+/// The name of this process's entry in a counters snapshot.
 pub const INSTANCE: &str = "local";
 
-/// Every service's rollout state, and where it is persisted.
+/// Every service's rollout state, where it is persisted, and this process's part in a
+/// fleet.
 #[derive(Debug, Default)]
 pub struct Rollouts {
-    /// `None`: kept in memory only (tests, tools).
+    /// `None`: kept in memory only (a follower; tests, tools).
     path: Option<PathBuf>,
+    role: Role,
     states: Mutex<BTreeMap<String, RolloutState>>,
+    /// Set when a `cohort run --upgrade` process takes over: from then on this one runs
+    /// no check and no action, and writes nothing.
+    retired: AtomicBool,
 }
 
 /// The locked states.
@@ -42,6 +56,10 @@ pub enum ActError {
     NoRollout(String),
     #[error("{0}")]
     Refused(#[from] ActionError),
+    #[error("this instance follows the fleet's decider at {0}: send rollout actions there")]
+    Follower(SocketAddr),
+    #[error("this process is handing over to a new one (upgrade): send rollout actions to the new process")]
+    Retired,
 }
 
 pub fn now() -> u64 {
@@ -51,8 +69,7 @@ pub fn now() -> u64 {
 }
 
 /// This process's cumulative analysis counters of the service's canary and baseline.
-pub fn counters(table: &RoutingTable, svc: usize, engine: &Engine) -> Snapshot {
-    let cfg = engine.config();
+pub fn local_counters(table: &RoutingTable, svc: usize, cfg: &RolloutConfig) -> Counters {
     let read = |v: usize| {
         table
             .metrics
@@ -62,42 +79,115 @@ pub fn counters(table: &RoutingTable, svc: usize, engine: &Engine) -> Snapshot {
             .map(|m| m.analysis.read())
             .unwrap_or_default()
     };
-    let c = Counters {
+    Counters {
         canary: read(cfg.canary.index),
         baseline: read(cfg.baseline.index),
-    };
-    BTreeMap::from([(INSTANCE.to_string(), c)])
+    }
 }
 
 impl Rollouts {
-    /// The states persisted at `path` (none when the file does not exist).
-    pub fn open(path: PathBuf) -> Result<Rollouts, StoreError> {
+    /// A deciding process (alone, or the fleet's decider) with the states persisted at
+    /// `path` (none when the file does not exist).
+    pub fn open(path: PathBuf, role: Role) -> Result<Rollouts, StoreError> {
         let states = store::load(&path)?.map(|f| f.services).unwrap_or_default();
         Ok(Rollouts {
             path: Some(path),
+            role,
             states: Mutex::new(states),
+            retired: AtomicBool::new(false),
         })
+    }
+
+    /// A follower: it holds what the decider answers, in memory only (it never reads a
+    /// state file either: its own would be stale).
+    pub fn follower(link: fleet::Link) -> Rollouts {
+        Rollouts {
+            role: Role::Follower(link),
+            ..Rollouts::default()
+        }
+    }
+
+    pub fn role(&self) -> &Role {
+        &self.role
     }
 
     pub fn lock(&self) -> Guard<'_> {
         self.states.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// From now on this process runs no check and no action and writes nothing: a
+    /// `--upgrade` process is taking over and reads the state file once it has the
+    /// sockets. Returns once a change in progress is written.
+    pub fn retire(&self) {
+        let _states = self.lock();
+        self.retired.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_retired(&self) -> bool {
+        self.retired.load(Ordering::SeqCst)
+    }
+
     /// Resumes every rollout of `table`'s config from the states held (at start and for
-    /// every new table) and sets the table's effective weights. Call with the lock held
-    /// until the table is swapped in.
+    /// every new table), drops the states of services that have no `[service.rollout]`
+    /// any more, and sets the table's effective weights. Call with the lock held until
+    /// the table is swapped in. A follower resumes nothing: it keeps the decider's state
+    /// of the same rollout, or until it has one routes with the first step (what the
+    /// decider starts a new rollout with).
     pub fn apply(&self, states: &mut Guard<'_>, table: &RoutingTable) {
         let mut changed = false;
         for (si, s) in table.router.services.iter().enumerate() {
             let Some(cfg) = &s.cfg.rollout else { continue };
-            let engine = Engine::new(cfg.clone());
             let name = s.cfg.name.as_str();
-            let out = engine.resume(states.get(name), now(), &counters(table, si, &engine));
+            let engine = Engine::new(cfg.clone());
+            let counters = self.snapshot(table, si, cfg);
+            let held = states.get(name);
+            let out = match &self.role {
+                Role::Follower(link) => {
+                    let same = held.is_some_and(|h| {
+                        h.id == cfg.id
+                            && h.canary == cfg.canary.name
+                            && h.baseline == cfg.baseline.name
+                    });
+                    if same {
+                        self.route(states, table, si);
+                        continue;
+                    }
+                    log::info!(
+                        "rollout {name} {:?}: at the first step until the fleet's decider at {} answers",
+                        cfg.id,
+                        link.decider
+                    );
+                    engine.resume(None, now(), &counters)
+                }
+                Role::Single | Role::Decider(_) => {
+                    let out = engine.resume(held, now(), &counters);
+                    self.announce(name, cfg.webhook.as_deref(), &out);
+                    out
+                }
+            };
             changed |= states.get(name) != Some(&out.state);
-            self.announce(name, cfg.webhook.as_deref(), &out);
             states.insert(name.to_string(), out.state);
             self.route(states, table, si);
         }
+        let with_rollout = |name: &str| {
+            table
+                .router
+                .services
+                .iter()
+                .any(|s| s.cfg.name == name && s.cfg.rollout.is_some())
+        };
+        states.retain(|name, state| {
+            let keep = with_rollout(name);
+            if !keep {
+                log::info!(
+                    "rollout {name} {:?} ({}): no [service.rollout] any more; its state is dropped",
+                    state.id,
+                    state.phase.as_str()
+                );
+                changed = true;
+            }
+            keep
+        });
         if changed {
             self.persist(states);
         }
@@ -133,15 +223,22 @@ impl Rollouts {
     }
 
     /// An operator's action on `service`'s rollout in the table `serving` returns, read
-    /// under the lock (so a reload cannot swap in a table between the two).
+    /// under the lock (so a reload cannot swap in a table between the two). Only the
+    /// process that decides acts.
     pub fn act(
         &self,
         serving: impl Fn() -> Arc<RoutingTable>,
         service: &str,
         action: Action,
     ) -> Result<RolloutState, ActError> {
+        if let Role::Follower(link) = &self.role {
+            return Err(ActError::Follower(link.decider));
+        }
         let no = || ActError::NoRollout(service.to_string());
         let mut states = self.lock();
+        if self.is_retired() {
+            return Err(ActError::Retired);
+        }
         let table = serving();
         let svc = table.router.service_by_name(service).ok_or_else(no)?;
         let cfg = table.router.services[svc]
@@ -158,7 +255,14 @@ impl Rollouts {
 
     /// The states of `table`'s rollouts, in config order.
     pub fn current(&self, table: &RoutingTable) -> Vec<(String, RolloutState)> {
-        let states = self.lock();
+        self.current_locked(&self.lock(), table)
+    }
+
+    fn current_locked(
+        &self,
+        states: &Guard<'_>,
+        table: &RoutingTable,
+    ) -> Vec<(String, RolloutState)> {
         table
             .router
             .services
@@ -185,8 +289,12 @@ impl Rollouts {
         }
     }
 
+    /// Writes the states (a follower has no path; a retired process writes nothing).
     fn persist(&self, states: &Guard<'_>) {
         let Some(path) = &self.path else { return };
+        if self.is_retired() {
+            return;
+        }
         if let Err(e) = store::save(path, &StateFile::new((**states).clone())) {
             log::error!("rollout state not saved to {}: {e}", path.display());
         }

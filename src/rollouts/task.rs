@@ -1,8 +1,11 @@
 //! The rollout loop: a background service that runs each service's checks every
-//! `check_secs` on this process's analysis counters and the canary's health, and commits
-//! the outcome (state file, routing, log, webhook, `cohort_rollout_checks_total`).
+//! `check_secs` on the analysis counters (this process's, and on a fleet's decider every
+//! follower's last report) and the canary's health as this process sees it, and commits
+//! the outcome (state file, routing, log, webhook, `cohort_rollout_checks_total`). A
+//! follower runs no check; a process handing over to a `--upgrade` one stops.
 
-use super::{counters, now};
+use super::fleet::Role;
+use super::now;
 use crate::analysis;
 use crate::rollout::{Availability, CheckInput, Engine};
 use crate::state::State;
@@ -31,6 +34,9 @@ struct Pace {
 #[async_trait]
 impl BackgroundService for RolloutTask {
     async fn start(&self, mut shutdown: ShutdownWatch) {
+        if matches!(self.state.rollouts.role(), Role::Follower(_)) {
+            return;
+        }
         let mut pace: HashMap<String, Pace> = HashMap::new();
         let mut tick = tokio::time::interval(TICK);
         loop {
@@ -72,6 +78,9 @@ impl RolloutTask {
             let engine = Engine::new(cfg.clone());
             let rollouts = &self.state.rollouts;
             let mut states = rollouts.lock();
+            if rollouts.is_retired() {
+                return;
+            }
             // A reload may have swapped tables since this one was taken: check the one
             // serving, under the lock.
             let serving = self.state.table();
@@ -83,7 +92,7 @@ impl RolloutTask {
             };
             let input = CheckInput {
                 now: now(),
-                counters: counters(&table, si, &engine),
+                counters: rollouts.snapshot(&table, si, cfg),
                 availability,
             };
             let out = engine.check(&state, &input);

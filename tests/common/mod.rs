@@ -10,6 +10,10 @@ use std::time::{Duration, Instant};
 
 pub use cohort::demo::EchoBackend;
 
+mod config_server;
+#[allow(unused_imports)]
+pub use config_server::ConfigServer;
+
 /// The `cohort` binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_cohort")
@@ -54,6 +58,10 @@ pub struct Cohort {
     pub admin: SocketAddr,
     pub dir: tempfile::TempDir,
     pub config_path: PathBuf,
+    /// The `cohort` arguments and extra environment it was started with (for
+    /// [`Cohort::restart`]).
+    args: Vec<String>,
+    env: Vec<(String, String)>,
 }
 
 impl Cohort {
@@ -101,16 +109,66 @@ impl Cohort {
         let text = render(config, addr, admin, dir.path());
         let config_path = dir.path().join("cohort.toml");
         std::fs::write(&config_path, text).expect("write config");
-        let child = spawn_run_with_env(&config_path, dir.path(), extra, env);
+        let mut args = vec!["run".to_string(), "-c".to_string()];
+        args.push(config_path.display().to_string());
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let env: Vec<(String, String)> = env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let child = spawn_cohort(dir.path(), &args, &env);
         let mut c = Cohort {
             child,
             addr,
             admin,
             dir,
             config_path,
+            args,
+            env,
         };
         c.wait_ready();
         c
+    }
+
+    /// Starts `cohort run --config-url URL` (polled every second, cached in its own dir)
+    /// with `--listen addr --admin admin` and `extra`; waits until both listen.
+    pub fn start_url(url: &str, addr: SocketAddr, admin: SocketAddr, extra: &[&str]) -> Cohort {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let cache = dir.path().join("config-cache.toml");
+        let mut args: Vec<String> = ["run", "--config-url", url, "--config-poll-secs", "1"]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        args.extend([
+            "--config-cache".to_string(),
+            cache.display().to_string(),
+            "--listen".to_string(),
+            addr.to_string(),
+            "--admin".to_string(),
+            admin.to_string(),
+        ]);
+        args.extend(extra.iter().map(|a| a.to_string()));
+        let child = spawn_cohort(dir.path(), &args, &[]);
+        let mut c = Cohort {
+            child,
+            addr,
+            admin,
+            dir,
+            config_path: cache,
+            args,
+            env: Vec::new(),
+        };
+        c.wait_ready();
+        c
+    }
+
+    /// Kills the process if it still runs (SIGKILL), starts it again with the same
+    /// arguments (its log goes on in the same file) and waits until it listens.
+    pub fn restart(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        self.child = spawn_cohort(self.dir.path(), &self.args, &self.env);
+        self.wait_ready();
     }
 
     fn wait_ready(&mut self) {
@@ -213,26 +271,22 @@ pub fn render(config: &str, addr: SocketAddr, admin: SocketAddr, dir: &Path) -> 
 
 /// Spawns `cohort run -c path` with stderr captured in `dir/stderr.log`.
 pub fn spawn_run(config_path: &Path, dir: &Path, extra: &[&str]) -> Child {
-    spawn_run_with_env(config_path, dir, extra, &[])
+    let mut args = vec!["run".to_string(), "-c".to_string()];
+    args.push(config_path.display().to_string());
+    args.extend(extra.iter().map(|a| a.to_string()));
+    spawn_cohort(dir, &args, &[])
 }
 
-fn spawn_run_with_env(
-    config_path: &Path,
-    dir: &Path,
-    extra: &[&str],
-    env: &[(&str, &str)],
-) -> Child {
+/// Spawns `cohort <args>` with `env`, stderr appended to `dir/stderr.log`.
+fn spawn_cohort(dir: &Path, args: &[String], env: &[(String, String)]) -> Child {
     let log = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(dir.join("stderr.log"))
         .expect("stderr log");
     Command::new(bin())
-        .arg("run")
-        .arg("-c")
-        .arg(config_path)
-        .args(extra)
-        .envs(env.iter().copied())
+        .args(args)
+        .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
         .env("RUST_LOG", "info")
         .stdin(Stdio::null())
         .stdout(Stdio::null())
@@ -592,4 +646,68 @@ pub fn write_cert(dir: &Path, serial: u32) -> Vec<u8> {
     cert.digest(openssl::hash::MessageDigest::sha256())
         .unwrap()
         .to_vec()
+}
+
+/// Hashed traffic: `threads` clients per address, each sending requests with its own
+/// rotating `x-user-id` (user ids `{tag}-{address}-{thread}-{0..users}`), until dropped.
+pub struct UserTraffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl UserTraffic {
+    pub fn start(tag: &str, addrs: &[SocketAddr], threads: usize, users: u64) -> UserTraffic {
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let mut handles = Vec::new();
+        for (a, addr) in addrs.iter().enumerate() {
+            for t in 0..threads {
+                let (stop, addr, tag) = (stop.clone(), *addr, tag.to_string());
+                handles.push(std::thread::spawn(move || {
+                    let mut cl = Client::new(addr);
+                    let mut i = 0u64;
+                    while !stop.load(Ordering::SeqCst) {
+                        let user = format!("{tag}-{a}-{t}-{}", i % users);
+                        let _ = cl.try_request("GET", "/", &[("x-user-id", &user)], b"");
+                        i += 1;
+                    }
+                }));
+            }
+        }
+        UserTraffic {
+            stop,
+            threads: handles,
+        }
+    }
+}
+
+impl Drop for UserTraffic {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Polls `f` every 100 ms until it returns `Some` (at most `secs` seconds); panics with
+/// `what` and the last `context()` otherwise.
+pub fn wait_until<T>(
+    secs: u64,
+    what: &str,
+    mut f: impl FnMut() -> Option<T>,
+    context: impl Fn() -> String,
+) -> T {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "waiting for {what}:\n{}",
+            context()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
 }
