@@ -59,7 +59,7 @@ pub fn counters(table: &RoutingTable, svc: usize, engine: &Engine) -> Snapshot {
             .variants
             .get(svc)
             .and_then(|vs| vs.get(v))
-            .map(|m| m.analysis.read())
+            .map(|m| m.analysis())
             .unwrap_or_default()
     };
     let c = Counters {
