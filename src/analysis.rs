@@ -4,16 +4,14 @@
 //! cookie-assigned requests only, and the rollout's own `cohort_rollout_percent`,
 //! `cohort_rollout_state` and `cohort_rollout_checks_total`.
 //!
-//! As in [`crate::metrics`], a request records into handles resolved once per table
-//! ([`Analysis`], held by each `VariantMetrics`); the rollout loop reads the same handles
-//! back as the engine's cumulative [`SideCounters`].
+//! The two analysis families are per variant: a request records them with the others
+//! of its variant (`VariantMetrics::record_request`, kept in [`crate::metrics::series`]),
+//! and the rollout loop reads them back as the engine's cumulative counters
+//! (`VariantMetrics::analysis`). The rollout's own families are here.
 
-use crate::metrics::duration_buckets;
-use crate::rollout::{Phase, SideCounters, Verdict};
+use crate::rollout::{Phase, Verdict};
 use prometheus::core::Collector;
-use prometheus::{
-    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
-};
+use prometheus::{GaugeVec, IntCounterVec, IntGaugeVec, Opts};
 use std::sync::LazyLock;
 
 pub const ANALYSIS_REQUESTS_TOTAL: &str = "cohort_analysis_requests_total";
@@ -22,10 +20,8 @@ pub const ROLLOUT_PERCENT: &str = "cohort_rollout_percent";
 pub const ROLLOUT_STATE: &str = "cohort_rollout_state";
 pub const ROLLOUT_CHECKS_TOTAL: &str = "cohort_rollout_checks_total";
 
-/// The families, registered in the default registry on first use.
+/// The rollout's families, registered in the default registry on first use.
 pub struct Families {
-    requests: IntCounterVec,
-    duration: HistogramVec,
     percent: GaugeVec,
     state: IntGaugeVec,
     checks: IntCounterVec,
@@ -38,25 +34,7 @@ fn reg<C: Collector + Clone + 'static>(c: C) -> C {
     c
 }
 
-pub static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
-    Families {
-    requests: reg(IntCounterVec::new(
-        Opts::new(
-            ANALYSIS_REQUESTS_TOTAL,
-            "Hash- and cookie-assigned requests by variant and outcome (error: status >= 500 sent), the rollout gates' input.",
-        ),
-        &["service", "variant", "outcome"],
-    )
-    .unwrap_or_else(|e| panic!("{ANALYSIS_REQUESTS_TOTAL}: {e}"))),
-    duration: reg(HistogramVec::new(
-        HistogramOpts::new(
-            ANALYSIS_DURATION,
-            "Duration of hash- and cookie-assigned requests, the rollout latency gate's input.",
-        )
-        .buckets(duration_buckets()),
-        &["service", "variant"],
-    )
-    .unwrap_or_else(|e| panic!("{ANALYSIS_DURATION}: {e}"))),
+pub static FAMILIES: LazyLock<Families> = LazyLock::new(|| Families {
     percent: reg(GaugeVec::new(
         Opts::new(ROLLOUT_PERCENT, "The rollout's canary share (%)."),
         &["service"],
@@ -72,83 +50,7 @@ pub static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
         &["service", "result"],
     )
     .unwrap_or_else(|e| panic!("{ROLLOUT_CHECKS_TOTAL}: {e}"))),
-}
 });
-
-/// One variant's analysis handles.
-pub struct Analysis {
-    ok: IntCounter,
-    error: IntCounter,
-    duration: Histogram,
-}
-
-impl Analysis {
-    /// The series of (`service`, `variant`), created at 0.
-    pub fn new(service: &str, variant: &str) -> Analysis {
-        let f = &*FAMILIES;
-        Analysis {
-            ok: f.requests.with_label_values(&[service, variant, "ok"]),
-            error: f.requests.with_label_values(&[service, variant, "error"]),
-            duration: f.duration.with_label_values(&[service, variant]),
-        }
-    }
-
-    /// Handles exported nowhere (requests that match no service).
-    pub fn detached() -> Analysis {
-        let h = Histogram::with_opts(HistogramOpts::new("unexported", "not exported"));
-        let c = || IntCounter::new("unexported", "not exported");
-        match (c(), c(), h) {
-            (Ok(ok), Ok(error), Ok(duration)) => Analysis {
-                ok,
-                error,
-                duration,
-            },
-            _ => Analysis::new(crate::metrics::NONE, crate::metrics::NONE),
-        }
-    }
-
-    /// Counts one hash- or cookie-assigned request.
-    #[inline]
-    pub fn record(&self, status: u16, seconds: f64) {
-        if status >= 500 {
-            self.error.inc();
-        } else {
-            self.ok.inc();
-        }
-        self.duration.observe(seconds);
-    }
-
-    /// The cumulative counts, as the engine reads them.
-    pub fn read(&self) -> SideCounters {
-        let (ok, errors) = (self.ok.get(), self.error.get());
-        let mut buckets = Vec::new();
-        let mut total = 0;
-        for m in self.duration.collect().iter().flat_map(|f| f.get_metric()) {
-            let h = m.get_histogram();
-            buckets = h
-                .get_bucket()
-                .iter()
-                .map(|b| b.cumulative_count())
-                .collect();
-            total = h.get_sample_count();
-        }
-        buckets.push(total);
-        SideCounters {
-            requests: ok + errors,
-            errors,
-            buckets,
-        }
-    }
-
-    /// Deletes the series of (`service`, `variant`) (a variant no longer configured).
-    pub fn remove(service: &str, variant: &str) {
-        let f = &*FAMILIES;
-        for outcome in ["ok", "error"] {
-            let _ = f.requests.remove_label_values(&[service, variant, outcome]);
-        }
-        let _ = f.duration.remove_label_values(&[service, variant]);
-    }
-}
 
 /// Publishes a rollout's percent and state.
 pub fn set_rollout(service: &str, phase: Phase, percent: f64) {

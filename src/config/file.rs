@@ -197,7 +197,8 @@ pub struct RuleFile {
     pub header: Option<MatcherFile>,
     pub cookie: Option<MatcherFile>,
     pub query: Option<MatcherFile>,
-    pub key_in: Option<Vec<String>>,
+    /// Read straight into its set (no `String` per key).
+    pub key_in: Option<super::KeySet>,
     pub variant: Option<String>,
     pub weights: Option<BTreeMap<String, Weight>>,
 }

@@ -34,12 +34,14 @@ const LOAD: usize = 2;
 impl KeySet {
     /// The set of `keys` (duplicates count once).
     pub fn new<K: AsRef<[u8]>>(keys: &[K]) -> Result<KeySet, TooLarge> {
-        let n_buckets = keys.len().div_ceil(LOAD).max(1);
+        KeySet::build(keys.len(), |i| keys[i].as_ref())
+    }
+
+    /// The set of `n` keys, `key(i)` the `i`th.
+    fn build<'k>(n: usize, key: impl Fn(usize) -> &'k [u8]) -> Result<KeySet, TooLarge> {
+        let n_buckets = n.div_ceil(LOAD).max(1);
         // Counting sort of the key indices by bucket.
-        let bucket_of: Vec<u32> = keys
-            .iter()
-            .map(|k| bucket(k.as_ref(), n_buckets) as u32)
-            .collect();
+        let bucket_of: Vec<u32> = (0..n).map(|i| bucket(key(i), n_buckets) as u32).collect();
         let mut first = vec![0u32; n_buckets + 1];
         for &b in &bucket_of {
             first[b as usize + 1] += 1;
@@ -48,13 +50,13 @@ impl KeySet {
             first[b + 1] += first[b];
         }
         let mut next = first.clone();
-        let mut order = vec![0u32; keys.len()];
+        let mut order = vec![0u32; n];
         for (i, &b) in bucket_of.iter().enumerate() {
             order[next[b as usize] as usize] = i as u32;
             next[b as usize] += 1;
         }
         drop(bucket_of);
-        let total: usize = keys.iter().map(|k| k.as_ref().len() + 5).sum();
+        let total: usize = (0..n).map(|i| key(i).len() + 5).sum();
         let mut bytes = Vec::with_capacity(total.min(u32::MAX as usize));
         let mut starts = Vec::with_capacity(n_buckets + 1);
         let mut len = 0;
@@ -62,7 +64,7 @@ impl KeySet {
             let start = bytes.len();
             starts.push(u32::try_from(start).map_err(|_| TooLarge)?);
             for &i in &order[first[b] as usize..first[b + 1] as usize] {
-                let key = keys[i as usize].as_ref();
+                let key = key(i as usize);
                 if run_contains(&bytes[start..], key) {
                     continue;
                 }
@@ -132,6 +134,63 @@ impl Eq for KeySet {}
 impl std::fmt::Debug for KeySet {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "KeySet({} keys)", self.0.len)
+    }
+}
+
+/// `key_in = [...]` straight into a set: the listed keys are gathered in one buffer as
+/// the parser hands them over (no `String` per key), then arranged into the arena.
+impl<'de> serde::Deserialize<'de> for KeySet {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<KeySet, D::Error> {
+        struct Keys;
+        impl<'de> serde::de::Visitor<'de> for Keys {
+            type Value = KeySet;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a list of keys")
+            }
+            fn visit_seq<S: serde::de::SeqAccess<'de>>(
+                self,
+                mut seq: S,
+            ) -> Result<KeySet, S::Error> {
+                let mut bytes = Vec::new();
+                let mut ends: Vec<usize> = Vec::with_capacity(seq.size_hint().unwrap_or(0));
+                while let Some(key) = seq.next_element::<Key<'de>>()? {
+                    bytes.extend_from_slice(key.0.as_bytes());
+                    ends.push(bytes.len());
+                }
+                let key = |i: usize| {
+                    let start = if i == 0 { 0 } else { ends[i - 1] };
+                    &bytes[start..ends[i]]
+                };
+                KeySet::build(ends.len(), key)
+                    .map_err(|_| serde::de::Error::custom("more than 4 GiB of keys"))
+            }
+        }
+        d.deserialize_seq(Keys)
+    }
+}
+
+/// One listed key, borrowed from the parser where it can be.
+struct Key<'de>(std::borrow::Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Key<'de>, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E: serde::de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(v.into()))
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(v.to_string().into()))
+            }
+            fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(v.into()))
+            }
+        }
+        d.deserialize_str(V)
     }
 }
 

@@ -329,13 +329,26 @@ impl Config {
         Config::parse(&text)
     }
 
-    /// Parses and validates config text.
+    /// Parses and validates config text. The sha256 behind `version` (about a fifth of
+    /// the time on a 12 MB file) runs on a second thread while a large text parses.
     pub fn parse(text: &str) -> Result<Config, ConfigError> {
-        let file = parse_file(text)?;
         let bytes = text.as_bytes();
-        validate::validate(file, version_of(bytes), Fingerprint::of(bytes))
+        let (file, version) = if bytes.len() < PARALLEL_HASH_ABOVE {
+            (parse_file(text), version_of(bytes))
+        } else {
+            std::thread::scope(|s| {
+                let version = s.spawn(|| version_of(bytes));
+                let file = parse_file(text);
+                let version = version.join().unwrap_or_else(|_| version_of(bytes));
+                (file, version)
+            })
+        };
+        validate::validate(file?, version, Fingerprint::of(bytes))
     }
 }
+
+/// Config texts at least this long are hashed on a second thread while they parse.
+const PARALLEL_HASH_ABOVE: usize = 1 << 20;
 
 /// The identity of a config file's bytes: length and 128-bit `xxh3`. A reload compares it
 /// with the serving config's to answer `unchanged` before parsing; on a 12 MB file it

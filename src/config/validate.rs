@@ -553,14 +553,10 @@ fn rule(
         .query
         .as_ref()
         .and_then(|m| named_matcher(m, &format!("{path}.query"), errs));
-    let key_in = r.key_in.as_ref().and_then(|keys| {
-        if keys.is_empty() {
-            errs.push(format!("{path}.key_in"), "must list at least one key");
-        }
-        super::KeySet::new(keys)
-            .map_err(|_| errs.push(format!("{path}.key_in"), "more than 4 GiB of keys"))
-            .ok()
-    });
+    let key_in = r.key_in.clone();
+    if key_in.as_ref().is_some_and(super::KeySet::is_empty) {
+        errs.push(format!("{path}.key_in"), "must list at least one key");
+    }
     if r.client_cidr.is_none()
         && r.header.is_none()
         && r.cookie.is_none()

@@ -76,7 +76,7 @@ pub fn local_counters(table: &RoutingTable, svc: usize, cfg: &RolloutConfig) -> 
             .variants
             .get(svc)
             .and_then(|vs| vs.get(v))
-            .map(|m| m.analysis.read())
+            .map(|m| m.analysis())
             .unwrap_or_default()
     };
     Counters {
