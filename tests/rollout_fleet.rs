@@ -496,6 +496,17 @@ fn killing_the_decider_mid_rollout_loses_and_repeats_no_step() {
     fleet.nodes[0].restart();
     let r = all_agree(&fleet, "promotion", |r| r["state"] == "promoted");
     drop(traffic);
+    // The watcher samples every 50 ms: let it record the promotion on every follower
+    // before it stops.
+    wait_until(
+        10,
+        "the watcher to see every follower promoted",
+        || {
+            let seen = seen.lock().unwrap();
+            seen.iter().all(|p| p.last() == Some(&100.0)).then_some(())
+        },
+        || format!("{:?}", seen.lock().unwrap()),
+    );
     stop.store(true, Ordering::SeqCst);
     watcher.join().unwrap();
 
