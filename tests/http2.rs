@@ -431,10 +431,9 @@ fn h2_carriers_answer_alike() {
                 &["-H", "x-user-id: dave", "--data-binary", "0123456789"],
                 "/post",
             ),
-            (
-                &["-H", "x-user-id: erin", "--data-binary", &"x".repeat(200)],
-                "/too-big",
-            ),
+            // Not an upload over `max_request_body_bytes`: Pingora's 413 reaches curl as
+            // a 413 or a reset stream, by timing (README); the HTTP/2 carrier's 413 is
+            // checked on its own above.
             // No key: a fresh cookie id picks the variant at random; compare the rest.
             (&[], "/mint"),
         ];
