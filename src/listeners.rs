@@ -79,6 +79,12 @@ impl Listeners {
     }
 }
 
+/// Whether this process holds a listening TCP socket at `addr` (true when the system has
+/// no `/proc` to tell).
+pub fn holds(addr: SocketAddr) -> bool {
+    held_listeners().is_none_or(|held| held.contains(&addr))
+}
+
 /// The local addresses of the listening TCP sockets this process holds; `None` when the
 /// system has no `/proc` to tell.
 fn held_listeners() -> Option<HashSet<SocketAddr>> {
