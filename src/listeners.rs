@@ -207,6 +207,18 @@ mod tests {
     use super::*;
 
     #[test]
+    fn holds_names_the_listeners_of_this_process_only() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        assert!(holds(addr));
+        drop(l);
+        assert!(
+            !holds(addr) || held_listeners().is_none(),
+            "a closed listener is not held"
+        );
+    }
+
+    #[test]
     fn proc_net_addresses_parse() {
         // what a little-endian machine prints (the test machines are x86_64/aarch64)
         if cfg!(target_endian = "little") {
