@@ -79,6 +79,12 @@ impl Listeners {
     }
 }
 
+/// Whether this process holds a listening TCP socket at `addr` (true when the system has
+/// no `/proc` to tell).
+pub fn holds(addr: SocketAddr) -> bool {
+    held_listeners().is_none_or(|held| held.contains(&addr))
+}
+
 /// The local addresses of the listening TCP sockets this process holds; `None` when the
 /// system has no `/proc` to tell.
 fn held_listeners() -> Option<HashSet<SocketAddr>> {
@@ -199,6 +205,18 @@ impl pingora_core::services::background::BackgroundService for BindWatch {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn holds_names_the_listeners_of_this_process_only() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        assert!(holds(addr));
+        drop(l);
+        assert!(
+            !holds(addr) || held_listeners().is_none(),
+            "a closed listener is not held"
+        );
+    }
 
     #[test]
     fn proc_net_addresses_parse() {

@@ -91,7 +91,7 @@ pub fn act(state: &State, action: &str, query: Option<&str>) -> (StatusCode, Val
         Err(e @ ActError::NoRollout(_)) => {
             (StatusCode::NOT_FOUND, json!({ "error": e.to_string() }))
         }
-        Err(e @ (ActError::Refused(_) | ActError::Follower(_) | ActError::Retired)) => {
+        Err(e @ (ActError::Refused(_) | ActError::Follower(_) | ActError::NotDeciding)) => {
             (StatusCode::CONFLICT, json!({ "error": e.to_string() }))
         }
     }

@@ -9,18 +9,19 @@
 //! A follower is named in the window by the address it reports from, its admin port and
 //! a random id per process start (`127.0.0.1:9091#5f0c…`): a restarted follower is a new
 //! instance whose counters start at 0, while what its earlier life reported stays in the
-//! window. The decider's own counters are the entry [`super::INSTANCE`].
+//! window. The decider's own counters are the entry [`super::INSTANCE`]. Both ends of the
+//! exchange are in [`super::sync`]; the follower's loop in [`super::follow`].
 
-use super::{now, Rollouts};
+use super::now;
 use crate::config::{RolloutConfig, ServerConfig};
-use crate::rollout::state::STATE_VERSION;
-use crate::rollout::{Counters, RolloutState, Snapshot, Window};
+use crate::rollout::{Counters, RolloutState, Snapshot};
 use crate::routing::RoutingTable;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// A report not refreshed for this long is forgotten (the windows keep what it counted).
@@ -46,8 +47,8 @@ impl Role {
         let Some(fleet) = &server.fleet else {
             return Role::Single;
         };
-        if server.admin.is_some_and(|a| listens_at(a, fleet.decider)) {
-            return Role::Decider(Followers::default());
+        if let Some(admin) = server.admin.filter(|a| listens_at(*a, fleet.decider)) {
+            return Role::Decider(Followers::new(admin));
         }
         let port = server
             .admin
@@ -107,7 +108,7 @@ pub struct ServiceReport {
 
 impl ServiceReport {
     /// Whether these counts belong to the rollout `cfg` (same id, same pair).
-    fn counts_for(&self, cfg: &RolloutConfig) -> bool {
+    pub(super) fn counts_for(&self, cfg: &RolloutConfig) -> bool {
         self.id == cfg.id && self.canary == cfg.canary.name && self.baseline == cfg.baseline.name
     }
 }
@@ -120,9 +121,13 @@ pub struct Answer {
     pub services: BTreeMap<String, RolloutState>,
 }
 
-/// The decider's record of its followers: the last report of each.
-#[derive(Debug, Default)]
+/// The decider's admin listener, and its record of its followers: the last report of
+/// each.
+#[derive(Debug)]
 pub struct Followers {
+    admin: SocketAddr,
+    /// Latched once this process holds `admin` ([`Followers::holds_admin`]).
+    holding: AtomicBool,
     reports: Mutex<BTreeMap<SocketAddr, Reported>>,
 }
 
@@ -133,12 +138,32 @@ struct Reported {
 }
 
 impl Followers {
-    fn name(addr: SocketAddr, boot: &str) -> String {
+    fn new(admin: SocketAddr) -> Followers {
+        Followers {
+            admin,
+            holding: AtomicBool::new(false),
+            reports: Mutex::default(),
+        }
+    }
+
+    /// Whether this process holds its admin listener (asked of the kernel until it
+    /// does). A second process started with the same admin address fails to bind it and
+    /// so never decides: the one listening at the address is the one writer.
+    pub(super) fn holds_admin(&self) -> bool {
+        if self.holding.load(Ordering::Relaxed) {
+            return true;
+        }
+        let held = crate::listeners::holds(self.admin);
+        self.holding.store(held, Ordering::Relaxed);
+        held
+    }
+
+    pub(super) fn name(addr: SocketAddr, boot: &str) -> String {
         format!("{addr}#{boot}")
     }
 
     /// Every follower's last counters of `service` counted under `cfg`, by name.
-    fn snapshot(&self, service: &str, cfg: &RolloutConfig) -> Snapshot {
+    pub(super) fn snapshot(&self, service: &str, cfg: &RolloutConfig) -> Snapshot {
         let reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
         reports
             .iter()
@@ -150,14 +175,14 @@ impl Followers {
             .collect()
     }
 
-    fn record(&self, addr: SocketAddr, report: Report) {
+    pub(super) fn record(&self, addr: SocketAddr, report: Report) {
         let mut reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
         reports.retain(|_, r| r.at.elapsed() < FORGET);
         let at = Instant::now();
         reports.insert(addr, Reported { at, report });
     }
 
-    fn status(&self) -> Vec<Value> {
+    pub(super) fn status(&self) -> Vec<Value> {
         let reports = self.reports.lock().unwrap_or_else(|p| p.into_inner());
         reports
             .iter()
@@ -184,11 +209,11 @@ pub struct Link {
 }
 
 #[derive(Debug, Default, Clone)]
-struct LinkStatus {
+pub(super) struct LinkStatus {
     /// Unix seconds of the last answer taken.
-    synced_at: Option<u64>,
+    pub(super) synced_at: Option<u64>,
     /// Why the last sync failed (`None` after a success).
-    error: Option<String>,
+    pub(super) error: Option<String>,
 }
 
 impl Link {
@@ -227,146 +252,17 @@ impl Link {
     }
 
     /// Records a sync; returns whether it ends a run of failures.
-    fn synced(&self) -> bool {
+    pub(super) fn synced(&self) -> bool {
         let mut s = self.status.lock().unwrap_or_else(|p| p.into_inner());
         s.synced_at = Some(now());
         s.error.take().is_some()
     }
 
-    fn status(&self) -> LinkStatus {
+    pub(super) fn status(&self) -> LinkStatus {
         self.status
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
-    }
-}
-
-impl Rollouts {
-    /// Every instance's counters of service `svc` for a check: this process's, and on
-    /// the decider every follower's last report.
-    pub fn snapshot(&self, table: &RoutingTable, svc: usize, cfg: &RolloutConfig) -> Snapshot {
-        let mut snap = match &self.role {
-            Role::Decider(f) => table
-                .router
-                .services
-                .get(svc)
-                .map(|s| f.snapshot(&s.cfg.name, cfg))
-                .unwrap_or_default(),
-            Role::Single | Role::Follower(_) => Snapshot::new(),
-        };
-        snap.insert(
-            super::INSTANCE.to_string(),
-            super::local_counters(table, svc, cfg),
-        );
-        snap
-    }
-
-    /// The decider takes a follower's report (from `peer`, the address it connects
-    /// from) and answers the states. Each report is taken into the windows at once, so
-    /// a follower's counts are in the window from its first report, not from the next
-    /// check. `None` when this process is not the decider.
-    pub fn receive(
-        &self,
-        serving: impl Fn() -> Arc<RoutingTable>,
-        peer: IpAddr,
-        report: Report,
-    ) -> Option<Answer> {
-        let Role::Decider(followers) = &self.role else {
-            return None;
-        };
-        let addr = SocketAddr::new(peer.to_canonical(), report.port);
-        let name = Followers::name(addr, &report.boot);
-        let mut states = self.lock();
-        let table = serving();
-        for s in &table.router.services {
-            let (Some(cfg), Some(state)) = (&s.cfg.rollout, states.get_mut(&s.cfg.name)) else {
-                continue;
-            };
-            let Some(r) = report.services.get(&s.cfg.name) else {
-                continue;
-            };
-            if r.counts_for(cfg) && state.id == cfg.id && !state.phase.is_final() {
-                state
-                    .window
-                    .observe(&Snapshot::from([(name.clone(), r.counters.clone())]));
-            }
-        }
-        followers.record(addr, report);
-        let services = self
-            .current_locked(&states, &table)
-            .into_iter()
-            .map(|(name, mut s)| {
-                s.window = Window::default();
-                s.checks.clear();
-                (name, s)
-            })
-            .collect();
-        Some(Answer { services })
-    }
-
-    /// A follower takes the decider's states: each one of a rollout this process runs
-    /// with the same id and pair (the decider may not have polled a new config yet; the
-    /// next sync settles it) replaces the one held, and the routing follows.
-    pub fn adopt(&self, serving: impl Fn() -> Arc<RoutingTable>, answer: Answer) {
-        let Role::Follower(link) = &self.role else {
-            return;
-        };
-        let mut states = self.lock();
-        let table = serving();
-        for (si, s) in table.router.services.iter().enumerate() {
-            let Some(cfg) = &s.cfg.rollout else { continue };
-            let Some(new) = answer.services.get(&s.cfg.name) else {
-                continue;
-            };
-            let same = new.version == STATE_VERSION
-                && new.id == cfg.id
-                && new.canary == cfg.canary.name
-                && new.baseline == cfg.baseline.name;
-            let held = states.get(&s.cfg.name);
-            if !same || held == Some(new) {
-                continue;
-            }
-            let moved = held
-                .is_none_or(|h| (h.phase, h.step, h.percent) != (new.phase, new.step, new.percent));
-            if moved {
-                log::info!(
-                    "rollout {} {:?}: following the decider at {}: {} at step {} ({}%)",
-                    s.cfg.name,
-                    new.id,
-                    link.decider,
-                    new.phase.as_str(),
-                    new.step + 1,
-                    new.percent
-                );
-            }
-            states.insert(s.cfg.name.clone(), new.clone());
-            self.route(&states, &table, si);
-        }
-        drop(states);
-        if link.synced() {
-            log::info!(
-                "rollout: the fleet's decider at {} answers again",
-                link.decider
-            );
-        }
-    }
-
-    /// The `fleet` object of `GET /rollout`: this process's role, and on the decider
-    /// its followers' last reports, on a follower its link to the decider.
-    pub fn fleet_status(&self) -> Value {
-        match &self.role {
-            Role::Single => json!({ "role": "single" }),
-            Role::Decider(f) => json!({ "role": "decider", "followers": f.status() }),
-            Role::Follower(link) => {
-                let s = link.status();
-                json!({
-                    "role": "follower",
-                    "decider": link.decider.to_string(),
-                    "synced_at": s.synced_at,
-                    "error": s.error,
-                })
-            }
-        }
     }
 }
 
@@ -408,7 +304,7 @@ mod tests {
     #[test]
     fn the_snapshot_names_each_follower_life_and_keeps_counts_of_this_rollout_only() {
         let cfg = crate::rollout::tests::engine(|_| {}).config().clone();
-        let f = Followers::default();
+        let f = Followers::new("127.0.0.1:9090".parse().unwrap());
         let a: SocketAddr = "10.0.0.1:9091".parse().unwrap();
         let b: SocketAddr = "10.0.0.2:9091".parse().unwrap();
         f.record(a, report("aa", "v2", 10));

@@ -14,6 +14,7 @@
 pub mod admin;
 pub mod fleet;
 pub mod follow;
+pub mod sync;
 pub mod task;
 pub mod webhook;
 
@@ -58,8 +59,8 @@ pub enum ActError {
     Refused(#[from] ActionError),
     #[error("this instance follows the fleet's decider at {0}: send rollout actions there")]
     Follower(SocketAddr),
-    #[error("this process is handing over to a new one (upgrade): send rollout actions to the new process")]
-    Retired,
+    #[error("this process does not decide rollouts now (it is handing over to a new one, or does not hold its admin listener)")]
+    NotDeciding,
 }
 
 pub fn now() -> u64 {
@@ -236,8 +237,8 @@ impl Rollouts {
         }
         let no = || ActError::NoRollout(service.to_string());
         let mut states = self.lock();
-        if self.is_retired() {
-            return Err(ActError::Retired);
+        if !self.decides() {
+            return Err(ActError::NotDeciding);
         }
         let table = serving();
         let svc = table.router.service_by_name(service).ok_or_else(no)?;
@@ -289,10 +290,12 @@ impl Rollouts {
         }
     }
 
-    /// Writes the states (a follower has no path; a retired process writes nothing).
+    /// Writes the states: only a process that [`Rollouts::decides`] (a follower has no
+    /// path either). A decider that does not hold its listener yet writes at its first
+    /// check after it does.
     fn persist(&self, states: &Guard<'_>) {
         let Some(path) = &self.path else { return };
-        if self.is_retired() {
+        if !self.decides() {
             return;
         }
         if let Err(e) = store::save(path, &StateFile::new((**states).clone())) {

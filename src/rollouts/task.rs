@@ -78,7 +78,7 @@ impl RolloutTask {
             let engine = Engine::new(cfg.clone());
             let rollouts = &self.state.rollouts;
             let mut states = rollouts.lock();
-            if rollouts.is_retired() {
+            if !rollouts.decides() {
                 return;
             }
             // A reload may have swapped tables since this one was taken: check the one
