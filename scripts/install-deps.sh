@@ -2,7 +2,8 @@
 # Installs what building and testing cohort needs on a fresh Debian/Ubuntu machine:
 # cmake (libz-ng-sys), libssl-dev + pkg-config (OpenSSL linked from the system), python3
 # with the xxhash module (the offline reference implementation scripts/cohort_assign.py),
-# and for the tests curl, nginx, haproxy and wrk.
+# and for the tests curl, nginx, haproxy, wrk and chromium (headless, renders the page of
+# `cohort rollout report` in tests/rollout_analysis.rs; that test skips without it).
 # Idempotent: installs only what is missing. Needs root (or sudo) for apt-get.
 set -euo pipefail
 
@@ -30,6 +31,15 @@ if [ ${#pkgs[@]} -gt 0 ]; then
   echo "[install-deps] apt-get install ${pkgs[*]}" >&2
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${pkgs[@]}" >/dev/null
+fi
+
+# Debian's chromium (/usr/bin/chromium). Not every distribution has a package of that
+# name (Ubuntu ships a snap): a failure here is a warning, not the end of the install.
+if [ ! -x /usr/bin/chromium ]; then
+  echo "[install-deps] apt-get install chromium" >&2
+  { $SUDO apt-get update -qq \
+    && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends chromium >/dev/null; } \
+    || echo "[install-deps] warning: chromium not installed; the report rendering test will skip" >&2
 fi
 
 if ! python3 -c 'import xxhash' >/dev/null 2>&1; then

@@ -261,7 +261,11 @@ impl ServeHttp for Admin {
             }
             (Method::GET, "/explain") => self.explain(session.req_header().uri.query()),
             (Method::GET | Method::HEAD, "/rollout") => {
-                json_reply(StatusCode::OK, &crate::rollouts::admin::status(&self.state))
+                let query = session.req_header().uri.query();
+                json_reply(
+                    StatusCode::OK,
+                    &crate::rollouts::admin::status(&self.state, query),
+                )
             }
             (Method::POST, "/fleet/sync") => {
                 if let Err(denied) = self.authorize(session) {

@@ -141,7 +141,8 @@ pub enum Command {
         #[arg(long, value_name = "N", default_value_t = 2000)]
         timeout_ms: u64,
     },
-    /// A running instance's progressive rollouts: status, or an operator action.
+    /// A running instance's progressive rollouts: status, an operator action, or an
+    /// HTML report of the checks.
     Rollout {
         #[arg(value_enum)]
         command: crate::cli_rollout::RolloutCommand,
@@ -151,8 +152,12 @@ pub enum Command {
         /// The service (needed for an action when several services have a rollout).
         #[arg(long, value_name = "NAME")]
         service: Option<String>,
+        /// `report` only: write the page to FILE instead of stdout.
+        #[arg(long, value_name = "FILE.html")]
+        out: Option<PathBuf>,
     },
-    /// Start two demo backends and the proxy on localhost; print curl lines to try.
+    /// Start two demo backends and the proxy on localhost; print curl lines to try, and
+    /// watch a rollout of the canary driven by simulated users.
     Demo {
         /// Proxy address.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
@@ -160,6 +165,12 @@ pub enum Command {
         /// Admin address.
         #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9090")]
         admin: SocketAddr,
+        /// The canary answers 20% of its requests with 500: watch the rollout roll back.
+        #[arg(long)]
+        bad_canary: bool,
+        /// The rollout's minimum seconds per step (checks every fifth of it).
+        #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=3600))]
+        step_secs: u64,
     },
 }
 
@@ -226,10 +237,21 @@ pub fn dispatch(cli: Cli) -> i32 {
             command,
             admin,
             service,
-        } => crate::cli_rollout::run(command, admin, service.as_deref()),
-        Command::Demo { listen, admin } => {
-            report(crate::demo::run(&listen.to_string(), &admin.to_string()))
-        }
+            out,
+        } => crate::cli_rollout::run(command, admin, service.as_deref(), out.as_deref()),
+        Command::Demo {
+            listen,
+            admin,
+            bad_canary,
+            step_secs,
+        } => report(crate::demo::run(
+            &listen.to_string(),
+            &admin.to_string(),
+            &crate::demo::DemoOptions {
+                bad_canary,
+                step_secs,
+            },
+        )),
     }
 }
 
@@ -396,13 +418,33 @@ fn service_summary(s: &ServiceConfig) -> String {
     out
 }
 
+/// A note per service with a `[service.rollout]` in `configs`: simulate splits by the
+/// configured weights, while a running, promoted or rolled-back rollout serves others.
+fn rollout_notes(configs: &[&Config]) -> String {
+    let mut seen = std::collections::BTreeSet::new();
+    let mut notes = String::new();
+    for c in configs {
+        for s in &c.services {
+            if let Some(r) = s.rollout.as_ref().filter(|_| seen.insert(s.name.clone())) {
+                notes += &format!(
+                    "note: service {} has a [service.rollout] (id {}): simulate splits {} and {} by their configured weights, \
+                     while a live rollout serves the share of its step (100% canary once promoted, 0% once rolled back; \
+                     see `cohort rollout status`). To simulate what is served, use a copy of the config with those weights and no rollout.\n",
+                    s.name, r.id, r.canary.name, r.baseline.name
+                );
+            }
+        }
+    }
+    notes
+}
+
 /// The `rollout` line of a service in the `check` summary.
 fn rollout_summary(r: &crate::config::RolloutConfig) -> String {
     let steps: Vec<String> = r.steps.iter().map(|p| format!("{p}%")).collect();
     let g = &r.gates;
     format!(
         "  rollout {:<12} {} against {}, steps {} then promoted; step {} s, check {} s, max {} s then {}; \
-         {} failed check(s) roll back; errors +{} at {}, p{} x{} +{} ms, min {} requests (engine not yet active)\n",
+         {} failed check(s) roll back; errors +{} at {}, p{} x{} +{} ms, min {} requests\n",
         r.id,
         r.canary.name,
         r.baseline.name,
@@ -533,6 +575,7 @@ fn simulate_cmd(path: &std::path::Path, against: Option<&std::path::Path>, users
                     simulate::shares_text(&s.name, &simulate::shares(s, users), users)
                 ));
             }
+            out(&rollout_notes(&[&a]));
         }
         Some(p) => {
             let b = match load(p) {
@@ -562,6 +605,7 @@ fn simulate_cmd(path: &std::path::Path, against: Option<&std::path::Path>, users
                     p.display()
                 ));
             }
+            out(&rollout_notes(&[&a, &b]));
             for s in &a.services {
                 if !b.services.iter().any(|x| x.name == s.name) {
                     out(&format!(

@@ -1,12 +1,18 @@
-//! `cohort rollout status|pause|resume|promote|abort`: the rollout calls of the admin API
-//! from the command line. `status` prints, per rollout, the state, the step, the shares
-//! and the last check's numbers in one screen; the actions print the new state. POSTs
-//! send `Authorization: Bearer $COHORT_ADMIN_TOKEN` when that variable is set.
+//! `cohort rollout status|pause|resume|promote|abort|report`: the rollout calls of the
+//! admin API from the command line. `status` prints, per rollout, the state, the step,
+//! the shares and the last check's numbers in one screen; the actions print the new
+//! state; `report` writes one self-contained HTML page of the recent checks
+//! ([`crate::rollout_report`]). Every call sends `Authorization: Bearer
+//! $COHORT_ADMIN_TOKEN` when that variable is set (an admin listener off loopback asks
+//! it for `GET /rollout` too).
 
+use crate::rollout::view::ServiceEntry;
 use clap::ValueEnum;
+use serde::Deserialize;
 use serde_json::Value;
 use std::fmt::Write;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::time::Duration;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
@@ -16,12 +22,14 @@ pub enum RolloutCommand {
     Resume,
     Promote,
     Abort,
+    /// An HTML page of the rollouts' checks and transitions (`--out FILE`, else stdout).
+    Report,
 }
 
 impl RolloutCommand {
     fn action(self) -> Option<&'static str> {
         match self {
-            RolloutCommand::Status => None,
+            RolloutCommand::Status | RolloutCommand::Report => None,
             RolloutCommand::Pause => Some("pause"),
             RolloutCommand::Resume => Some("resume"),
             RolloutCommand::Promote => Some("promote"),
@@ -31,24 +39,37 @@ impl RolloutCommand {
 }
 
 /// Runs the command against the admin API at `admin`; the exit code (0 ok, 1 refused or
-/// unreachable).
-pub fn run(cmd: RolloutCommand, admin: SocketAddr, service: Option<&str>) -> i32 {
+/// unreachable, 2 `--out` with another command than `report`).
+pub fn run(
+    cmd: RolloutCommand,
+    admin: SocketAddr,
+    service: Option<&str>,
+    out: Option<&Path>,
+) -> i32 {
+    if out.is_some() && cmd != RolloutCommand::Report {
+        eprintln!("--out: only `cohort rollout report` writes a file");
+        return 2;
+    }
     let agent = ureq::AgentBuilder::new()
         .timeout(Duration::from_secs(5))
         .build();
-    let sent = match cmd.action() {
-        None => agent.get(&format!("http://{admin}/rollout")).call(),
-        Some(action) => {
+    let token = std::env::var("COHORT_ADMIN_TOKEN").ok();
+    let authorized = |req: ureq::Request| match &token {
+        Some(t) => req.set("authorization", &format!("Bearer {t}")),
+        None => req,
+    };
+    let sent = match (cmd, cmd.action()) {
+        (RolloutCommand::Report, _) => {
+            authorized(agent.get(&format!("http://{admin}/rollout?checks=1"))).call()
+        }
+        (_, None) => authorized(agent.get(&format!("http://{admin}/rollout"))).call(),
+        (_, Some(action)) => {
             let mut url = format!("http://{admin}/rollout/{action}");
             if let Some(s) = service {
                 url.push_str("?service=");
                 url.extend(form_urlencoded::byte_serialize(s.as_bytes()));
             }
-            let mut req = agent.post(&url);
-            if let Ok(token) = std::env::var("COHORT_ADMIN_TOKEN") {
-                req = req.set("authorization", &format!("Bearer {token}"));
-            }
-            req.call()
+            authorized(agent.post(&url)).call()
         }
     };
     let body = match sent {
@@ -67,6 +88,9 @@ pub fn run(cmd: RolloutCommand, admin: SocketAddr, service: Option<&str>) -> i32
             return 1;
         }
     };
+    if cmd == RolloutCommand::Report {
+        return report(&body, admin, service, out);
+    }
     let Ok(v) = serde_json::from_str::<Value>(&body) else {
         eprintln!("unexpected answer from {admin}: {body}");
         return 1;
@@ -93,8 +117,66 @@ pub fn run(cmd: RolloutCommand, admin: SocketAddr, service: Option<&str>) -> i32
     0
 }
 
+/// `GET /rollout?checks=1` as the report reads it.
+#[derive(Deserialize)]
+struct Answer {
+    services: Vec<ServiceEntry>,
+}
+
+/// Writes the report of `body` (the answer of `GET /rollout?checks=1`) to `out` or stdout.
+fn report(body: &str, admin: SocketAddr, service: Option<&str>, out: Option<&Path>) -> i32 {
+    let answer: Answer = match serde_json::from_str(body) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("unexpected answer from {admin}: {e}");
+            return 1;
+        }
+    };
+    let entries: Vec<ServiceEntry> = answer
+        .services
+        .into_iter()
+        .filter(|s| service.is_none_or(|want| s.service == want))
+        .collect();
+    let page =
+        crate::rollout_report::render(&entries, std::time::SystemTime::now(), &admin.to_string());
+    let checks: usize = entries.iter().map(|e| e.checks.len()).sum();
+    match out {
+        Some(path) => {
+            if let Err(e) = std::fs::write(path, &page) {
+                eprintln!("{}: {e}", path.display());
+                return 1;
+            }
+            eprintln!(
+                "wrote {} ({} rollout(s), {checks} check(s))",
+                path.display(),
+                entries.len()
+            );
+        }
+        None => {
+            use std::io::Write;
+            let _ = std::io::stdout().write_all(page.as_bytes());
+        }
+    }
+    0
+}
+
+/// Unix seconds as UTC time, with how long ago: `2026-11-29T02:52:09Z (12 s ago)`.
+fn when(at: &Value) -> String {
+    let Some(secs) = at.as_u64() else {
+        return "-".to_string();
+    };
+    let t = std::time::UNIX_EPOCH + Duration::from_secs(secs);
+    let ago = std::time::SystemTime::now()
+        .duration_since(t)
+        .map_or(String::new(), |d| format!(" ({} s ago)", d.as_secs()));
+    format!("{}{ago}", humantime::format_rfc3339_seconds(t))
+}
+
 fn cmd_name(cmd: RolloutCommand) -> &'static str {
-    cmd.action().unwrap_or("status")
+    match cmd {
+        RolloutCommand::Report => "report",
+        _ => cmd.action().unwrap_or("status"),
+    }
 }
 
 /// The process's part in a fleet, one line (nothing for a single instance).
@@ -154,7 +236,7 @@ pub fn screen(r: &Value) -> String {
         let _ = writeln!(
             out,
             "  last check at {}: {}\n  errors {}: canary {}, baseline {}, difference in [{:+.3}%, {:+.3}%]\n  latency {}: canary {}, baseline {}, limit {}\n  availability {}",
-            c["at"],
+            when(&c["at"]),
             c["result"].as_str().unwrap_or("-"),
             e["result"].as_str().unwrap_or("-"),
             side("canary"),
@@ -173,7 +255,7 @@ pub fn screen(r: &Value) -> String {
             out,
             "  last event: {} at {}: {}",
             last["event"].as_str().unwrap_or("-"),
-            last["at"],
+            when(&last["at"]),
             last["why"].as_str().unwrap_or("")
         );
     }

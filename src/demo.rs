@@ -1,7 +1,11 @@
 //! `cohort demo`: two in-process HTTP backends (stable, canary) and the proxy on
-//! localhost with an embedded config, plus curl lines to paste. The [`EchoBackend`] is
+//! localhost with an embedded config, plus curl lines to paste, and a progressive
+//! rollout of the canary driven by simulated users ([`rollout`]): it walks to promoted,
+//! or with `--bad-canary` (the canary answers errors) rolls back. The [`EchoBackend`] is
 //! also what the integration tests use as a real upstream: it answers every request with
 //! JSON naming itself and echoing the request line and headers it received.
+
+mod rollout;
 
 use crate::config::{Config, ConfigError};
 use crate::options::RunOptions;
@@ -216,41 +220,130 @@ fn read_head(r: &mut impl BufRead) -> Option<(String, Vec<(String, String)>)> {
     }
 }
 
-/// Renders the demo config for the chosen addresses.
-pub fn demo_config(listen: &str, admin: &str, stable: SocketAddr, canary: SocketAddr) -> String {
-    DEMO_CONFIG
+/// What `cohort demo` runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DemoOptions {
+    /// The canary answers [`BAD_CANARY_ERRORS`] of its requests with 500: it rolls back.
+    pub bad_canary: bool,
+    /// The rollout's `step_secs` (`check_secs` is a fifth of it, at least 1 s).
+    pub step_secs: u64,
+}
+
+impl Default for DemoOptions {
+    fn default() -> DemoOptions {
+        DemoOptions {
+            bad_canary: false,
+            step_secs: 10,
+        }
+    }
+}
+
+/// The bad canary's error rate.
+pub const BAD_CANARY_ERRORS: f64 = 0.2;
+
+/// Renders the demo config for the chosen addresses, rollout pace and state file.
+pub fn demo_config(
+    listen: &str,
+    admin: &str,
+    stable: SocketAddr,
+    canary: SocketAddr,
+    opts: &DemoOptions,
+    state_file: &str,
+) -> String {
+    let step = opts.step_secs.max(1);
+    let text = DEMO_CONFIG
         .replace("@LISTEN@", listen)
         .replace("@ADMIN@", admin)
         .replace("@STABLE@", &stable.to_string())
-        .replace("@CANARY@", &canary.to_string())
+        .replace("@CANARY@", &canary.to_string());
+    let state = toml::Value::String(state_file.to_string());
+    let marked = [
+        ("#@STATE@", format!("rollout_state = {state}")),
+        ("#@STEP_SECS@", format!("step_secs = {step}")),
+        (
+            "#@CHECK_SECS@",
+            format!("check_secs = {}", (step / 5).max(1)),
+        ),
+        (
+            "#@MAX_STEP_SECS@",
+            format!("max_step_secs = {}", step.saturating_mul(30)),
+        ),
+    ];
+    let mut out = String::with_capacity(text.len());
+    for line in text.lines() {
+        let set = marked.iter().find(|(m, _)| line.contains(m));
+        out += set.map_or(line, |(_, l)| l.as_str());
+        out.push('\n');
+    }
+    out
 }
 
 /// Runs the demo until interrupted.
-pub fn run(listen: &str, admin: &str) -> Result<(), ConfigError> {
+pub fn run(listen: &str, admin: &str, opts: &DemoOptions) -> Result<(), ConfigError> {
     let io_err = |e: std::io::Error| ConfigError::Io {
         path: "demo backend".to_string(),
         source: e,
     };
     let stable = EchoBackend::spawn("stable", "127.0.0.1:0").map_err(io_err)?;
     let canary = EchoBackend::spawn("canary", "127.0.0.1:0").map_err(io_err)?;
-    let text = demo_config(listen, admin, stable.addr, canary.addr);
+    if opts.bad_canary {
+        canary.set_error_rate(BAD_CANARY_ERRORS);
+    }
+    // A fresh rollout every run: the state file is this demo's own, emptied at start.
+    let port = listen.rsplit(':').next().unwrap_or("0");
+    let state_file = std::env::temp_dir().join(format!("cohort-demo-{port}.rollout.json"));
+    let _ = std::fs::remove_file(&state_file);
+    let text = demo_config(
+        listen,
+        admin,
+        stable.addr,
+        canary.addr,
+        opts,
+        &state_file.display().to_string(),
+    );
     let config = Config::parse(&text)?;
     let table = RoutingTable::build(config)?;
-    println!("{}", instructions(listen, admin, stable.addr, canary.addr));
+    println!(
+        "{}",
+        instructions(listen, admin, stable.addr, canary.addr, opts)
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    rollout::traffic(listen.to_string(), stop.clone());
+    rollout::watch(admin.to_string(), listen.to_string(), stop);
     server::run_table(table, &RunOptions::default(), None)
 }
 
-fn instructions(listen: &str, admin: &str, stable: SocketAddr, canary: SocketAddr) -> String {
+fn instructions(
+    listen: &str,
+    admin: &str,
+    stable: SocketAddr,
+    canary: SocketAddr,
+    opts: &DemoOptions,
+) -> String {
     let p = format!("http://{listen}");
+    let canary_is = if opts.bad_canary {
+        format!(
+            "a bad canary (it answers {}% of requests with 500): watch it roll back",
+            BAD_CANARY_ERRORS * 100.0
+        )
+    } else {
+        "a healthy canary: watch it walk to promoted (try --bad-canary to see a rollback)"
+            .to_string()
+    };
+    let step = opts.step_secs.max(1);
     format!(
         "cohort demo: proxy on {p}, admin on http://{admin}\n\
          backends: stable on {stable}, canary on {canary} (each answers with JSON naming itself)\n\
          service \"api\": 90% stable / 10% canary, keyed on x-user-id, then cookie session, then ?uid=\n\
+         rollout \"demo\": {canary_is}.\n\
+         \x20 Steps 10% -> 25% -> 50% -> promoted, at least {step} s each; simulated users send\n\
+         \x20 a few hundred requests a second; every check and transition is printed below.\n\
+         \x20 Users only ever move into the canary, so a canary user stays one.\n\
          \n\
          Try (Ctrl-C to stop):\n\
          \x20 # the same user always lands on the same variant:\n\
          \x20 for i in 1 2 3; do curl -s -H 'x-user-id: alice' {p}/ | grep -o '\"backend\":\"[a-z]*\"'; done\n\
-         \x20 # 20 users, about 10% on canary:\n\
+         \x20 # 20 users, about the current step's share on canary:\n\
          \x20 for i in $(seq 1 20); do curl -s -o /dev/null -D - -H \"x-user-id: user-$i\" {p}/ | grep -i '^x-cohort-variant'; done | sort | uniq -c\n\
          \x20 # user-27 is a canary user (SPEC golden vector):\n\
          \x20 curl -si -H 'x-user-id: user-27' {p}/ | grep -i x-cohort-variant\n\
@@ -265,6 +358,65 @@ fn instructions(listen: &str, admin: &str, stable: SocketAddr, canary: SocketAdd
          \x20 # what the backend saw (x-cohort-variant, x-cohort-reason, x-forwarded-for):\n\
          \x20 curl -s -H 'x-user-id: bob' {p}/\n\
          \x20 # status and health:\n\
-         \x20 curl -s http://{admin}/status; curl -s http://{admin}/healthz\n"
+         \x20 curl -s http://{admin}/status; curl -s http://{admin}/healthz\n\
+         \x20 # the rollout (or: cohort rollout status --admin {admin}):\n\
+         \x20 curl -s http://{admin}/rollout\n"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], port))
+    }
+
+    #[test]
+    fn the_demo_config_carries_the_pace_and_its_own_state_file() {
+        let opts = DemoOptions {
+            bad_canary: false,
+            step_secs: 4,
+        };
+        let text = demo_config(
+            "127.0.0.1:1",
+            "127.0.0.1:2",
+            addr(3),
+            addr(4),
+            &opts,
+            "/x/y \"z\".json",
+        );
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.server.rollout_state(), "/x/y \"z\".json");
+        let r = c.services[0].rollout.as_ref().unwrap();
+        assert_eq!((r.step_secs, r.check_secs, r.max_step_secs), (4, 1, 120));
+        assert_eq!(r.steps, [10.0, 25.0, 50.0]);
+        // The first step is the configured split.
+        let w: Vec<f64> = c.services[0].variants.iter().map(|v| v.weight).collect();
+        assert_eq!(w, [90.0, 10.0]);
+        let slow = DemoOptions {
+            step_secs: 3600,
+            ..opts
+        };
+        let text = demo_config("127.0.0.1:1", "127.0.0.1:2", addr(3), addr(4), &slow, "/s");
+        let r = Config::parse(&text).unwrap().services[0]
+            .rollout
+            .clone()
+            .unwrap();
+        assert_eq!(
+            (r.step_secs, r.check_secs, r.max_step_secs),
+            (3600, 720, 108_000)
+        );
+    }
+
+    #[test]
+    fn the_embedded_file_parses_with_only_its_addresses_filled_in() {
+        let text = DEMO_CONFIG
+            .replace("@LISTEN@", "127.0.0.1:1")
+            .replace("@ADMIN@", "127.0.0.1:2")
+            .replace("@STABLE@", "127.0.0.1:3")
+            .replace("@CANARY@", "127.0.0.1:4");
+        let c = Config::parse(&text).unwrap();
+        assert_eq!(c.services[0].rollout.as_ref().unwrap().step_secs, 10);
+    }
 }

@@ -37,6 +37,7 @@ pub mod proxy;
 pub mod proxy_protocol;
 pub mod reload;
 pub mod rollout;
+pub mod rollout_report;
 pub mod rollouts;
 pub mod routing;
 pub mod sample;

@@ -362,8 +362,23 @@ fn check_summary_shows_the_rollout() {
         line.contains("v2.4.0")
             && line.contains("canary against stable, steps 1% 10% then promoted")
             && line.contains("max 1800 s then hold")
-            && line.contains("not yet active"),
+            && !line.contains("not yet active"),
         "{line}"
+    );
+    // simulate splits by the configured weights and says that a live rollout does not.
+    let (code, out, err) = cohort_cmd(&["simulate", "-c", path_str(&p)]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("note: service api has a [service.rollout] (id v2.4.0): simulate splits canary and stable by their configured weights"),
+        "{out}"
+    );
+    let (code, out, _) = cohort_cmd(&["simulate", "-c", path_str(&p), "--against", path_str(&p)]);
+    assert_eq!(code, 0);
+    assert_eq!(
+        out.matches("note: service api has a [service.rollout]")
+            .count(),
+        1,
+        "{out}"
     );
 }
 
@@ -1674,7 +1689,7 @@ impl Demo {
     }
 }
 
-fn start_demo(listen: SocketAddr, admin: SocketAddr) -> Demo {
+fn start_demo(listen: SocketAddr, admin: SocketAddr, extra: &[&str]) -> Demo {
     let dir = tempfile::tempdir().expect("tempdir");
     let out = std::fs::File::create(dir.path().join("stdout")).expect("stdout file");
     let err = std::fs::File::create(dir.path().join("stderr")).expect("stderr file");
@@ -1686,6 +1701,7 @@ fn start_demo(listen: SocketAddr, admin: SocketAddr) -> Demo {
             "--admin",
             &admin.to_string(),
         ])
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(out)
         .stderr(err)
@@ -1709,11 +1725,37 @@ fn start_demo(listen: SocketAddr, admin: SocketAddr) -> Demo {
     }
 }
 
+/// Waits until the demo has printed `needle` (at most `secs`); returns its stdout.
+fn wait_stdout(demo: &Demo, needle: &str, secs: u64) -> String {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        let out = demo.stdout();
+        if out.contains(needle) {
+            return out;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no {needle:?} from the demo:\n{out}\n{}",
+            demo.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// The demo's transition lines (`>> HH:MM:SS EVENT -> P%: why`).
+fn transitions(out: &str) -> Vec<String> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix(">> "))
+        .map(|l| l.split_once(' ').map_or(l, |(_, rest)| rest).to_string())
+        .collect()
+}
+
 #[test]
 fn demo_serves_the_embedded_config() {
     let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
     let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
-    let demo = start_demo(listen, admin);
+    // Slow steps: the rollout stays at its first step, the configured 90/10 split.
+    let demo = start_demo(listen, admin, &["--step-secs", "3600"]);
     let weights = [("stable", 90.0), ("canary", 10.0)];
 
     let out = demo.stdout();
@@ -1813,10 +1855,86 @@ fn demo_serves_the_embedded_config() {
         "force header stripped"
     );
 
-    // The admin API.
+    // The admin API, and the rollout still at its first step.
     let h = Client::new(admin).get("/healthz", &[]);
     assert_eq!(h.status, 200, "{}", h.text());
+    let r = Client::new(admin).get("/rollout", &[]).json();
+    assert_eq!(r["services"][0]["percent"], 10.0, "{r:#}");
+    assert!(out.contains("rollout \"demo\": a healthy canary"), "{out}");
     drop(demo);
+}
+
+#[test]
+fn demo_walks_a_healthy_canary_to_promoted_and_prints_every_step() {
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let demo = start_demo(listen, admin, &["--step-secs", "1"]);
+    let out = wait_stdout(&demo, "The canary passed every step", 120);
+    let t = transitions(&out);
+    let kinds: Vec<&str> = t
+        .iter()
+        .map(|l| l.split(':').next().unwrap_or(""))
+        .collect();
+    assert_eq!(
+        kinds,
+        [
+            "STARTED -> 10%",
+            "ADVANCED -> 25%",
+            "ADVANCED -> 50%",
+            "PROMOTED -> 100%"
+        ],
+        "{out}"
+    );
+    assert!(t[1].contains("passed after"), "{}", t[1]);
+    // Each check is printed with its numbers.
+    assert!(
+        out.lines()
+            .any(|l| l.contains(" check at 10%: pass: errors pass: canary ")),
+        "{out}"
+    );
+    let r = Client::new(admin).get("/rollout", &[]).json();
+    assert_eq!(r["services"][0]["state"], "promoted", "{r:#}");
+    let mut cl = Client::new(listen);
+    for i in 0..20 {
+        let u = format!("visitor-{i}");
+        assert_eq!(cl.get("/", &[("x-user-id", &u)]).backend(), "canary");
+    }
+    assert!(out.contains("cohort rollout report --admin"), "{out}");
+}
+
+#[test]
+fn demo_with_a_bad_canary_rolls_it_back_and_says_why() {
+    let listen = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let admin = SocketAddr::from(([127, 0, 0, 1], free_port()));
+    let demo = start_demo(listen, admin, &["--bad-canary", "--step-secs", "1"]);
+    let out = wait_stdout(&demo, "The canary was rolled back", 120);
+    assert!(
+        out.contains("a bad canary (it answers 20% of requests with 500)"),
+        "{out}"
+    );
+    let t = transitions(&out);
+    assert_eq!(t.len(), 2, "{out}");
+    assert!(t[0].starts_with("STARTED -> 10%"), "{out}");
+    assert!(
+        t[1].starts_with("ROLLED_BACK -> 0%")
+            && t[1].contains("failed check(s) in a row")
+            && t[1].contains("errors fail: canary "),
+        "{out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.contains(" check at 10%: fail: errors fail")),
+        "{out}"
+    );
+    let r = Client::new(admin).get("/rollout", &[]).json();
+    assert_eq!(r["services"][0]["state"], "rolled_back", "{r:#}");
+    // A user pinned to the canary by the opt-in rule now gets stable, reason rollback.
+    let got = Client::new(listen).get("/", &[("x-user-id", "alice"), ("cookie", "beta=1")]);
+    assert_eq!(got.backend(), "stable");
+    assert_eq!(
+        got.upstream_header("x-cohort-reason").as_deref(),
+        Some("rollback")
+    );
 }
 
 // ---------------------------------------------------------------------------------------

@@ -17,8 +17,8 @@ use std::time::{Duration, Instant};
 const DASHBOARD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/grafana-dashboard.json");
 const REPORT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/variant-report");
 
-/// Every metric family cohort exports (SPEC "Metrics").
-const FAMILIES: [&str; 9] = [
+/// Every metric family cohort exports (SPEC "Metrics", and "Progressive rollout").
+const FAMILIES: [&str; 14] = [
     "cohort_requests_total",
     "cohort_request_duration_seconds",
     "cohort_upstream_duration_seconds",
@@ -28,6 +28,11 @@ const FAMILIES: [&str; 9] = [
     "cohort_variant_weight",
     "cohort_config_reloads_total",
     "cohort_config_info",
+    "cohort_analysis_requests_total",
+    "cohort_analysis_duration_seconds",
+    "cohort_rollout_percent",
+    "cohort_rollout_state",
+    "cohort_rollout_checks_total",
 ];
 
 fn dashboard() -> Value {
@@ -213,15 +218,21 @@ fn every_metric_in_the_dashboard_exists_in_a_live_scrape() {
         .iter()
         .flat_map(|e| families_in(e))
         .collect();
-    assert!(used.len() >= 9, "{used:?}");
+    assert!(used.len() >= 14, "{used:?}");
 
     let good = backend("stable");
     let dead = closed_addr();
+    // A rollout at 50% (the configured split) that checks every second and never rolls
+    // back during the test, so its series have samples.
     let px = Cohort::start(&format!(
-        "[server]\nlisten = [\"@LISTEN@\"]\nadmin = \"@ADMIN@\"\nthreads = 2\n\n\
+        "[server]\nlisten = [\"@LISTEN@\"]\nadmin = \"@ADMIN@\"\nthreads = 2\n\
+         rollout_state = \"@DIR@/rollout.json\"\n\n\
          [[service]]\nname = \"api\"\npath_prefix = \"/api\"\nkey = [\"header:x-user-id\"]\n\n\
          [[service.variant]]\nname = \"stable\"\nweight = 50\nbackends = [\"{}\"]\n\n\
-         [[service.variant]]\nname = \"canary\"\nweight = 50\nbackends = [\"{dead}\"]\n",
+         [[service.variant]]\nname = \"canary\"\nweight = 50\nbackends = [\"{dead}\"]\n\n\
+         [service.rollout]\nid = \"v2\"\ncanary = \"canary\"\nbaseline = \"stable\"\nsteps = [50]\n\
+         step_secs = 3600\ncheck_secs = 1\nmax_step_secs = 3600\non_inconclusive = \"hold\"\n\
+         failure_limit = 1000\n",
         good.addr
     ));
     let variants = [("stable", 50.0), ("canary", 50.0)];
@@ -246,11 +257,13 @@ fn every_metric_in_the_dashboard_exists_in_a_live_scrape() {
     assert!(seen.contains_key(&("canary".to_string(), 502)), "{seen:?}");
     assert_eq!(cl.get("/elsewhere", &[]).status, 404);
 
-    // The counters are written after the response: poll until the last one is in.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // The counters are written after the response, the first rollout check within a
+    // second or so: poll until both are in.
+    let deadline = Instant::now() + Duration::from_secs(20);
     let metrics = loop {
         let m = px.metrics();
-        if m.contains("cohort_requests_total{code=\"404\",service=\"_none\",variant=\"_none\"} 1")
+        if (m.contains("cohort_requests_total{code=\"404\",service=\"_none\",variant=\"_none\"} 1")
+            && m.contains("cohort_rollout_checks_total{"))
             || Instant::now() > deadline
         {
             break m;

@@ -59,8 +59,8 @@ pub struct RolloutConfig {
     pub gates: Gates,
 }
 
-/// `[service.rollout.gates]` after validation.
-#[derive(Debug, Clone, Copy, PartialEq)]
+/// `[service.rollout.gates]` after validation (serialized in `GET /rollout`'s `gates`).
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Gates {
     /// Largest allowed canary error rate minus baseline's (absolute), in [0, 1).
     pub max_error_increase: f64,

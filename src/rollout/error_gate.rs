@@ -277,6 +277,23 @@ mod tests {
         );
     }
 
+    /// The smallest canary count at which a clean canary (no errors) passes against a
+    /// clean baseline of 50,000 requests: about z² / max_error_increase. docs/rollout.md
+    /// ("How many requests a step needs") quotes these.
+    #[test]
+    fn a_clean_canary_needs_about_z_squared_over_the_limit_to_pass() {
+        let needed = |confidence: f64, max: f64| {
+            let z = z_for(confidence);
+            (1..100_000u64)
+                .find(|&n| error_gate(t(0, n), t(0, 50_000), z, max, 1).result == Verdict::Pass)
+                .unwrap()
+        };
+        assert_eq!(needed(0.99, 0.005), 1_321);
+        assert_eq!(needed(0.99, 0.01), 657);
+        assert_eq!(needed(0.95, 0.005), 765);
+        assert_eq!(needed(0.95, 0.02), 189);
+    }
+
     proptest::proptest! {
         /// Any counts give finite bounds around the observed difference, never NaN.
         #[test]

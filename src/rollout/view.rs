@@ -1,10 +1,16 @@
 //! What the outside sees of a rollout, in SPEC's shapes: one service's entry of
 //! `GET /rollout`, and the JSON posted to `webhook` on a transition (with the
 //! human-readable `text` a Slack incoming webhook shows). Pure: state in, JSON out.
+//!
+//! Beyond SPEC's fields (which keep their names), an entry may carry `gates` (the
+//! thresholds in force) and `checks` (the recent checks, oldest first, at most
+//! [`super::state::CHECKS_LIMIT`]; asked for with `GET /rollout?checks=1`, for
+//! `cohort rollout report`).
 
 use super::check::CheckReport;
 use super::state::{Event, EventKind, Phase, RolloutState};
-use serde::Serialize;
+use crate::config::Gates;
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
 /// One entry of `GET /rollout`'s `services`.
@@ -20,6 +26,51 @@ pub struct ServiceStatus<'a> {
     pub baseline: &'a str,
     pub last_check: Option<&'a CheckReport>,
     pub history: &'a VecDeque<Event>,
+    /// The gates of the config in force, when known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub gates: Option<&'a Gates>,
+    /// The recent checks, oldest first, when asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checks: Option<&'a VecDeque<CheckReport>>,
+}
+
+impl<'a> ServiceStatus<'a> {
+    /// With the gates in force.
+    pub fn with_gates(self, gates: &'a Gates) -> ServiceStatus<'a> {
+        ServiceStatus {
+            gates: Some(gates),
+            ..self
+        }
+    }
+
+    /// With the recent checks.
+    pub fn with_checks(self, checks: &'a VecDeque<CheckReport>) -> ServiceStatus<'a> {
+        ServiceStatus {
+            checks: Some(checks),
+            ..self
+        }
+    }
+}
+
+/// An entry of `GET /rollout` as a client reads it back (`cohort rollout report`): the
+/// fields of [`ServiceStatus`], owned; the optional ones empty when absent.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ServiceEntry {
+    pub service: String,
+    pub id: String,
+    pub state: Phase,
+    pub step: usize,
+    pub percent: f64,
+    pub step_started_at: u64,
+    pub canary: String,
+    pub baseline: String,
+    pub last_check: Option<CheckReport>,
+    #[serde(default)]
+    pub history: Vec<Event>,
+    #[serde(default)]
+    pub gates: Option<Gates>,
+    #[serde(default)]
+    pub checks: Vec<CheckReport>,
 }
 
 /// The `GET /rollout` entry of `service` in `state`.
@@ -35,6 +86,8 @@ pub fn status<'a>(service: &'a str, state: &'a RolloutState) -> ServiceStatus<'a
         baseline: &state.baseline,
         last_check: state.last_check.as_ref(),
         history: &state.history,
+        gates: None,
+        checks: None,
     }
 }
 
@@ -129,6 +182,37 @@ mod tests {
         );
         assert!(h["why"].as_str().unwrap().contains("canary against stable"));
         assert_eq!(h["step"], 0);
+    }
+
+    #[test]
+    fn gates_and_checks_are_added_on_request_and_read_back() {
+        let e = engine(|_| {});
+        let s = e.resume(None, 100, &snap(0, 0, 0, 0)).state;
+        let input = CheckInput {
+            now: 110,
+            counters: snap(1000, 0, 1000, 0),
+            availability: Availability::Available,
+        };
+        let s = e.check(&s, &input).state;
+        let plain = serde_json::to_value(status("api", &s)).unwrap();
+        assert!(plain.get("gates").is_none() && plain.get("checks").is_none());
+        let gates = e.config().gates;
+        let full =
+            serde_json::to_value(status("api", &s).with_gates(&gates).with_checks(&s.checks))
+                .unwrap();
+        assert_eq!(full["gates"]["max_error_increase"], 0.005);
+        assert_eq!(full["gates"]["min_requests"], 100);
+        assert_eq!(full["checks"].as_array().unwrap().len(), 1);
+        assert_eq!(full["checks"][0]["at"], 110);
+        // SPEC's fields are unchanged beside them.
+        for k in ["service", "id", "state", "last_check", "history"] {
+            assert_eq!(full[k], plain[k], "{k}");
+        }
+        let back: ServiceEntry = serde_json::from_value(full).unwrap();
+        assert_eq!(back.gates, Some(gates));
+        assert_eq!(back.checks, Vec::from(s.checks.clone()));
+        assert_eq!(back.last_check, s.last_check);
+        assert_eq!(back.history, Vec::from(s.history.clone()));
     }
 
     #[test]

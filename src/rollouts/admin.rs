@@ -11,15 +11,35 @@ use http::StatusCode;
 use serde_json::{json, Value};
 use std::net::IpAddr;
 
-/// `GET /rollout`: every rollout of the serving config, in SPEC's shape, and this
-/// process's part in the fleet (`fleet`).
-pub fn status(state: &State) -> Value {
+/// `GET /rollout`: every rollout of the serving config, in SPEC's shape, with the gates in
+/// force, and this process's part in the fleet (`fleet`); `?checks=1` adds each
+/// rollout's recent checks (for `cohort rollout report`).
+pub fn status(state: &State, query: Option<&str>) -> Value {
+    let with_checks = query
+        .into_iter()
+        .flat_map(|q| form_urlencoded::parse(q.as_bytes()))
+        .any(|(k, v)| k == "checks" && matches!(v.as_ref(), "1" | "true" | "yes"));
     let table = state.table();
     let services: Vec<Value> = state
         .rollouts
         .current(&table)
         .iter()
-        .map(|(name, s)| serde_json::to_value(view::status(name, s)).unwrap_or(Value::Null))
+        .map(|(name, s)| {
+            let gates = table
+                .router
+                .service_by_name(name)
+                .and_then(|i| table.router.services.get(i))
+                .and_then(|svc| svc.cfg.rollout.as_ref())
+                .map(|c| &c.gates);
+            let mut entry = view::status(name, s);
+            if let Some(g) = gates {
+                entry = entry.with_gates(g);
+            }
+            if with_checks {
+                entry = entry.with_checks(&s.checks);
+            }
+            serde_json::to_value(entry).unwrap_or(Value::Null)
+        })
         .collect();
     json!({ "services": services, "fleet": state.rollouts.fleet_status() })
 }
