@@ -201,8 +201,13 @@ impl ProxyHttp for CohortProxy {
         let (Some((_, attempt)), Some(addr)) = (&mut ctx.route, peer._address.as_inet()) else {
             return e;
         };
+        let error = upstream_error(&e);
+        if error == UpstreamError::Tls {
+            let name = Some(peer.sni.as_str()).filter(|n| !n.is_empty());
+            forward::error::log_tls_failure(*addr, name, &e.to_string());
+        }
         let failure = Failure {
-            error: upstream_error(&e),
+            error,
             phase: Phase::Connect,
             reused: false,
             idempotent: forward::is_idempotent(session.req_header().method.as_str()),
@@ -373,6 +378,9 @@ impl ProxyHttp for CohortProxy {
         if let Some(id) = edits.request_id() {
             up.insert_header(forward::request_id::REQUEST_ID, id)?;
         }
+        if let Some(host) = forward::edits::upstream_host(attempt) {
+            up.insert_header(http::header::HOST, host)?;
+        }
         Ok(())
     }
 
@@ -423,7 +431,10 @@ impl ProxyHttp for CohortProxy {
 fn upstream_error(e: &Error) -> UpstreamError {
     use ErrorType::*;
     match e.etype() {
-        ConnectTimedout => UpstreamError::ConnectTimeout,
+        ConnectTimedout | TLSHandshakeTimedout => UpstreamError::ConnectTimeout,
+        TLSHandshakeFailure | InvalidCert | HandshakeError | TLSWantX509Lookup => {
+            UpstreamError::Tls
+        }
         ConnectRefused | ConnectNoRoute | ConnectError | BindError | SocketError
         | ConnectProxyFailure => UpstreamError::Connect,
         ReadTimedout | WriteTimedout => UpstreamError::Timeout,

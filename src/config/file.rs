@@ -166,6 +166,23 @@ pub struct VariantFile {
     pub max_fails: Option<u32>,
     pub fail_timeout_secs: Option<u64>,
     pub health_check: Option<HealthCheckFile>,
+    /// `tls = { sni, verify, ca, client_cert, client_key }`: the backends speak TLS.
+    pub tls: Option<UpstreamTlsFile>,
+    /// Replaces the request's `Host` on the way to this variant's backends.
+    pub host_header: Option<String>,
+    /// `h1` (default), `h2c` or `h2`.
+    pub protocol: Option<String>,
+}
+
+/// `tls = { sni, verify, ca, client_cert, client_key }` on a variant.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsFile {
+    pub sni: Option<String>,
+    pub verify: Option<bool>,
+    pub ca: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
 }
 
 /// `health_check = { path, interval_ms, timeout_ms, unhealthy_after, healthy_after }`.

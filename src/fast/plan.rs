@@ -24,6 +24,9 @@ pub(super) struct Plan {
     pub log: Option<LogFields>,
     /// The request is refused with this status before routing ([`forward::request`]).
     pub refused: Option<u16>,
+    /// The client's `Host`, left out of `out` when a variant of the service replaces it
+    /// ([`forward::edits::rehosts`]): each attempt writes the one its variant sends.
+    pub host: Option<Vec<u8>>,
 }
 
 pub(super) struct LogFields {
@@ -131,7 +134,16 @@ fn plan_with<'b>(
         request_id: request_id.as_str().to_string(),
     });
     let mut out = Vec::new();
+    let mut host = None;
     if let Some((svc, _)) = &route {
+        if forward::edits::rehosts(&table, *svc) {
+            host = Some(
+                req.headers
+                    .iter()
+                    .find(|h| is(h.name, "host"))
+                    .map_or(Vec::new(), |h| h.value.to_vec()),
+            );
+        }
         out.reserve(head_len + 256);
         let edits = RequestEdits::new(
             &table,
@@ -141,7 +153,14 @@ fn plan_with<'b>(
             tls,
         )
         .with_request_id(&request_id);
-        upstream_head(&mut out, &edits, method, target, req.headers);
+        upstream_head(
+            &mut out,
+            &edits,
+            method,
+            target,
+            req.headers,
+            host.is_some(),
+        );
     }
     Parsed::Ready(Box::new(Plan {
         head_len,
@@ -152,6 +171,7 @@ fn plan_with<'b>(
         out,
         log,
         refused: None,
+        host,
         table,
     }))
 }
@@ -175,25 +195,29 @@ pub(super) fn refused(
         out: Vec::new(),
         log,
         refused: Some(code),
+        host: None,
         table,
     })
 }
 
 /// Writes the upstream request head: the client's fields minus connection-level ones
-/// and those the edits drop, then the `X-Forwarded-*` fields the edits set.
+/// and those the edits drop (and `Host` when `rehost`), then the `X-Forwarded-*` fields
+/// the edits set.
 fn upstream_head(
     out: &mut Vec<u8>,
     edits: &RequestEdits<'_>,
     method: &str,
     target: &str,
     headers: &[httparse::Header<'_>],
+    rehost: bool,
 ) {
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for h in headers {
-        if http1::is_connection_field(h.name) || edits.drops(h.name) {
+        if http1::is_connection_field(h.name) || edits.drops(h.name) || rehost && is(h.name, "host")
+        {
             continue;
         }
         header(out, h.name.as_bytes(), h.value);

@@ -6,14 +6,13 @@
 use super::exchange::{Exchange, Next};
 use super::http1::{self, BodyFraming, ChunkedScanner, MAX_HEAD};
 use super::plan::header;
-use super::upstream_io::{read, send_upstream, UpErr, UPSTREAM_CHUNK};
+use super::upstream_io::{read, send_upstream, UpErr, UpStream, UPSTREAM_CHUNK};
 use super::{pool, ClientIo};
 use crate::forward::{Attempt, Failure, Phase, ResponseEdits, UpstreamError};
 use pingora_timeout::fast_timeout::fast_timeout;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// How relaying a response ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +35,7 @@ impl<S: ClientIo> Exchange<'_, S> {
     pub(super) async fn exchange(
         &mut self,
         attempt: &mut Attempt,
-        mut up: TcpStream,
+        mut up: UpStream,
         addr: SocketAddr,
         read_timeout: Duration,
     ) -> Attempted {
@@ -99,7 +98,7 @@ impl<S: ClientIo> Exchange<'_, S> {
         // the next user's response. Such connections are closed, not pooled.
         let bodiless = self.plan.head_request || status == 204 || status == 304;
         if relayed == Relayed::Clean && framing.reusable && !bodiless {
-            pool::put(addr, up);
+            pool::put(addr, attempt.pool().conn_key(addr), up);
         }
         let next = match (relayed, self.close) {
             (Relayed::ClientGone, _) => Next::Gone,
@@ -112,7 +111,7 @@ impl<S: ClientIo> Exchange<'_, S> {
     /// Streams the rest of the request body from the client to the upstream.
     async fn stream_request_body(
         &mut self,
-        up: &mut TcpStream,
+        up: &mut UpStream,
         limit: Duration,
     ) -> Result<(), UpErr> {
         if self.body_left > 16 * 1024 {
@@ -223,7 +222,7 @@ impl<S: ClientIo> Exchange<'_, S> {
         &mut self,
         attempt: &mut Attempt,
         addr: SocketAddr,
-        up: &mut TcpStream,
+        up: &mut UpStream,
         mut rbuf: Vec<u8>,
         head_len: usize,
         body: BodyFraming,

@@ -10,6 +10,9 @@ use std::time::{Duration, Instant};
 
 pub use cohort::demo::EchoBackend;
 
+pub mod certs;
+pub mod tls_backend;
+
 /// The `cohort` binary under test.
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_cohort")
