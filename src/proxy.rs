@@ -37,6 +37,8 @@ pub struct Ctx {
     start: Instant,
     /// When the current attempt's request went upstream.
     upstream_start: Option<Instant>,
+    /// When the upstream's 101 came: an upgraded request's duration ends there.
+    upgraded_at: Option<Instant>,
     /// The cohort key, kept only when the access log includes keys.
     key: Option<String>,
     /// `server.max_request_body_bytes` for a body that streams (chunked).
@@ -109,6 +111,7 @@ impl ProxyHttp for CohortProxy {
             tls: false,
             start: Instant::now(),
             upstream_start: None,
+            upgraded_at: None,
             key: None,
             body_limit: forward::request::BodyLimit::new(u64::MAX),
             request_id: None,
@@ -255,11 +258,16 @@ impl ProxyHttp for CohortProxy {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // After a 101 the bytes are the upgraded protocol's (a WebSocket's frames), not
+        // a request body.
+        if session.was_upgraded() {
+            return Ok(());
+        }
         match body.as_ref().map(|b| ctx.body_limit.add(b.len())) {
             Some(Err(refusal)) => Error::e_explain(
                 ErrorType::HTTPStatus(refusal.status()),
@@ -300,7 +308,7 @@ impl ProxyHttp for CohortProxy {
                 reason: a.reason(),
             }),
             status,
-            seconds: ctx.start.elapsed().as_secs_f64(),
+            seconds: forward::finish::seconds(ctx.start, ctx.upgraded_at),
             upstream: ctx.route.as_ref().and_then(|(_, a)| a.upstream()),
             body_bytes: session.as_downstream().body_bytes_sent(),
             method: req.method.as_str(),
@@ -394,6 +402,9 @@ impl ProxyHttp for CohortProxy {
             // Draining: the client reconnects (elsewhere) instead of finding this
             // connection closed under its next request.
             session.set_keepalive(None);
+        }
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            ctx.upgraded_at = Some(Instant::now());
         }
         let Some((d, attempt)) = &ctx.route else {
             return Ok(());

@@ -84,6 +84,16 @@ impl Finished<'_> {
     }
 }
 
+/// A request's duration for metrics and the log: to its end, or for an upgraded
+/// request (a WebSocket) to its 101. What follows the 101 is a connection's lifetime, not
+/// a request's latency: counted as one it would swamp the duration histograms and the
+/// rollout's latency gate.
+pub fn seconds(start: std::time::Instant, upgraded_at: Option<std::time::Instant>) -> f64 {
+    upgraded_at
+        .map_or_else(|| start.elapsed(), |at| at.duration_since(start))
+        .as_secs_f64()
+}
+
 /// The key the decision hashed (or the minted cookie id), as text, for the access log.
 pub fn log_key(
     table: &RoutingTable,

@@ -108,7 +108,7 @@ impl TestCa {
         let mut b = builder(cn);
         b.set_issuer_name(self.cert.subject_name()).unwrap();
         b.set_pubkey(&key).unwrap();
-        if let Some(mut san) = san {
+        if let Some(san) = san {
             let ext = san
                 .build(&b.x509v3_context(Some(&self.cert), None))
                 .unwrap();

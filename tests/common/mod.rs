@@ -12,6 +12,7 @@ pub use cohort::demo::EchoBackend;
 
 pub mod certs;
 pub mod tls_backend;
+pub mod ws_backend;
 
 /// The `cohort` binary under test.
 pub fn bin() -> &'static str {

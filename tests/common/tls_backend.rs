@@ -68,7 +68,7 @@ fn serve(s: SslStream<TcpStream>, name: &str, requests: &AtomicUsize) {
         c.subject_name()
             .entries_by_nid(Nid::COMMONNAME)
             .next()
-            .and_then(|e| e.data().as_utf8().ok().map(|d| d.to_string()))
+            .map(|e| String::from_utf8_lossy(e.data().as_slice()).into_owned())
     });
     let mut r = BufReader::new(s);
     loop {
