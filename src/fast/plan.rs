@@ -115,6 +115,17 @@ fn plan_with<'b>(
         .router
         .match_service(&view)
         .map(|svc| (svc, table.router.decide(svc, &view)));
+    if let Some((svc, d)) = &route {
+        // gRPC is always a POST: other requests skip the field scan.
+        let grpc = method == "POST"
+            && req
+                .headers
+                .iter()
+                .any(|h| is(h.name, "content-type") && forward::grpc::is_grpc(h.value));
+        if !forward::carrier::engine_carries(&table, *svc, d, grpc) {
+            return Parsed::HandOver;
+        }
+    }
     forward::sample::record(
         state.sample_log.as_ref(),
         &table,

@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 pub use cohort::demo::EchoBackend;
 
 pub mod certs;
+pub mod h2_backend;
+pub mod h2_client;
 pub mod tls_backend;
 pub mod ws_backend;
 
