@@ -43,7 +43,7 @@ pub static FAMILIES: LazyLock<Families> = LazyLock::new(|| {
     requests: reg(IntCounterVec::new(
         Opts::new(
             ANALYSIS_REQUESTS_TOTAL,
-            "Hash- and cookie-assigned requests by variant and outcome (error: status >= 500 sent), the rollout gates' input.",
+            "Hash- and cookie-assigned requests by variant and outcome (error: status >= 500 sent, or a gRPC server fault), the rollout gates' input.",
         ),
         &["service", "variant", "outcome"],
     )
@@ -107,10 +107,11 @@ impl Analysis {
         }
     }
 
-    /// Counts one hash- or cookie-assigned request.
+    /// Counts one hash- or cookie-assigned request, an error or not
+    /// ([`crate::forward::grpc::is_error`]).
     #[inline]
-    pub fn record(&self, status: u16, seconds: f64) {
-        if status >= 500 {
+    pub fn record(&self, error: bool, seconds: f64) {
+        if error {
             self.error.inc();
         } else {
             self.ok.inc();

@@ -6,6 +6,7 @@
 //! lock. Status-code counters are resolved lazily, once per (variant, code), through a
 //! lock-free `OnceLock` slot. Label values come from config names only, never from requests.
 
+use crate::forward::grpc::GrpcStatus;
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGaugeVec, Opts,
 };
@@ -144,8 +145,8 @@ impl Metrics {
         let m = Metrics {
             requests: counters(
                 REQUESTS_TOTAL,
-                "Requests by service, variant served and status code sent.",
-                &["service", "variant", "code"],
+                "Requests by service, variant served, status code sent and, for gRPC calls, grpc-status (empty for other requests).",
+                &["service", "variant", "code", "grpc_status"],
             ),
             duration: histograms(
                 REQUEST_DURATION,
@@ -228,12 +229,18 @@ const PRECREATED_CODES: [u16; 5] = [200, 500, 502, 503, 504];
 
 /// Status codes 100..=599 map to one slot each (anything else is clamped into range).
 const CODE_SLOTS: usize = 500;
+/// gRPC status codes 0..=16.
+const GRPC_SLOTS: usize = 17;
 
 /// Handles for one (service, variant), resolved at table build.
 pub struct VariantMetrics {
     service: String,
     variant: String,
     codes: Box<[OnceLock<IntCounter>]>,
+    /// gRPC calls answered 200, by `grpc-status` (0–16).
+    grpc: Box<[OnceLock<IntCounter>]>,
+    /// The (code, grpc-status) series of gRPC calls answered with another status.
+    grpc_other: std::sync::Mutex<Vec<(u16, u8, IntCounter)>>,
     duration: Histogram,
     upstream: Histogram,
     /// By [`reason_slot`]: forced, hash, cookie, no_key, fallback, rollback, then one per
@@ -254,6 +261,8 @@ impl VariantMetrics {
             service: NONE.to_string(),
             variant: NONE.to_string(),
             codes: (0..CODE_SLOTS).map(|_| OnceLock::new()).collect(),
+            grpc: (0..GRPC_SLOTS).map(|_| OnceLock::new()).collect(),
+            grpc_other: std::sync::Mutex::new(Vec::new()),
             duration: METRICS.duration.with_label_values(&[NONE, NONE]),
             upstream: Histogram::with_opts(detached)
                 .unwrap_or_else(|_| METRICS.upstream.with_label_values(&[NONE, NONE])),
@@ -280,9 +289,72 @@ impl VariantMetrics {
                 let c = (slot + 100).to_string();
                 METRICS
                     .requests
-                    .with_label_values(&[&self.service, &self.variant, &c])
+                    .with_label_values(&[&self.service, &self.variant, &c, ""])
             })
         })
+    }
+
+    /// Counts one gRPC call answered with `code` and `grpc`.
+    fn record_grpc(&self, code: u16, grpc: GrpcStatus) {
+        if code == 200 {
+            if let Some(cell) = self.grpc.get(usize::from(grpc.code())) {
+                cell.get_or_init(|| {
+                    METRICS.requests.with_label_values(&[
+                        &self.service,
+                        &self.variant,
+                        "200",
+                        grpc.label(),
+                    ])
+                })
+                .inc();
+            }
+            return;
+        }
+        let mut other = match self.grpc_other.lock() {
+            Ok(o) => o,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        match other
+            .iter()
+            .find(|(c, g, _)| *c == code && *g == grpc.code())
+        {
+            Some((_, _, counter)) => counter.inc(),
+            None => {
+                let counter = METRICS.requests.with_label_values(&[
+                    &self.service,
+                    &self.variant,
+                    &code.to_string(),
+                    grpc.label(),
+                ]);
+                counter.inc();
+                other.push((code, grpc.code(), counter));
+            }
+        }
+    }
+
+    /// The (code, grpc-status) label values of the gRPC series this variant created.
+    fn grpc_series(&self) -> Vec<(String, &'static str)> {
+        let mut out: Vec<(String, &'static str)> = self
+            .grpc
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.get().is_some())
+            .map(|(g, _)| {
+                (
+                    "200".to_string(),
+                    GrpcStatus::parse(g.to_string().as_bytes()).label(),
+                )
+            })
+            .collect();
+        if let Ok(other) = self.grpc_other.lock() {
+            out.extend(other.iter().map(|(c, g, _)| {
+                (
+                    c.to_string(),
+                    GrpcStatus::parse(g.to_string().as_bytes()).label(),
+                )
+            }));
+        }
+        out
     }
 
     fn resolve(service: &str, variant: &str, reasons: &[String]) -> VariantMetrics {
@@ -291,6 +363,8 @@ impl VariantMetrics {
             service: service.to_string(),
             variant: variant.to_string(),
             codes: (0..CODE_SLOTS).map(|_| OnceLock::new()).collect(),
+            grpc: (0..GRPC_SLOTS).map(|_| OnceLock::new()).collect(),
+            grpc_other: std::sync::Mutex::new(Vec::new()),
             duration: m.duration.with_label_values(&[service, variant]),
             upstream: m.upstream.with_label_values(&[service, variant]),
             assignments: reasons
@@ -309,19 +383,31 @@ impl VariantMetrics {
         }
     }
 
-    /// Records one finished request: its status, its duration and why its variant was
-    /// chosen (`reason_slot`, see [`reason_slot`]; `None` for unmatched requests).
+    /// Records one finished request: its status (and a gRPC call's `grpc-status`), its
+    /// duration, why its variant was chosen (`reason_slot`, see [`reason_slot`]; `None`
+    /// for unmatched requests), and whether it is an error for the rollout analysis
+    /// ([`crate::forward::grpc::is_error`]).
     #[inline]
-    pub fn record_request(&self, code: u16, seconds: f64, reason_slot: Option<usize>) {
+    pub fn record_request(
+        &self,
+        code: u16,
+        grpc: Option<GrpcStatus>,
+        seconds: f64,
+        reason_slot: Option<usize>,
+    ) {
         if !cfg!(feature = "metrics") {
             return;
         }
-        self.record_status(code);
+        match grpc {
+            None => self.record_status(code),
+            Some(g) => self.record_grpc(code, g),
+        }
         self.duration.observe(seconds);
         if let Some(r) = reason_slot {
             self.record_assignment(r);
             if r == HASH_SLOT || r == COOKIE_SLOT {
-                self.analysis.record(code, seconds);
+                let error = crate::forward::grpc::is_error(code, grpc);
+                self.analysis.record(error, seconds);
             }
         }
     }
@@ -471,10 +557,12 @@ impl TableMetrics {
                 None => {
                     for (slot, cell) in v.codes.iter().enumerate() {
                         if cell.get().is_some() {
-                            let _ =
-                                m.requests
-                                    .remove_label_values(&[s, n, &(slot + 100).to_string()]);
+                            let code = (slot + 100).to_string();
+                            let _ = m.requests.remove_label_values(&[s, n, &code, ""]);
                         }
+                    }
+                    for (code, grpc) in v.grpc_series() {
+                        let _ = m.requests.remove_label_values(&[s, n, &code, grpc]);
                     }
                     for r in &v.reasons {
                         let _ = m.assignments.remove_label_values(&[s, n, r]);

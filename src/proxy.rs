@@ -5,6 +5,7 @@
 //! snapshot per request lives in [`Ctx`], so every hook (and the retry) sees the same
 //! config even if a reload lands mid-request.
 
+use crate::forward::grpc::{is_grpc, GrpcStatus};
 use crate::forward::plain::{error_body, plain_fields};
 use crate::forward::{self, Attempt, Body, ClientPeer, Failure, Phase, Retry, UpstreamError};
 use crate::routing::{Decision, RequestView, RoutingTable};
@@ -47,6 +48,11 @@ pub struct Ctx {
     request_id: Option<forward::RequestId>,
     /// The client IP as routing saw it, kept only when the access log is on.
     client_ip: Option<std::net::IpAddr>,
+    /// The request is a gRPC call (`content-type: application/grpc*`).
+    grpc: bool,
+    /// Its `grpc-status`: the upstream's (trailers, or a trailers-only response), or
+    /// the error cohort answered with.
+    grpc_status: Option<GrpcStatus>,
 }
 
 /// The client's address: the connection's peer, as its socket digest holds it (the
@@ -79,6 +85,47 @@ async fn respond(session: &mut Session, code: u16) -> Result<()> {
     session
         .write_response_body(Some(Bytes::from_static(body.as_bytes())), true)
         .await
+}
+
+/// cohort's own failure `code` as a gRPC error (a trailers-only response: HTTP 200,
+/// `grpc-status` and `grpc-message` in its head, [`GrpcStatus::for_status`]).
+async fn write_grpc_error(
+    session: &mut Session,
+    code: u16,
+    variant: Option<(&str, &str)>,
+) -> Result<GrpcStatus> {
+    let status = GrpcStatus::for_status(code);
+    let mut resp = ResponseHeader::build(200, Some(5))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
+    resp.insert_header("grpc-status", status.label())?;
+    resp.insert_header(
+        "grpc-message",
+        format!("cohort: {}", error_body(code).trim_end()),
+    )?;
+    resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    if let Some((name, value)) = variant {
+        resp.insert_header(name.to_string(), value)?;
+    }
+    match session.as_downstream_mut() {
+        // HEADERS with END_STREAM: gRPC's trailers-only response.
+        ServerSession::H2(h2) => h2.write_response_header(Box::new(resp), true)?,
+        other => other.write_error_response(resp, Bytes::new()).await?,
+    }
+    Ok(status)
+}
+
+/// cohort's own error response: plain text, or a gRPC error to a gRPC call.
+async fn answer_error(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    code: u16,
+    variant: Option<(&str, &str)>,
+) -> Result<()> {
+    if ctx.grpc {
+        ctx.grpc_status = Some(write_grpc_error(session, code, variant).await?);
+        return Ok(());
+    }
+    write_error(session, code, variant).await
 }
 
 /// A short plain-text error response; the connection closes.
@@ -116,6 +163,8 @@ impl ProxyHttp for CohortProxy {
             body_limit: forward::request::BodyLimit::new(u64::MAX),
             request_id: None,
             client_ip: None,
+            grpc: false,
+            grpc_status: None,
         }
     }
 
@@ -142,13 +191,17 @@ impl ProxyHttp for CohortProxy {
         let max_body = table.config.server.max_request_body_bytes;
         ctx.body_limit = forward::request::BodyLimit::new(max_body);
         let req = session.req_header();
+        ctx.grpc = req
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| is_grpc(v.as_bytes()));
         let fields = || req.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
         ctx.request_id = Some(forward::RequestId::of(fields()));
         let fields = fields();
         let http11 = req.version == http::Version::HTTP_11;
         if let Err(refusal) = forward::request::check(http11, fields, max_body) {
             ctx.table = Some(table);
-            write_error(session, refusal.status(), None).await?;
+            answer_error(session, ctx, refusal.status(), None).await?;
             return Ok(true);
         }
         let req = session.req_header();
@@ -160,7 +213,10 @@ impl ProxyHttp for CohortProxy {
         let Some(svc) = table.router.match_service(&view) else {
             forward::sample::record(self.state.sample_log.as_ref(), &table, &view, None);
             ctx.table = Some(table);
-            respond(session, 404).await?;
+            match ctx.grpc {
+                true => answer_error(session, ctx, 404, None).await?,
+                false => respond(session, 404).await?,
+            }
             return Ok(true);
         };
         let decision = table.router.decide(svc, &view);
@@ -277,6 +333,18 @@ impl ProxyHttp for CohortProxy {
         }
     }
 
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(v) = trailers.get("grpc-status").filter(|_| ctx.grpc) {
+            ctx.grpc_status = Some(GrpcStatus::parse(v.as_bytes()));
+        }
+        Ok(())
+    }
+
     async fn upstream_response_filter(
         &self,
         _session: &mut Session,
@@ -299,6 +367,13 @@ impl ProxyHttp for CohortProxy {
         let Some(table) = ctx.table.as_deref() else {
             return;
         };
+        // A gRPC call answered 200 without a `grpc-status` was cut short: UNKNOWN, as its
+        // client reads it.
+        let grpc = match (ctx.grpc, ctx.grpc_status) {
+            (false, _) => None,
+            (true, Some(s)) => Some(s),
+            (true, None) => (status == 200).then_some(GrpcStatus::UNKNOWN),
+        };
         let req = session.req_header();
         forward::Finished {
             table,
@@ -308,6 +383,7 @@ impl ProxyHttp for CohortProxy {
                 reason: a.reason(),
             }),
             status,
+            grpc,
             seconds: forward::finish::seconds(ctx.start, ctx.upgraded_at),
             upstream: ctx.route.as_ref().and_then(|(_, a)| a.upstream()),
             body_bytes: session.as_downstream().body_bytes_sent(),
@@ -406,6 +482,12 @@ impl ProxyHttp for CohortProxy {
         if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
             ctx.upgraded_at = Some(Instant::now());
         }
+        if ctx.grpc {
+            // A trailers-only response carries its status in the head.
+            if let Some(v) = resp.headers.get("grpc-status") {
+                ctx.grpc_status = Some(GrpcStatus::parse(v.as_bytes()));
+            }
+        }
         let Some((d, attempt)) = &ctx.route else {
             return Ok(());
         };
@@ -425,9 +507,11 @@ impl ProxyHttp for CohortProxy {
         let variant = ctx
             .route
             .as_ref()
-            .and_then(|(_, attempt)| forward::variant_field(attempt));
+            .and_then(|(_, attempt)| forward::variant_field(attempt))
+            .map(|(n, v)| (n.to_string(), v.to_string()));
+        let variant = variant.as_ref().map(|(n, v)| (n.as_str(), v.as_str()));
         if code > 0 {
-            if let Err(err) = write_error(session, code, variant).await {
+            if let Err(err) = answer_error(session, ctx, code, variant).await {
                 log::debug!("could not send the {code} error response: {err}");
             }
         }

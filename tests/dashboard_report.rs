@@ -250,7 +250,7 @@ fn every_metric_in_the_dashboard_exists_in_a_live_scrape() {
     let deadline = Instant::now() + Duration::from_secs(5);
     let metrics = loop {
         let m = px.metrics();
-        if m.contains("cohort_requests_total{code=\"404\",service=\"_none\",variant=\"_none\"} 1")
+        if m.contains("cohort_requests_total{code=\"404\",grpc_status=\"\",service=\"_none\",variant=\"_none\"} 1")
             || Instant::now() > deadline
         {
             break m;

@@ -153,21 +153,21 @@ fn counters_count_exactly_what_was_sent_per_variant_code_and_reason() {
     assert_eq!(
         val(
             &m,
-            r#"cohort_requests_total{code="200",service="api",variant="stable"}"#
+            r#"cohort_requests_total{code="200",grpc_status="",service="api",variant="stable"}"#
         ),
         stable_total
     );
     assert_eq!(
         val(
             &m,
-            r#"cohort_requests_total{code="200",service="api",variant="canary"}"#
+            r#"cohort_requests_total{code="200",grpc_status="",service="api",variant="canary"}"#
         ),
         canary_total
     );
     assert_eq!(
         val(
             &m,
-            r#"cohort_requests_total{code="404",service="_none",variant="_none"}"#
+            r#"cohort_requests_total{code="404",grpc_status="",service="_none",variant="_none"}"#
         ),
         5.0
     );
@@ -278,15 +278,15 @@ fn upstream_errors_are_counted_by_kind() {
         1.0
     );
     assert_eq!(
-        v(r#"cohort_requests_total{code="502",service="api",variant="stable"}"#),
+        v(r#"cohort_requests_total{code="502",grpc_status="",service="api",variant="stable"}"#),
         1.0
     );
     assert_eq!(
-        v(r#"cohort_requests_total{code="503",service="api",variant="stable"}"#),
+        v(r#"cohort_requests_total{code="503",grpc_status="",service="api",variant="stable"}"#),
         2.0
     );
     assert_eq!(
-        v(r#"cohort_requests_total{code="504",service="api",variant="stable"}"#),
+        v(r#"cohort_requests_total{code="504",grpc_status="",service="api",variant="stable"}"#),
         0.0,
         "pre-created"
     );
@@ -339,12 +339,12 @@ fn reload_updates_weights_and_deletes_series_of_removed_variants() {
     // stable's counters carry over across the reload
     let kept = val(
         &scrape(&before),
-        r#"cohort_requests_total{code="200",service="api",variant="stable"}"#,
+        r#"cohort_requests_total{code="200",grpc_status="",service="api",variant="stable"}"#,
     );
     assert_eq!(
         val(
             &m,
-            r#"cohort_requests_total{code="200",service="api",variant="stable"}"#
+            r#"cohort_requests_total{code="200",grpc_status="",service="api",variant="stable"}"#
         ),
         kept
     );

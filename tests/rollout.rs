@@ -379,7 +379,8 @@ fn rule_pinned_staff_with_errors_do_not_count_in_the_analysis() {
     }
     let errors =
         "cohort_analysis_requests_total{outcome=\"error\",service=\"api\",variant=\"canary\"}";
-    let pinned_500 = "cohort_requests_total{code=\"500\",service=\"api\",variant=\"canary\"}";
+    let pinned_500 =
+        "cohort_requests_total{code=\"500\",grpc_status=\"\",service=\"api\",variant=\"canary\"}";
     // Once all 50 are recorded, none of them is in the analysis.
     assert_eq!(metric_reaches(&px, pinned_500, 50.0), 50.0);
     let m = px.metrics();

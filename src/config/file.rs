@@ -190,6 +190,10 @@ pub struct UpstreamTlsFile {
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckFile {
     pub path: Option<String>,
+    /// `grpc.health.v1.Health/Check` instead of `GET path` (h2c and h2 variants).
+    pub grpc: Option<bool>,
+    /// The service the gRPC check asks about ("" = the server as a whole).
+    pub grpc_service: Option<String>,
     pub interval_ms: Option<u64>,
     pub timeout_ms: Option<u64>,
     pub unhealthy_after: Option<u32>,

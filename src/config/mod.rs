@@ -313,8 +313,11 @@ impl Default for Passive {
 /// Active health check settings of a variant's pool.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HealthCheck {
-    /// `GET path` expecting a 2xx; `None` = a TCP connect check.
+    /// `GET path` expecting a 2xx; `None` = a TCP connect check (or gRPC's).
     pub path: Option<String>,
+    /// `grpc.health.v1.Health/Check` for this service ("" = the server as a whole)
+    /// instead of HTTP: SERVING is healthy.
+    pub grpc: Option<String>,
     pub interval: Duration,
     pub timeout: Duration,
     /// Consecutive failures that mark a backend down.

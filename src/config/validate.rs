@@ -422,6 +422,13 @@ fn variants(vs: &[VariantFile], path: &str, errs: &mut Errors) -> Vec<VariantCon
                 h.clone()
             });
             let protocol = protocol(v, tls.is_some(), &p, errs);
+            let grpc_check = v.health_check.as_ref().is_some_and(|h| h.grpc == Some(true));
+            if grpc_check && protocol == UpstreamProtocol::H1 {
+                errs.push(
+                    format!("{p}.health_check.grpc"),
+                    "needs protocol = \"h2c\" or \"h2\" (gRPC is HTTP/2)",
+                );
+            }
             // Pingora verifies nothing without a name to verify: a backend given by IP
             // address needs one from `tls.sni` or `host_header`.
             let needs_name = tls.as_ref().is_some_and(|t| t.verify && t.sni.is_none())
@@ -559,7 +566,22 @@ fn health_check(h: &HealthCheckFile, path: &str, errs: &mut Errors) -> HealthChe
         }
         n.max(1)
     };
+    let grpc = match (h.grpc, &h.grpc_service) {
+        (Some(true), s) => Some(s.clone().unwrap_or_default()),
+        (_, Some(_)) => {
+            errs.push(format!("{path}.grpc_service"), "needs grpc = true");
+            None
+        }
+        _ => None,
+    };
+    if grpc.is_some() && h.path.is_some() {
+        errs.push(
+            format!("{path}.path"),
+            "not with grpc: the gRPC check calls grpc.health.v1.Health/Check",
+        );
+    }
     HealthCheck {
+        grpc,
         path: h.path.clone(),
         interval,
         timeout,

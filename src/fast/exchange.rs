@@ -336,6 +336,8 @@ impl<'c, S: ClientIo> Exchange<'c, S> {
                 reason: a.reason(),
             }),
             status,
+            // gRPC calls are the Pingora carrier's (`forward::carrier`).
+            grpc: None,
             seconds: start.elapsed().as_secs_f64(),
             upstream: attempt.and_then(|a| a.upstream()),
             body_bytes: self.sent,

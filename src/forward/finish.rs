@@ -21,6 +21,9 @@ pub struct Finished<'a> {
     pub served: Option<Served>,
     /// The status the client got; 499 when it went away before any response.
     pub status: u16,
+    /// A gRPC call's `grpc-status` (the upstream's, or the one cohort answered with);
+    /// `None` for other requests.
+    pub grpc: Option<super::grpc::GrpcStatus>,
     pub seconds: f64,
     pub upstream: Option<SocketAddr>,
     /// Response body bytes sent to the client.
@@ -44,10 +47,15 @@ impl Finished<'_> {
             .served
             .and_then(|s| m.variants.get(s.service)?.get(s.variant).map(|v| (v, s)))
         {
-            Some((v, s)) => {
-                v.record_request(self.status, self.seconds, Some(reason_slot(s.reason)))
-            }
-            None => m.unmatched.record_request(self.status, self.seconds, None),
+            Some((v, s)) => v.record_request(
+                self.status,
+                self.grpc,
+                self.seconds,
+                Some(reason_slot(s.reason)),
+            ),
+            None => m
+                .unmatched
+                .record_request(self.status, self.grpc, self.seconds, None),
         }
         if let Some(log) = log {
             log.write(self.entry().line());

@@ -107,7 +107,8 @@ impl RoutingTable {
                     .map(|(vi, v)| {
                         let path = format!("service[{si}].variant[{vi}].tls");
                         let tls = v.tls.as_ref().and_then(|t| {
-                            UpstreamTlsClient::load(t, &path)
+                            let h2 = v.protocol == crate::config::UpstreamProtocol::H2;
+                            UpstreamTlsClient::load(t, &path, h2)
                                 .map_err(|e| errs.extend(e))
                                 .ok()
                                 .map(Arc::new)

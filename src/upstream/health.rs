@@ -172,7 +172,8 @@ pub struct ProbeTarget {
     pub host: String,
 }
 
-/// One active probe, over TLS with the variant's settings when it has `tls`. HTTP:
+/// One active probe, over TLS with the variant's settings when it has `tls`. gRPC:
+/// `grpc.health.v1.Health/Check` answered SERVING ([`super::grpc_health`]). HTTP:
 /// `GET path`, a well-formed HTTP/1.x response with a 2xx status within the timeout,
 /// read to its end (so the backend sees a clean close, not a reset). TCP: connect (and
 /// the TLS handshake).
@@ -180,9 +181,9 @@ pub async fn probe(addr: SocketAddr, hc: &HealthCheck, target: &ProbeTarget) -> 
     let attempt = async {
         let s = tokio::net::TcpStream::connect(addr).await?;
         match &target.tls {
-            None => http_check(s, hc, &target.host).await,
+            None => check_on(s, hc, &target.host, false).await,
             Some(tls) => match tls.handshake(s, target.name.as_deref()).await {
-                Ok(s) => http_check(s, hc, &target.host).await,
+                Ok(s) => check_on(s, hc, &target.host, true).await,
                 Err(e) => {
                     log::debug!("health check of {addr}: TLS handshake failed: {e}");
                     Ok(false)
@@ -194,6 +195,17 @@ pub async fn probe(addr: SocketAddr, hc: &HealthCheck, target: &ProbeTarget) -> 
         tokio::time::timeout(hc.timeout, attempt).await,
         Ok(Ok(true))
     )
+}
+
+/// The check on an open connection: gRPC's, HTTP's, or none (a TCP check).
+async fn check_on<S>(s: S, hc: &HealthCheck, host: &str, tls: bool) -> std::io::Result<bool>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match &hc.grpc {
+        Some(service) => super::grpc_health::check(s, service, host, tls).await,
+        None => http_check(s, hc, host).await,
+    }
 }
 
 /// The HTTP part of a probe on an open connection (`true` at once for a TCP check).
@@ -291,6 +303,7 @@ mod tests {
     fn hc() -> HealthCheck {
         HealthCheck {
             path: None,
+            grpc: None,
             interval: Duration::from_millis(100),
             timeout: Duration::from_millis(100),
             unhealthy_after: 3,

@@ -4,6 +4,7 @@
 //! compiled and on re-resolution, never on the request path; a backend whose name does
 //! not resolve stays in its pool as a down member, with the reason.
 
+pub mod grpc_health;
 pub mod health;
 pub mod resolve;
 pub mod tls;

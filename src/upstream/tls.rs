@@ -46,7 +46,13 @@ impl std::fmt::Display for TlsFailure {
 impl UpstreamTlsClient {
     /// Reads the PEM files of `t`; errors name their field under `path` (the variant's
     /// `tls`).
-    pub fn load(t: &UpstreamTls, path: &str) -> Result<UpstreamTlsClient, Vec<FieldError>> {
+    /// `h2`: the backends speak HTTP/2, offered by ALPN (for the health checks; requests
+    /// to them are Pingora's).
+    pub fn load(
+        t: &UpstreamTls,
+        path: &str,
+        h2: bool,
+    ) -> Result<UpstreamTlsClient, Vec<FieldError>> {
         let mut errs = Vec::new();
         let err = |field: &str, message: String| FieldError {
             path: format!("{path}.{field}"),
@@ -105,9 +111,9 @@ impl UpstreamTlsClient {
         if !errs.is_empty() {
             return Err(errs);
         }
-        let connector = connector(t, ca.as_deref(), client.as_ref())
+        let connector = connector(t, ca.as_deref(), client.as_ref(), h2)
             .map_err(|e| vec![err("ca", format!("setting up the TLS client: {e}"))])?;
-        let id = xxhash_rust::xxh3::xxh3_64(format!("{t:?}").as_bytes()) | 1;
+        let id = xxhash_rust::xxh3::xxh3_64(format!("{t:?} {h2}").as_bytes()) | 1;
         Ok(UpstreamTlsClient {
             settings: t.clone(),
             connector,
@@ -178,8 +184,12 @@ fn connector(
     t: &UpstreamTls,
     ca: Option<&[X509]>,
     client: Option<&(Vec<X509>, PKey<Private>)>,
+    h2: bool,
 ) -> Result<SslConnector, openssl::error::ErrorStack> {
     let mut b = SslConnector::builder(SslMethod::tls_client())?;
+    if h2 {
+        b.set_alpn_protos(b"\x02h2")?;
+    }
     if let Some(ca) = ca {
         let mut store = X509StoreBuilder::new()?;
         for c in ca {

@@ -34,12 +34,12 @@ impl H2Response {
     }
 }
 
-/// Sends `requests` (method, path, headers, body) over one HTTP/2 connection to `addr`
-/// over TLS, one after the other; returns the responses.
-pub fn h2_requests(
-    addr: SocketAddr,
-    requests: &[(&str, &str, Vec<(&str, &str)>, Vec<u8>)],
-) -> Vec<H2Response> {
+/// One request: method, path, headers, body.
+pub type H2Request<'a> = (&'a str, &'a str, Vec<(&'a str, &'a str)>, Vec<u8>);
+
+/// Sends `requests` over one HTTP/2 connection to `addr` over TLS, one after the other;
+/// returns the responses.
+pub fn h2_requests(addr: SocketAddr, requests: &[H2Request<'_>]) -> Vec<H2Response> {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
