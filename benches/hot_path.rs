@@ -177,7 +177,7 @@ fn bench_record(c: &mut Criterion) {
     let m = &table.metrics.variants[0][0];
     c.bench_function("record/request", |b| {
         b.iter(|| {
-            m.record_request(black_box(200), black_box(0.0042), Some(1));
+            m.record_request(black_box(200), None, black_box(0.0042), Some(1));
             m.record_upstream(black_box(0.0031));
         })
     });

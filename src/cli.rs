@@ -292,6 +292,9 @@ fn check(path: &std::path::Path, no_resolve: bool, strict_dns: bool) -> i32 {
         Err(code) => return code,
     };
     let summary = summary(&config);
+    for w in config.warnings() {
+        eprintln!("warning: {w}");
+    }
     if !no_resolve {
         let table = match RoutingTable::build(config) {
             Ok(t) => t,

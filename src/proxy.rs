@@ -5,6 +5,7 @@
 //! snapshot per request lives in [`Ctx`], so every hook (and the retry) sees the same
 //! config even if a reload lands mid-request.
 
+use crate::forward::grpc::{is_grpc, GrpcStatus};
 use crate::forward::plain::{error_body, plain_fields};
 use crate::forward::{self, Attempt, Body, ClientPeer, Failure, Phase, Retry, UpstreamError};
 use crate::routing::{Decision, RequestView, RoutingTable};
@@ -37,6 +38,8 @@ pub struct Ctx {
     start: Instant,
     /// When the current attempt's request went upstream.
     upstream_start: Option<Instant>,
+    /// When the upstream's 101 came: an upgraded request's duration ends there.
+    upgraded_at: Option<Instant>,
     /// The cohort key, kept only when the access log includes keys.
     key: Option<String>,
     /// `server.max_request_body_bytes` for a body that streams (chunked).
@@ -45,6 +48,11 @@ pub struct Ctx {
     request_id: Option<forward::RequestId>,
     /// The client IP as routing saw it, kept only when the access log is on.
     client_ip: Option<std::net::IpAddr>,
+    /// The request is a gRPC call (`content-type: application/grpc*`).
+    grpc: bool,
+    /// Its `grpc-status`: the upstream's (trailers, or a trailers-only response), or
+    /// the error cohort answered with.
+    grpc_status: Option<GrpcStatus>,
 }
 
 /// The client's address: the connection's peer, as its socket digest holds it (the
@@ -79,6 +87,47 @@ async fn respond(session: &mut Session, code: u16) -> Result<()> {
         .await
 }
 
+/// cohort's own failure `code` as a gRPC error (a trailers-only response: HTTP 200,
+/// `grpc-status` and `grpc-message` in its head, [`GrpcStatus::for_status`]).
+async fn write_grpc_error(
+    session: &mut Session,
+    code: u16,
+    variant: Option<(&str, &str)>,
+) -> Result<GrpcStatus> {
+    let status = GrpcStatus::for_status(code);
+    let mut resp = ResponseHeader::build(200, Some(5))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/grpc")?;
+    resp.insert_header("grpc-status", status.label())?;
+    resp.insert_header(
+        "grpc-message",
+        format!("cohort: {}", error_body(code).trim_end()),
+    )?;
+    resp.insert_header(http::header::CONTENT_LENGTH, "0")?;
+    if let Some((name, value)) = variant {
+        resp.insert_header(name.to_string(), value)?;
+    }
+    match session.as_downstream_mut() {
+        // HEADERS with END_STREAM: gRPC's trailers-only response.
+        ServerSession::H2(h2) => h2.write_response_header(Box::new(resp), true)?,
+        other => other.write_error_response(resp, Bytes::new()).await?,
+    }
+    Ok(status)
+}
+
+/// cohort's own error response: plain text, or a gRPC error to a gRPC call.
+async fn answer_error(
+    session: &mut Session,
+    ctx: &mut Ctx,
+    code: u16,
+    variant: Option<(&str, &str)>,
+) -> Result<()> {
+    if ctx.grpc {
+        ctx.grpc_status = Some(write_grpc_error(session, code, variant).await?);
+        return Ok(());
+    }
+    write_error(session, code, variant).await
+}
+
 /// A short plain-text error response; the connection closes.
 async fn write_error(
     session: &mut Session,
@@ -109,10 +158,13 @@ impl ProxyHttp for CohortProxy {
             tls: false,
             start: Instant::now(),
             upstream_start: None,
+            upgraded_at: None,
             key: None,
             body_limit: forward::request::BodyLimit::new(u64::MAX),
             request_id: None,
             client_ip: None,
+            grpc: false,
+            grpc_status: None,
         }
     }
 
@@ -139,13 +191,17 @@ impl ProxyHttp for CohortProxy {
         let max_body = table.config.server.max_request_body_bytes;
         ctx.body_limit = forward::request::BodyLimit::new(max_body);
         let req = session.req_header();
+        ctx.grpc = req
+            .headers
+            .get(http::header::CONTENT_TYPE)
+            .is_some_and(|v| is_grpc(v.as_bytes()));
         let fields = || req.headers.iter().map(|(n, v)| (n.as_str(), v.as_bytes()));
         ctx.request_id = Some(forward::RequestId::of(fields()));
         let fields = fields();
         let http11 = req.version == http::Version::HTTP_11;
         if let Err(refusal) = forward::request::check(http11, fields, max_body) {
             ctx.table = Some(table);
-            write_error(session, refusal.status(), None).await?;
+            answer_error(session, ctx, refusal.status(), None).await?;
             return Ok(true);
         }
         let req = session.req_header();
@@ -157,7 +213,10 @@ impl ProxyHttp for CohortProxy {
         let Some(svc) = table.router.match_service(&view) else {
             forward::sample::record(self.state.sample_log.as_ref(), &table, &view, None);
             ctx.table = Some(table);
-            respond(session, 404).await?;
+            match ctx.grpc {
+                true => answer_error(session, ctx, 404, None).await?,
+                false => respond(session, 404).await?,
+            }
             return Ok(true);
         };
         let decision = table.router.decide(svc, &view);
@@ -201,8 +260,13 @@ impl ProxyHttp for CohortProxy {
         let (Some((_, attempt)), Some(addr)) = (&mut ctx.route, peer._address.as_inet()) else {
             return e;
         };
+        let error = upstream_error(&e);
+        if error == UpstreamError::Tls {
+            let name = Some(peer.sni.as_str()).filter(|n| !n.is_empty());
+            forward::error::log_tls_failure(*addr, name, &e.to_string());
+        }
         let failure = Failure {
-            error: upstream_error(&e),
+            error,
             phase: Phase::Connect,
             reused: false,
             idempotent: forward::is_idempotent(session.req_header().method.as_str()),
@@ -250,11 +314,16 @@ impl ProxyHttp for CohortProxy {
 
     async fn request_body_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         body: &mut Option<Bytes>,
         _end_of_stream: bool,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        // After a 101 the bytes are the upgraded protocol's (a WebSocket's frames), not
+        // a request body.
+        if session.was_upgraded() {
+            return Ok(());
+        }
         match body.as_ref().map(|b| ctx.body_limit.add(b.len())) {
             Some(Err(refusal)) => Error::e_explain(
                 ErrorType::HTTPStatus(refusal.status()),
@@ -262,6 +331,18 @@ impl ProxyHttp for CohortProxy {
             ),
             _ => Ok(()),
         }
+    }
+
+    fn upstream_response_trailer_filter(
+        &self,
+        _session: &mut Session,
+        trailers: &mut http::HeaderMap,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(v) = trailers.get("grpc-status").filter(|_| ctx.grpc) {
+            ctx.grpc_status = Some(GrpcStatus::parse(v.as_bytes()));
+        }
+        Ok(())
     }
 
     async fn upstream_response_filter(
@@ -286,6 +367,13 @@ impl ProxyHttp for CohortProxy {
         let Some(table) = ctx.table.as_deref() else {
             return;
         };
+        // A gRPC call answered 200 without a `grpc-status` was cut short: UNKNOWN, as its
+        // client reads it.
+        let grpc = match (ctx.grpc, ctx.grpc_status) {
+            (false, _) => None,
+            (true, Some(s)) => Some(s),
+            (true, None) => (status == 200).then_some(GrpcStatus::UNKNOWN),
+        };
         let req = session.req_header();
         forward::Finished {
             table,
@@ -295,7 +383,8 @@ impl ProxyHttp for CohortProxy {
                 reason: a.reason(),
             }),
             status,
-            seconds: ctx.start.elapsed().as_secs_f64(),
+            grpc,
+            seconds: forward::finish::seconds(ctx.start, ctx.upgraded_at),
             upstream: ctx.route.as_ref().and_then(|(_, a)| a.upstream()),
             body_bytes: session.as_downstream().body_bytes_sent(),
             method: req.method.as_str(),
@@ -376,6 +465,9 @@ impl ProxyHttp for CohortProxy {
         if !forward::pooling::reusable_before(up.method.as_str()) {
             up.insert_header("connection", "close")?;
         }
+        if let Some(host) = forward::edits::upstream_host(attempt) {
+            up.insert_header(http::header::HOST, host)?;
+        }
         Ok(())
     }
 
@@ -389,6 +481,15 @@ impl ProxyHttp for CohortProxy {
             // Draining: the client reconnects (elsewhere) instead of finding this
             // connection closed under its next request.
             session.set_keepalive(None);
+        }
+        if resp.status == http::StatusCode::SWITCHING_PROTOCOLS {
+            ctx.upgraded_at = Some(Instant::now());
+        }
+        if ctx.grpc {
+            // A trailers-only response carries its status in the head.
+            if let Some(v) = resp.headers.get("grpc-status") {
+                ctx.grpc_status = Some(GrpcStatus::parse(v.as_bytes()));
+            }
         }
         let Some((d, attempt)) = &ctx.route else {
             return Ok(());
@@ -409,9 +510,11 @@ impl ProxyHttp for CohortProxy {
         let variant = ctx
             .route
             .as_ref()
-            .and_then(|(_, attempt)| forward::variant_field(attempt));
+            .and_then(|(_, attempt)| forward::variant_field(attempt))
+            .map(|(n, v)| (n.to_string(), v.to_string()));
+        let variant = variant.as_ref().map(|(n, v)| (n.as_str(), v.as_str()));
         if code > 0 {
-            if let Err(err) = write_error(session, code, variant).await {
+            if let Err(err) = answer_error(session, ctx, code, variant).await {
                 log::debug!("could not send the {code} error response: {err}");
             }
         }
@@ -426,7 +529,10 @@ impl ProxyHttp for CohortProxy {
 fn upstream_error(e: &Error) -> UpstreamError {
     use ErrorType::*;
     match e.etype() {
-        ConnectTimedout => UpstreamError::ConnectTimeout,
+        ConnectTimedout | TLSHandshakeTimedout => UpstreamError::ConnectTimeout,
+        TLSHandshakeFailure | InvalidCert | HandshakeError | TLSWantX509Lookup => {
+            UpstreamError::Tls
+        }
         ConnectRefused | ConnectNoRoute | ConnectError | BindError | SocketError
         | ConnectProxyFailure => UpstreamError::Connect,
         ReadTimedout | WriteTimedout => UpstreamError::Timeout,

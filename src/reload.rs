@@ -197,6 +197,9 @@ impl Reloader {
         };
         table.config.server.warn_if_admin_token_unset();
         table.log_resolution(Some(&current));
+        for w in table.config.warnings() {
+            log::warn!("{w}");
+        }
         let warnings = table
             .unresolved()
             .map(|l| format!("{}: {}", l.path, l.error().unwrap_or_default()))

@@ -123,6 +123,9 @@ pub fn run(opts: RunOptions) -> Result<(), ConfigError> {
     let config = load_config(&opts, &source)?;
     let table = RoutingTable::build(config)?;
     table.log_resolution(None);
+    for w in table.config.warnings() {
+        log::warn!("{w}");
+    }
     run_table(table, &opts, Some(source))
 }
 

@@ -175,6 +175,23 @@ pub struct VariantFile {
     pub max_fails: Option<u32>,
     pub fail_timeout_secs: Option<u64>,
     pub health_check: Option<HealthCheckFile>,
+    /// `tls = { sni, verify, ca, client_cert, client_key }`: the backends speak TLS.
+    pub tls: Option<UpstreamTlsFile>,
+    /// Replaces the request's `Host` on the way to this variant's backends.
+    pub host_header: Option<String>,
+    /// `h1` (default), `h2c` or `h2`.
+    pub protocol: Option<String>,
+}
+
+/// `tls = { sni, verify, ca, client_cert, client_key }` on a variant.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTlsFile {
+    pub sni: Option<String>,
+    pub verify: Option<bool>,
+    pub ca: Option<String>,
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
 }
 
 /// `health_check = { path, interval_ms, timeout_ms, unhealthy_after, healthy_after }`.
@@ -182,6 +199,10 @@ pub struct VariantFile {
 #[serde(deny_unknown_fields)]
 pub struct HealthCheckFile {
     pub path: Option<String>,
+    /// `grpc.health.v1.Health/Check` instead of `GET path` (h2c and h2 variants).
+    pub grpc: Option<bool>,
+    /// The service the gRPC check asks about ("" = the server as a whole).
+    pub grpc_service: Option<String>,
     pub interval_ms: Option<u64>,
     pub timeout_ms: Option<u64>,
     pub unhealthy_after: Option<u32>,

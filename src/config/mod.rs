@@ -247,6 +247,51 @@ pub struct VariantConfig {
     pub passive: Passive,
     /// Active health checks (`None`: passive ejection only).
     pub health_check: Option<HealthCheck>,
+    /// TLS to the backends (`None`: plaintext).
+    pub tls: Option<UpstreamTls>,
+    /// The `Host` the backends get instead of the client's (API Gateway and Lambda
+    /// function URLs route on it).
+    pub host_header: Option<String>,
+    /// The HTTP version spoken to the backends.
+    pub protocol: UpstreamProtocol,
+}
+
+/// How cohort talks to a variant's backends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 (over TLS when the variant has `tls`).
+    #[default]
+    H1,
+    /// HTTP/2 in cleartext, with prior knowledge.
+    H2c,
+    /// HTTP/2 over TLS, chosen by ALPN.
+    H2,
+}
+
+impl UpstreamProtocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpstreamProtocol::H1 => "h1",
+            UpstreamProtocol::H2c => "h2c",
+            UpstreamProtocol::H2 => "h2",
+        }
+    }
+}
+
+/// A variant's `tls` table: how cohort connects to its backends over TLS. The PEM files
+/// are read when the table is compiled (at start and on every reload).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct UpstreamTls {
+    /// The name sent as SNI and verified against the certificate; `None`: the
+    /// variant's `host_header`, else each backend's own host name.
+    pub sni: Option<String>,
+    /// Verify the certificate chain and name (`false` is allowed; `cohort check` warns).
+    pub verify: bool,
+    /// PEM file of the CAs to trust instead of the system roots.
+    pub ca: Option<String>,
+    /// PEM files of a client certificate (chain) and key, for backends that ask for one.
+    pub client_cert: Option<String>,
+    pub client_key: Option<String>,
 }
 
 /// When requests' failures take a backend out (NGINX's `max_fails`/`fail_timeout`). A
@@ -272,8 +317,11 @@ impl Default for Passive {
 /// Active health check settings of a variant's pool.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct HealthCheck {
-    /// `GET path` expecting a 2xx; `None` = a TCP connect check.
+    /// `GET path` expecting a 2xx; `None` = a TCP connect check (or gRPC's).
     pub path: Option<String>,
+    /// `grpc.health.v1.Health/Check` for this service ("" = the server as a whole)
+    /// instead of HTTP: SERVING is healthy.
+    pub grpc: Option<String>,
     pub interval: Duration,
     pub timeout: Duration,
     /// Consecutive failures that mark a backend down.
@@ -327,6 +375,23 @@ impl Config {
             source,
         })?;
         Config::parse(&text)
+    }
+
+    /// What is valid but unsafe, with field paths: `cohort check` prints these, `run`
+    /// logs them at every load.
+    pub fn warnings(&self) -> Vec<FieldError> {
+        let mut out = Vec::new();
+        for (si, s) in self.services.iter().enumerate() {
+            for (vi, v) in s.variants.iter().enumerate() {
+                if v.tls.as_ref().is_some_and(|t| !t.verify) {
+                    out.push(FieldError {
+                        path: format!("service[{si}].variant[{vi}].tls.verify"),
+                        message: "false: the backends' certificates are not checked, so anyone on the path can impersonate them".into(),
+                    });
+                }
+            }
+        }
+        out
     }
 
     /// Parses and validates config text. The sha256 behind `version` (about a fifth of

@@ -4,7 +4,7 @@
 use super::error::{ConfigError, Errors};
 use super::file::{
     FileConfig, HealthCheckFile, ListenFile, MatcherFile, RuleFile, ServerFile, ServiceFile,
-    VariantFile,
+    UpstreamTlsFile, VariantFile,
 };
 use super::*;
 use std::collections::{BTreeSet, HashMap};
@@ -409,7 +409,45 @@ fn variants(vs: &[VariantFile], path: &str, errs: &mut Errors) -> Vec<VariantCon
                     Balance::RoundRobin
                 }
             };
+            let tls = v
+                .tls
+                .as_ref()
+                .map(|t| upstream_tls(t, &format!("{p}.tls"), errs));
+            let host_header = v.host_header.as_ref().map(|h| {
+                if !plain_host(h) {
+                    errs.push(
+                        format!("{p}.host_header"),
+                        format!("{h:?}: expected a host name, optionally with :port"),
+                    );
+                }
+                h.clone()
+            });
+            let protocol = protocol(v, tls.is_some(), &p, errs);
+            let grpc_check = v.health_check.as_ref().is_some_and(|h| h.grpc == Some(true));
+            if grpc_check && protocol == UpstreamProtocol::H1 {
+                errs.push(
+                    format!("{p}.health_check.grpc"),
+                    "needs protocol = \"h2c\" or \"h2\" (gRPC is HTTP/2)",
+                );
+            }
+            // Pingora verifies nothing without a name to verify: a backend given by IP
+            // address needs one from `tls.sni` or `host_header`.
+            let needs_name = tls.as_ref().is_some_and(|t| t.verify && t.sni.is_none())
+                && host_header.is_none();
+            for (j, b) in v.backends.iter().enumerate().filter(|_| needs_name) {
+                let ip = split_host_port(b)
+                    .is_ok_and(|(h, _)| h.trim_matches(['[', ']']).parse::<IpAddr>().is_ok());
+                if ip {
+                    errs.push(
+                        format!("{p}.backends[{j}]"),
+                        format!("{b:?} is an IP address: with tls.verify, set tls.sni (or host_header) to the name its certificate is for"),
+                    );
+                }
+            }
             VariantConfig {
+                tls,
+                host_header,
+                protocol,
                 name: v.name.clone(),
                 weight: v.weight,
                 backends: v.backends.clone(),
@@ -445,6 +483,72 @@ fn variants(vs: &[VariantFile], path: &str, errs: &mut Errors) -> Vec<VariantCon
     out
 }
 
+/// A variant's `tls` table.
+fn upstream_tls(t: &UpstreamTlsFile, path: &str, errs: &mut Errors) -> UpstreamTls {
+    if let Some(sni) = &t.sni {
+        if !plain_host(sni) || sni.contains(':') {
+            errs.push(
+                format!("{path}.sni"),
+                format!("{sni:?}: expected a host name"),
+            );
+        }
+    }
+    for (field, v) in [
+        ("ca", &t.ca),
+        ("client_cert", &t.client_cert),
+        ("client_key", &t.client_key),
+    ] {
+        if v.as_deref() == Some("") {
+            errs.push(format!("{path}.{field}"), "must name a PEM file");
+        }
+    }
+    match (&t.client_cert, &t.client_key) {
+        (Some(_), None) => errs.push(format!("{path}.client_key"), "required with client_cert"),
+        (None, Some(_)) => errs.push(format!("{path}.client_cert"), "required with client_key"),
+        _ => {}
+    }
+    UpstreamTls {
+        sni: t.sni.clone(),
+        verify: t.verify.unwrap_or(true),
+        ca: t.ca.clone(),
+        client_cert: t.client_cert.clone(),
+        client_key: t.client_key.clone(),
+    }
+}
+
+/// A variant's `protocol`: `h2` needs `tls`, `h2c` is cleartext.
+fn protocol(v: &VariantFile, tls: bool, path: &str, errs: &mut Errors) -> UpstreamProtocol {
+    let field = format!("{path}.protocol");
+    match v.protocol.as_deref().unwrap_or("h1") {
+        "h1" => UpstreamProtocol::H1,
+        "h2c" if tls => {
+            errs.push(field, "\"h2c\" is HTTP/2 in cleartext: use \"h2\" with tls");
+            UpstreamProtocol::H2c
+        }
+        "h2c" => UpstreamProtocol::H2c,
+        "h2" if !tls => {
+            errs.push(
+                field,
+                "\"h2\" is HTTP/2 over TLS: add tls = { ... } (tls = {} for the defaults), or use \"h2c\"",
+            );
+            UpstreamProtocol::H2
+        }
+        "h2" => UpstreamProtocol::H2,
+        other => {
+            errs.push(field, format!("{other:?}: expected h1, h2c or h2"));
+            UpstreamProtocol::H1
+        }
+    }
+}
+
+/// A host name or address with an optional port, as a `Host` field or SNI carries it.
+fn plain_host(h: &str) -> bool {
+    !h.is_empty()
+        && h.bytes().all(|b| {
+            b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b':' | b'[' | b']')
+        })
+}
+
 fn health_check(h: &HealthCheckFile, path: &str, errs: &mut Errors) -> HealthCheck {
     if let Some(p) = &h.path {
         if !p.starts_with('/') || p.bytes().any(|b| b.is_ascii_control() || b == b' ') {
@@ -463,7 +567,22 @@ fn health_check(h: &HealthCheckFile, path: &str, errs: &mut Errors) -> HealthChe
         }
         n.max(1)
     };
+    let grpc = match (h.grpc, &h.grpc_service) {
+        (Some(true), s) => Some(s.clone().unwrap_or_default()),
+        (_, Some(_)) => {
+            errs.push(format!("{path}.grpc_service"), "needs grpc = true");
+            None
+        }
+        _ => None,
+    };
+    if grpc.is_some() && h.path.is_some() {
+        errs.push(
+            format!("{path}.path"),
+            "not with grpc: the gRPC check calls grpc.health.v1.Health/Check",
+        );
+    }
     HealthCheck {
+        grpc,
         path: h.path.clone(),
         interval,
         timeout,

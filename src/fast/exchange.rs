@@ -249,19 +249,17 @@ impl<'c, S: ClientIo> Exchange<'c, S> {
                 Err(code) => return self.error(code, forward::variant_field(attempt)).await,
             };
             self.finish_head(attempt, mark);
+            let key = attempt.pool().conn_key(addr);
             let pooled = if attempt.fresh_only() {
                 None
             } else {
-                pool::take(addr)
+                pool::take(addr, key)
             };
             let reused = pooled.is_some();
-            let (connect_timeout, read_timeout) = (
-                attempt.pool().connect_timeout(),
-                attempt.pool().read_timeout(),
-            );
+            let read_timeout = attempt.pool().read_timeout();
             let result = match pooled {
                 Some(up) => self.exchange(attempt, up, addr, read_timeout).await,
-                None => match connect(addr, connect_timeout).await {
+                None => match connect(attempt.pool(), addr).await {
                     Ok(up) => self.exchange(attempt, up, addr, read_timeout).await,
                     Err(error) => Err((UpErr::Upstream(error), Phase::Connect)),
                 },
@@ -312,6 +310,11 @@ impl<'c, S: ClientIo> Exchange<'c, S> {
         let service = &self.plan.table.router.services[attempt.service()];
         let out = &mut self.plan.out;
         out.truncate(mark);
+        if let Some(client_host) = &self.plan.host {
+            let host =
+                forward::edits::upstream_host(attempt).map_or(&client_host[..], str::as_bytes);
+            super::plan::header(out, b"host", host);
+        }
         for (name, value) in
             forward::edits::cohort_fields(service, attempt.served(), attempt.reason())
         {
@@ -333,6 +336,8 @@ impl<'c, S: ClientIo> Exchange<'c, S> {
                 reason: a.reason(),
             }),
             status,
+            // gRPC calls are the Pingora carrier's (`forward::carrier`).
+            grpc: None,
             seconds: start.elapsed().as_secs_f64(),
             upstream: attempt.and_then(|a| a.upstream()),
             body_bytes: self.sent,

@@ -95,10 +95,13 @@ impl ServerApp for FastApp {
     ) -> Option<Stream> {
         if stream.get_ssl().is_some() {
             // TLS, handshake done: HTTP/2 (ALPN `h2`) goes to the HTTP/2 carrier
-            // ([`http2`]; Pingora's with `COHORT_H2_CARRIER=0`), `http/1.1` or no ALPN
+            // ([`http2`]; Pingora's with `COHORT_H2_CARRIER=0`, or while a variant speaks
+            // HTTP/2 upstream: `forward::carrier`), `http/1.1` or no ALPN
             // to the engine, on this task (the TLS state cannot move threads).
             if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
-                if !http2::enabled() {
+                if !http2::enabled()
+                    || !crate::forward::carrier::h2_carrier_carries(&self.state.table())
+                {
                     return self.handover.serve(stream, shutdown).await;
                 }
                 http2::serve(self, stream, shutdown).await;

@@ -24,6 +24,9 @@ pub(super) struct Plan {
     pub log: Option<LogFields>,
     /// The request is refused with this status before routing ([`forward::request`]).
     pub refused: Option<u16>,
+    /// The client's `Host`, left out of `out` when a variant of the service replaces it
+    /// ([`forward::edits::rehosts`]): each attempt writes the one its variant sends.
+    pub host: Option<Vec<u8>>,
 }
 
 pub(super) struct LogFields {
@@ -112,6 +115,17 @@ fn plan_with<'b>(
         .router
         .match_service(&view)
         .map(|svc| (svc, table.router.decide(svc, &view)));
+    if let Some((svc, d)) = &route {
+        // gRPC is always a POST: other requests skip the field scan.
+        let grpc = method == "POST"
+            && req
+                .headers
+                .iter()
+                .any(|h| is(h.name, "content-type") && forward::grpc::is_grpc(h.value));
+        if !forward::carrier::engine_carries(&table, *svc, d, grpc) {
+            return Parsed::HandOver;
+        }
+    }
     forward::sample::record(
         state.sample_log.as_ref(),
         &table,
@@ -131,7 +145,16 @@ fn plan_with<'b>(
         request_id: request_id.as_str().to_string(),
     });
     let mut out = Vec::new();
+    let mut host = None;
     if let Some((svc, _)) = &route {
+        if forward::edits::rehosts(&table, *svc) {
+            host = Some(
+                req.headers
+                    .iter()
+                    .find(|h| is(h.name, "host"))
+                    .map_or(Vec::new(), |h| h.value.to_vec()),
+            );
+        }
         out.reserve(head_len + 256);
         let edits = RequestEdits::new(
             &table,
@@ -142,7 +165,7 @@ fn plan_with<'b>(
         )
         .with_request_id(&request_id);
         let fields = || req.headers.iter().map(|h| (h.name, h.value));
-        upstream_head(&mut out, &edits, method, target, fields);
+        upstream_head(&mut out, &edits, method, target, fields, host.is_some());
     }
     Parsed::Ready(Box::new(Plan {
         head_len,
@@ -153,6 +176,7 @@ fn plan_with<'b>(
         out,
         log,
         refused: None,
+        host,
         table,
     }))
 }
@@ -176,26 +200,29 @@ pub(super) fn refused(
         out: Vec::new(),
         log,
         refused: Some(code),
+        host: None,
         table,
     })
 }
 
 /// Writes the upstream request head: the client's fields minus connection-level ones
-/// and those the edits drop, then the `X-Forwarded-*` fields the edits set.
-/// `fields` gives the client's (`name`, `value`), in order (it is walked twice).
+/// and those the edits drop (and `Host` when `rehost`), then the `X-Forwarded-*` fields
+/// the edits set. `fields` gives the client's (`name`, `value`), in order (it is walked
+/// twice).
 pub(super) fn upstream_head<'h, I: Iterator<Item = (&'h str, &'h [u8])>>(
     out: &mut Vec<u8>,
     edits: &RequestEdits<'_>,
     method: &str,
     target: &str,
     fields: impl Fn() -> I,
+    rehost: bool,
 ) {
     out.extend_from_slice(method.as_bytes());
     out.push(b' ');
     out.extend_from_slice(target.as_bytes());
     out.extend_from_slice(b" HTTP/1.1\r\n");
     for (name, value) in fields() {
-        if http1::is_connection_field(name) || edits.drops(name) {
+        if http1::is_connection_field(name) || edits.drops(name) || rehost && is(name, "host") {
             continue;
         }
         header(out, name.as_bytes(), value);

@@ -6,14 +6,13 @@
 use super::exchange::{Exchange, Next};
 use super::http1::{self, BodyFraming, ChunkedScanner, MAX_HEAD};
 use super::plan::header;
-use super::upstream_io::{read, send_upstream, UpErr, UPSTREAM_CHUNK};
+use super::upstream_io::{read, send_upstream, UpErr, UpStream, UPSTREAM_CHUNK};
 use super::{pool, ClientIo};
 use crate::forward::{Attempt, Failure, Phase, ResponseEdits, UpstreamError};
 use pingora_timeout::fast_timeout::fast_timeout;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
 
 /// How relaying a response ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -36,7 +35,7 @@ impl<S: ClientIo> Exchange<'_, S> {
     pub(super) async fn exchange(
         &mut self,
         attempt: &mut Attempt,
-        mut up: TcpStream,
+        mut up: UpStream,
         addr: SocketAddr,
         read_timeout: Duration,
     ) -> Attempted {
@@ -95,7 +94,7 @@ impl<S: ClientIo> Exchange<'_, S> {
             )
             .await;
         if relayed == Relayed::Clean && poolable(self.plan.head_request, status, framing) {
-            pool::put(addr, up);
+            pool::put(addr, attempt.pool().conn_key(addr), up);
         }
         let next = match (relayed, self.close) {
             (Relayed::ClientGone, _) => Next::Gone,
@@ -108,7 +107,7 @@ impl<S: ClientIo> Exchange<'_, S> {
     /// Streams the rest of the request body from the client to the upstream.
     async fn stream_request_body(
         &mut self,
-        up: &mut TcpStream,
+        up: &mut UpStream,
         limit: Duration,
     ) -> Result<(), UpErr> {
         if self.body_left > 16 * 1024 {
@@ -216,7 +215,7 @@ impl<S: ClientIo> Exchange<'_, S> {
         &mut self,
         attempt: &mut Attempt,
         addr: SocketAddr,
-        up: &mut TcpStream,
+        up: &mut UpStream,
         mut rbuf: Vec<u8>,
         head_len: usize,
         body: BodyFraming,

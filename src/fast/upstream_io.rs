@@ -1,15 +1,84 @@
-//! Reads and writes on an upstream connection for the HTTP/1 engine, each bounded by the
-//! variant's timeouts, with failures as the forwarding core's [`UpstreamError`].
+//! Connections to upstreams for the HTTP/1 engine ([`UpStream`]: plaintext or TLS), and
+//! reads and writes on them, each bounded by the variant's timeouts, with failures as
+//! the forwarding core's [`UpstreamError`].
 
 use crate::forward::UpstreamError;
+use crate::upstream::Pool;
 use pingora_timeout::fast_timeout::fast_timeout;
 use pingora_timeout::tokio_timeout;
 use std::net::SocketAddr;
 use std::pin::Pin;
+use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
+use tokio_openssl::SslStream;
+
+/// A connection to an upstream: plaintext, or TLS (a variant with `tls`).
+pub(super) enum UpStream {
+    Plain(TcpStream),
+    Tls(Box<SslStream<TcpStream>>),
+}
+
+impl UpStream {
+    /// Whether an idle connection is still open. A plaintext one costs no system call
+    /// unless the reactor has seen it become readable (an idle HTTP connection only does
+    /// when it closes). A TLS one is peeked at, so that no TLS record is consumed; one
+    /// with bytes waiting (a close alert) is not reused either.
+    pub(super) fn is_open(&self) -> bool {
+        use futures::FutureExt;
+        let mut probe = [0u8; 1];
+        match self {
+            UpStream::Plain(s) => {
+                matches!(s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            }
+            UpStream::Tls(s) => s.get_ref().peek(&mut probe).now_or_never().is_none(),
+        }
+    }
+}
+
+impl AsyncRead for UpStream {
+    #[inline]
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpStream {
+    #[inline]
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpStream::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpStream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+        }
+    }
+}
 
 /// Response bytes read from the upstream per read.
 pub(super) const UPSTREAM_CHUNK: usize = 16 * 1024;
@@ -24,7 +93,7 @@ pub(super) enum UpErr {
 
 /// Reads from the upstream into `buf` within `limit`.
 pub(super) async fn read(
-    up: &mut TcpStream,
+    up: &mut UpStream,
     buf: &mut Vec<u8>,
     mut timer: Pin<&mut Sleep>,
     limit: Duration,
@@ -43,7 +112,7 @@ pub(super) async fn read(
 /// Writes request bytes to the upstream; an upstream that does not take them within
 /// `limit` (the variant's `read_timeout_ms`) is a timeout.
 pub(super) async fn send_upstream(
-    up: &mut TcpStream,
+    up: &mut UpStream,
     bytes: &[u8],
     limit: Duration,
 ) -> Result<(), UpErr> {
@@ -54,14 +123,35 @@ pub(super) async fn send_upstream(
     }
 }
 
-/// A new upstream connection.
-pub(super) async fn connect(addr: SocketAddr, limit: Duration) -> Result<TcpStream, UpstreamError> {
-    match fast_timeout(limit, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => {
-            let _ = s.set_nodelay(true);
-            Ok(s)
-        }
-        Ok(Err(_)) => Err(UpstreamError::Connect),
+/// A new connection to `addr` of `pool`, with its TLS handshake when the variant has
+/// `tls`; `connect_timeout_ms` bounds both. A failed handshake is logged with OpenSSL's
+/// reason.
+pub(super) async fn connect(pool: &Pool, addr: SocketAddr) -> Result<UpStream, UpstreamError> {
+    let limit = pool.connect_timeout();
+    let Some(tls) = pool.tls() else {
+        return match fast_timeout(limit, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => {
+                let _ = s.set_nodelay(true);
+                Ok(UpStream::Plain(s))
+            }
+            Ok(Err(_)) => Err(UpstreamError::Connect),
+            Err(_) => Err(UpstreamError::ConnectTimeout),
+        };
+    };
+    let name = pool.server_name(addr);
+    let connect = async {
+        let tcp = TcpStream::connect(addr)
+            .await
+            .map_err(|_| UpstreamError::Connect)?;
+        let _ = tcp.set_nodelay(true);
+        tls.handshake(tcp, name.map(|n| &**n)).await.map_err(|e| {
+            crate::forward::error::log_tls_failure(addr, name.map(|n| &**n), &e.0);
+            UpstreamError::Tls
+        })
+    };
+    match tokio_timeout(limit, connect).await {
+        Ok(Ok(s)) => Ok(UpStream::Tls(Box::new(s))),
+        Ok(Err(e)) => Err(e),
         Err(_) => Err(UpstreamError::ConnectTimeout),
     }
 }

@@ -287,6 +287,9 @@ mod tests {
             (Phase::Connect, ConnectTimeout, false, true, Replayable, NONE, OtherBackend, true, ConnectFailed),
             (Phase::Connect, UpstreamError::Connect, false, true, Replayable, OTHER, GiveUp(502), true, ConnectFailed),
             (Phase::Connect, ConnectTimeout, false, true, Replayable, OTHER, GiveUp(504), true, ConnectFailed),
+            // A failed TLS handshake: nothing was sent either; 502 once no backend is left.
+            (Phase::Connect, Tls, false, false, Consumed, NONE, OtherBackend, true, ConnectFailed),
+            (Phase::Connect, Tls, false, true, Replayable, OTHER, GiveUp(502), true, ConnectFailed),
             // A stale pooled connection: once more on a fresh one, not held against the backend.
             (Exchange, Closed, true, true, Replayable, NONE, Fresh, false, Signal::None),
             (Exchange, Closed, true, true, Replayable, OTHER, Fresh, false, Signal::None),

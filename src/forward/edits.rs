@@ -147,6 +147,18 @@ pub fn cohort_fields(
     ]
 }
 
+/// The `Host` the upstream gets instead of the client's: the serving variant's
+/// `host_header` (API Gateway, Lambda function URLs and virtual hosts route on it).
+pub fn upstream_host(attempt: &super::Attempt) -> Option<&str> {
+    attempt.pool().host_header()
+}
+
+/// Whether some variant of service `svc` replaces `Host`: a carrier that writes the
+/// upstream head once per request keeps the client's `Host` aside for the attempts.
+pub fn rehosts(table: &RoutingTable, svc: usize) -> bool {
+    table.pools[svc].iter().any(|p| p.host_header().is_some())
+}
+
 /// What cohort changes in the response the client gets.
 pub struct ResponseEdits<'a> {
     /// `expose_header` and the variant serving; the upstream's field of that name is

@@ -14,6 +14,9 @@ pub enum UpstreamError {
     ConnectTimeout,
     /// Connected, but a read or write waited longer than `read_timeout_ms`.
     Timeout,
+    /// The TLS handshake failed: the certificate is not trusted or not for the backend's
+    /// name, or the two sides share no protocol or cipher. Nothing was sent.
+    Tls,
     /// The connection closed or reset.
     Closed,
     /// The upstream sent something that is not an HTTP/1.1 response (or one too large).
@@ -28,6 +31,7 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect => ErrorKind::Connect,
             UpstreamError::ConnectTimeout | UpstreamError::Timeout => ErrorKind::Timeout,
+            UpstreamError::Tls => ErrorKind::Tls,
             UpstreamError::Closed => ErrorKind::Reset,
             UpstreamError::Protocol => ErrorKind::Protocol,
             UpstreamError::Other => ErrorKind::Other,
@@ -45,8 +49,19 @@ impl UpstreamError {
 
     /// Whether the failure happened while connecting (nothing was sent upstream).
     pub fn at_connect(self) -> bool {
-        matches!(self, UpstreamError::Connect | UpstreamError::ConnectTimeout)
+        matches!(
+            self,
+            UpstreamError::Connect | UpstreamError::ConnectTimeout | UpstreamError::Tls
+        )
     }
+}
+
+/// Logs a failed TLS handshake with a backend, with the reason (both carriers).
+pub fn log_tls_failure(addr: std::net::SocketAddr, name: Option<&str>, reason: &str) {
+    log::warn!(
+        "upstream TLS handshake with {addr} (server name {}) failed: {reason}",
+        name.unwrap_or("none")
+    );
 }
 
 #[cfg(test)]
@@ -60,6 +75,7 @@ mod tests {
             (Connect, 502, ErrorKind::Connect),
             (ConnectTimeout, 504, ErrorKind::Timeout),
             (Timeout, 504, ErrorKind::Timeout),
+            (Tls, 502, ErrorKind::Tls),
             (Closed, 502, ErrorKind::Reset),
             (Protocol, 502, ErrorKind::Protocol),
             (Other, 502, ErrorKind::Other),

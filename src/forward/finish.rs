@@ -21,6 +21,9 @@ pub struct Finished<'a> {
     pub served: Option<Served>,
     /// The status the client got; 499 when it went away before any response.
     pub status: u16,
+    /// A gRPC call's `grpc-status` (the upstream's, or the one cohort answered with);
+    /// `None` for other requests.
+    pub grpc: Option<super::grpc::GrpcStatus>,
     pub seconds: f64,
     pub upstream: Option<SocketAddr>,
     /// Response body bytes sent to the client.
@@ -44,10 +47,15 @@ impl Finished<'_> {
             .served
             .and_then(|s| m.variants.get(s.service)?.get(s.variant).map(|v| (v, s)))
         {
-            Some((v, s)) => {
-                v.record_request(self.status, self.seconds, Some(reason_slot(s.reason)))
-            }
-            None => m.unmatched.record_request(self.status, self.seconds, None),
+            Some((v, s)) => v.record_request(
+                self.status,
+                self.grpc,
+                self.seconds,
+                Some(reason_slot(s.reason)),
+            ),
+            None => m
+                .unmatched
+                .record_request(self.status, self.grpc, self.seconds, None),
         }
         if let Some(log) = log {
             log.write(self.entry().line());
@@ -82,6 +90,16 @@ impl Finished<'_> {
             request_id: self.request_id,
         }
     }
+}
+
+/// A request's duration for metrics and the log: to its end, or for an upgraded
+/// request (a WebSocket) to its 101. What follows the 101 is a connection's lifetime, not
+/// a request's latency: counted as one it would swamp the duration histograms and the
+/// rollout's latency gate.
+pub fn seconds(start: std::time::Instant, upgraded_at: Option<std::time::Instant>) -> f64 {
+    upgraded_at
+        .map_or_else(|| start.elapsed(), |at| at.duration_since(start))
+        .as_secs_f64()
 }
 
 /// The key the decision hashed (or the minted cookie id), as text, for the access log.

@@ -4,8 +4,11 @@
 //!
 //! - [`edits`]: the fields cohort removes and adds on the way up and on the way down;
 //! - [`attempt`]: select a backend, fall back, retry, give up ([`attempt::judge`]);
+//! - [`carrier`]: which carrier can take a request (HTTP/2 backends and gRPC are
+//!   Pingora's);
 //! - [`error`]: one upstream error type, mapped to a status and a metric kind;
 //! - [`finish`]: end-of-request metrics and the access log line;
+//! - [`grpc`]: gRPC requests, their outcome (`grpc-status`) and cohort's errors for them;
 //! - [`plain`]: cohort's own short responses;
 //! - [`pooling`]: when an upstream connection may be used again;
 //! - [`request`]: the requests refused before routing (ambiguous framing, `Host`, size);
@@ -17,9 +20,11 @@
 //! Neither imports the other.
 
 pub mod attempt;
+pub mod carrier;
 pub mod edits;
 pub mod error;
 pub mod finish;
+pub mod grpc;
 pub mod plain;
 pub mod pooling;
 pub mod request;

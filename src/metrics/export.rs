@@ -6,6 +6,7 @@
 use super::series::{self, Hist, Series, FIXED_REASONS};
 use super::ErrorKind;
 use crate::analysis::{ANALYSIS_DURATION, ANALYSIS_REQUESTS_TOTAL};
+use crate::forward::grpc::GrpcStatus;
 use prometheus::core::{Collector, Desc};
 use prometheus::proto::{
     Bucket, Counter, Gauge, Histogram, LabelPair, Metric, MetricFamily, MetricType,
@@ -24,7 +25,8 @@ struct Family {
 
 const REQUESTS: Family = Family {
     name: super::REQUESTS_TOTAL,
-    help: "Requests by service, variant served and status code sent.",
+    help:
+        "Requests by service, variant served and status code sent (gRPC calls also by grpc_status).",
     kind: MetricType::COUNTER,
     labels: &["service", "variant", "code"],
 };
@@ -60,7 +62,7 @@ const WEIGHT: Family = Family {
 };
 const ANALYSIS_REQUESTS: Family = Family {
     name: ANALYSIS_REQUESTS_TOTAL,
-    help: "Hash- and cookie-assigned requests by variant and outcome (error: status >= 500 sent), the rollout gates' input.",
+    help: "Hash- and cookie-assigned requests by variant and outcome (error: status >= 500 sent, or a gRPC server fault), the rollout gates' input.",
     kind: MetricType::COUNTER,
     labels: &["service", "variant", "outcome"],
 };
@@ -171,6 +173,15 @@ fn export(s: &Series, out: &mut [Vec<Metric>; 8]) {
     codes.sort_unstable();
     for (code, n) in codes {
         out[0].push(counter(&labelled(s, "code", &code.to_string()), n));
+    }
+    // gRPC calls carry one more label, `grpc_status`; the other series keep three, so
+    // queries and dashboards written before gRPC see the same series.
+    if let Some(grpc) = s.grpc.get() {
+        for (code, status, n) in grpc.read() {
+            let (code, status) = (code.to_string(), GrpcStatus::from_code(status).label());
+            let [a, b, c] = labelled(s, "code", &code);
+            out[0].push(counter(&[a, b, c, ("grpc_status", status)], n));
+        }
     }
     out[1].push(histogram(s, &s.duration));
     if s.unmatched {
@@ -349,7 +360,7 @@ mod tests {
     fn record(m: &VariantMetrics, e: &Event) {
         match e {
             Event::Request(code, secs, reason) => {
-                m.record_request(*code, *secs, reason.map(reason_slot))
+                m.record_request(*code, None, *secs, reason.map(reason_slot))
             }
             Event::Upstream(secs) => m.record_upstream(*secs),
             Event::Error(k) => m.record_upstream_error(*k),

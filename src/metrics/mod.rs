@@ -39,16 +39,19 @@ pub enum ErrorKind {
     Reset,
     Protocol,
     Other,
+    /// The TLS handshake with the backend failed (certificate, hostname, protocol).
+    Tls,
 }
 
 impl ErrorKind {
     /// Every kind, in the order of [`ErrorKind::index`].
-    pub const ALL: [ErrorKind; 5] = [
+    pub const ALL: [ErrorKind; 6] = [
         ErrorKind::Connect,
         ErrorKind::Timeout,
         ErrorKind::Reset,
         ErrorKind::Protocol,
         ErrorKind::Other,
+        ErrorKind::Tls,
     ];
 
     /// The label value.
@@ -59,6 +62,7 @@ impl ErrorKind {
             ErrorKind::Reset => "reset",
             ErrorKind::Protocol => "protocol",
             ErrorKind::Other => "other",
+            ErrorKind::Tls => "tls",
         }
     }
 

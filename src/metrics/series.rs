@@ -14,7 +14,7 @@
 //! series ([`remove`]).
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU16, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock, Mutex, MutexGuard, OnceLock, PoisonError};
 
 /// The duration histograms' upper bounds ([`super::duration_buckets`]), read on every
@@ -163,6 +163,88 @@ impl Codes {
     }
 }
 
+/// gRPC calls of one variant by (status code sent, `grpc-status`), allocated on the
+/// variant's first gRPC call (a variant that never sees one pays a pointer). A call
+/// answered 200 (nearly all of them) counts by its `grpc-status` alone; the few other
+/// (code, status) pairs take one of [`GRPC_INLINE`] slots, then a list under a lock
+/// (cold: it needs more than that many distinct pairs). 17 statuses at most per code.
+pub struct GrpcCodes {
+    /// Code 200, by `grpc-status` 0..=16.
+    ok: [AtomicU64; GRPC_STATUSES],
+    /// `code << 8 | status + 1`; 0: free.
+    key: [AtomicU32; GRPC_INLINE],
+    count: [AtomicU64; GRPC_INLINE],
+    more: Mutex<Vec<(u32, u64)>>,
+}
+
+const GRPC_STATUSES: usize = 17;
+/// (code, status) pairs other than 200 a variant counts without a lock.
+pub const GRPC_INLINE: usize = 8;
+
+impl GrpcCodes {
+    fn new() -> GrpcCodes {
+        GrpcCodes {
+            ok: std::array::from_fn(|_| AtomicU64::new(0)),
+            key: std::array::from_fn(|_| AtomicU32::new(0)),
+            count: std::array::from_fn(|_| AtomicU64::new(0)),
+            more: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Counts one call answered with `code` (clamped into 100..=599) and `status`
+    /// (clamped into 0..=16).
+    #[inline]
+    pub fn count(&self, code: u16, status: u8) {
+        let status = status.min(16);
+        if code == 200 {
+            self.ok[usize::from(status)].fetch_add(1, Ordering::Relaxed);
+            return;
+        }
+        let key = u32::from(code.clamp(100, 599)) << 8 | (u32::from(status) + 1);
+        for (k, n) in self.key.iter().zip(&self.count) {
+            let mut seen = k.load(Ordering::Relaxed);
+            if seen == 0 {
+                seen = match k.compare_exchange(0, key, Ordering::Relaxed, Ordering::Relaxed) {
+                    Ok(_) => key,
+                    Err(other) => other,
+                };
+            }
+            if seen == key {
+                n.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
+        let mut more = lock(&self.more);
+        match more.iter_mut().find(|(k, _)| *k == key) {
+            Some((_, n)) => *n += 1,
+            None => more.push((key, 1)),
+        }
+    }
+
+    /// Every (code, status) counted, with its count, in (code, status) order.
+    pub fn read(&self) -> Vec<(u16, u8, u64)> {
+        let mut out: Vec<(u16, u8, u64)> = (0u8..)
+            .zip(&self.ok)
+            .map(|(g, n)| (200, g, n.load(Ordering::Relaxed)))
+            .filter(|(_, _, n)| *n > 0)
+            .collect();
+        let unkey = |k: u32| ((k >> 8) as u16, ((k & 0xff) - 1) as u8);
+        for (k, n) in self.key.iter().zip(&self.count) {
+            let k = k.load(Ordering::Relaxed);
+            if k != 0 {
+                let (code, status) = unkey(k);
+                out.push((code, status, n.load(Ordering::Relaxed)));
+            }
+        }
+        for (k, n) in lock(&self.more).iter() {
+            let (code, status) = unkey(*k);
+            out.push((code, status, *n));
+        }
+        out.sort_unstable();
+        out
+    }
+}
+
 /// The assignment reasons every variant has, in [`super::reason_slot`] order.
 pub const FIXED_REASONS: [&str; 6] = ["forced", "hash", "cookie", "no_key", "fallback", "rollback"];
 
@@ -180,6 +262,8 @@ pub struct Series {
     /// are exported.
     pub unmatched: bool,
     pub codes: Codes,
+    /// gRPC calls (not in `codes`), once the variant has seen one.
+    pub grpc: OnceLock<Box<GrpcCodes>>,
     pub duration: Hist,
     pub upstream: Hist,
     /// By [`FIXED_REASONS`].
@@ -187,7 +271,7 @@ pub struct Series {
     /// The rules of the service as configured now (replaced on reload).
     rules: Mutex<Vec<Arc<RuleCounter>>>,
     /// By [`super::ErrorKind::index`].
-    pub errors: [AtomicU64; 5],
+    pub errors: [AtomicU64; super::ErrorKind::ALL.len()],
     /// The configured weight (`f64` bits).
     pub weight: AtomicU64,
     /// The rollout gates' inputs: hash- and cookie-assigned requests.
@@ -207,6 +291,7 @@ impl Series {
             variant: variant.into(),
             unmatched,
             codes: Codes::new(),
+            grpc: OnceLock::new(),
             duration: Hist::new(),
             upstream: Hist::new(),
             reasons: std::array::from_fn(|_| AtomicU64::new(0)),
@@ -217,6 +302,12 @@ impl Series {
             analysis_error: AtomicU64::new(0),
             analysis_duration: Hist::new(),
         }
+    }
+
+    /// The variant's gRPC counters, created on its first gRPC call.
+    #[inline]
+    pub fn grpc(&self) -> &GrpcCodes {
+        self.grpc.get_or_init(|| Box::new(GrpcCodes::new()))
     }
 
     /// The counter of the rule labelled `label`, created at 0 if new.
@@ -360,6 +451,34 @@ mod tests {
         assert_eq!(cumulative[at_one], 4);
         assert_eq!(cumulative[at_one - 1], 3);
         assert!((sum - (0.0001 + 0.0005 + 0.00051 + 1.0 + 10.0 + 11.0 + 1e9)).abs() < 1e-3);
+    }
+
+    #[test]
+    fn grpc_calls_count_by_code_and_status_beyond_the_inline_slots() {
+        let g = GrpcCodes::new();
+        g.count(200, 0);
+        g.count(200, 0);
+        g.count(200, 14);
+        g.count(200, 99); // clamped to 16
+                          // 10 distinct non-200 pairs: 8 inline, 2 under the lock.
+        for status in 0..10u8 {
+            g.count(503, status);
+        }
+        g.count(503, 9);
+        g.count(999, 1); // clamped to 599
+        let seen = g.read();
+        let count = |c: u16, s: u8| seen.iter().find(|x| x.0 == c && x.1 == s).map(|x| x.2);
+        assert_eq!(count(200, 0), Some(2));
+        assert_eq!(count(200, 14), Some(1));
+        assert_eq!(count(200, 16), Some(1));
+        assert_eq!(count(200, 1), None, "never sent, never exported");
+        assert_eq!(count(503, 0), Some(1));
+        assert_eq!(count(503, 9), Some(2), "a pair past the inline slots");
+        assert_eq!(count(599, 1), Some(1));
+        assert_eq!(seen.len(), 3 + 10 + 1, "{seen:?}");
+        let mut sorted = seen.clone();
+        sorted.sort_unstable();
+        assert_eq!(seen, sorted);
     }
 
     #[test]

@@ -4,6 +4,7 @@
 
 use super::series::{self, RuleCounter, Series, FIXED_REASONS};
 use super::{ErrorKind, METRICS};
+use crate::forward::grpc::GrpcStatus;
 use crate::rollout::SideCounters;
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -54,20 +55,33 @@ impl VariantMetrics {
         &self.series
     }
 
-    /// Records one finished request: its status, its duration and why its variant was
-    /// chosen (see [`super::reason_slot`]; `None` for unmatched requests).
+    /// Records one finished request: its status (and a gRPC call's `grpc-status`), its
+    /// duration, why its variant was chosen (see [`super::reason_slot`]; `None` for
+    /// unmatched requests), and whether the rollout analysis counts it as an error
+    /// ([`crate::forward::grpc::is_error`]).
     #[inline]
-    pub fn record_request(&self, code: u16, seconds: f64, reason_slot: Option<usize>) {
+    pub fn record_request(
+        &self,
+        code: u16,
+        grpc: Option<GrpcStatus>,
+        seconds: f64,
+        reason_slot: Option<usize>,
+    ) {
         if !cfg!(feature = "metrics") {
             return;
         }
         let s = &*self.series;
-        s.codes.counter(code).fetch_add(1, Ordering::Relaxed);
+        match grpc {
+            None => {
+                s.codes.counter(code).fetch_add(1, Ordering::Relaxed);
+            }
+            Some(g) => s.grpc().count(code, g.code()),
+        }
         s.duration.observe(seconds);
         if let Some(r) = reason_slot {
             self.record_assignment(r);
             if r == super::HASH_SLOT || r == super::COOKIE_SLOT {
-                let outcome = if code >= 500 {
+                let outcome = if crate::forward::grpc::is_error(code, grpc) {
                     &s.analysis_error
                 } else {
                     &s.analysis_ok

@@ -7,6 +7,7 @@ use crate::config::{Config, ConfigError};
 use crate::metrics::TableMetrics;
 use crate::tls::Certificates;
 use crate::upstream::resolve::{Session, UNRESOLVED_RETRY};
+use crate::upstream::tls::UpstreamTlsClient;
 use crate::upstream::{Lookup, Pool, Resolver};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -97,11 +98,23 @@ impl RoutingTable {
         let pools: Vec<Vec<Pool>> = config
             .services
             .iter()
-            .map(|s| {
+            .enumerate()
+            .map(|(si, s)| {
                 let mut vl = lookups.next().unwrap_or_default().into_iter();
                 s.variants
                     .iter()
-                    .map(|v| Pool::new(v, vl.next().unwrap_or_default()))
+                    .enumerate()
+                    .map(|(vi, v)| {
+                        let path = format!("service[{si}].variant[{vi}].tls");
+                        let tls = v.tls.as_ref().and_then(|t| {
+                            let h2 = v.protocol == crate::config::UpstreamProtocol::H2;
+                            UpstreamTlsClient::load(t, &path, h2)
+                                .map_err(|e| errs.extend(e))
+                                .ok()
+                                .map(Arc::new)
+                        });
+                        Pool::new(v, vl.next().unwrap_or_default(), tls)
+                    })
                     .collect()
             })
             .collect();

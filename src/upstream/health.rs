@@ -6,6 +6,7 @@
 //! works from the *current* table: a table's checks start when it is swapped in and stop
 //! when it is swapped out.
 
+use super::tls::UpstreamTlsClient;
 use crate::config::{HealthCheck, Passive};
 use crate::state::State;
 use async_trait::async_trait;
@@ -161,48 +162,89 @@ impl HealthBook {
 /// The most of a probe response cohort reads (head and body).
 const PROBE_MAX: usize = 64 * 1024;
 
-/// One active probe. HTTP: `GET path`, a well-formed HTTP/1.x response with a 2xx status
-/// within the timeout, read to its end (so the backend sees a clean close, not a reset).
-/// TCP: connect.
-pub async fn probe(addr: SocketAddr, hc: &HealthCheck) -> bool {
+/// How a backend is reached by a probe: its variant's TLS client and server name, and
+/// the `Host` to send (the variant's `host_header`, else the server name, else the
+/// address).
+#[derive(Clone)]
+pub struct ProbeTarget {
+    pub tls: Option<Arc<UpstreamTlsClient>>,
+    pub name: Option<Arc<str>>,
+    pub host: String,
+}
+
+/// One active probe, over TLS with the variant's settings when it has `tls`. gRPC:
+/// `grpc.health.v1.Health/Check` answered SERVING ([`super::grpc_health`]). HTTP:
+/// `GET path`, a well-formed HTTP/1.x response with a 2xx status within the timeout,
+/// read to its end (so the backend sees a clean close, not a reset). TCP: connect (and
+/// the TLS handshake).
+pub async fn probe(addr: SocketAddr, hc: &HealthCheck, target: &ProbeTarget) -> bool {
     let attempt = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await?;
-        let Some(path) = &hc.path else {
-            return Ok::<bool, std::io::Error>(true);
-        };
-        let req = format!(
-            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nUser-Agent: cohort-health-check\r\nConnection: close\r\n\r\n"
-        );
-        s.write_all(req.as_bytes()).await?;
-        let mut buf = Vec::with_capacity(1024);
-        let status = loop {
-            if s.read_buf(&mut buf).await? == 0 || buf.len() > PROBE_MAX {
-                return Ok(false);
-            }
-            let mut headers = [httparse::EMPTY_HEADER; 64];
-            let mut resp = httparse::Response::new(&mut headers);
-            match resp.parse(&buf) {
-                Ok(httparse::Status::Complete(_)) => break resp.code.unwrap_or(0),
-                Ok(httparse::Status::Partial) => {}
-                Err(_) => return Ok(false),
-            }
-        };
-        // `Connection: close` was asked for: the body ends when the backend closes.
-        let mut total = buf.len();
-        let mut sink = [0u8; 4096];
-        loop {
-            let n = s.read(&mut sink).await?;
-            total += n;
-            if n == 0 || total > PROBE_MAX {
-                break;
-            }
+        let s = tokio::net::TcpStream::connect(addr).await?;
+        match &target.tls {
+            None => check_on(s, hc, &target.host, false).await,
+            Some(tls) => match tls.handshake(s, target.name.as_deref()).await {
+                Ok(s) => check_on(s, hc, &target.host, true).await,
+                Err(e) => {
+                    log::debug!("health check of {addr}: TLS handshake failed: {e}");
+                    Ok(false)
+                }
+            },
         }
-        Ok((200..300).contains(&status))
     };
     matches!(
         tokio::time::timeout(hc.timeout, attempt).await,
         Ok(Ok(true))
     )
+}
+
+/// The check on an open connection: gRPC's, HTTP's, or none (a TCP check).
+async fn check_on<S>(s: S, hc: &HealthCheck, host: &str, tls: bool) -> std::io::Result<bool>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+{
+    match &hc.grpc {
+        Some(service) => super::grpc_health::check(s, service, host, tls).await,
+        None => http_check(s, hc, host).await,
+    }
+}
+
+/// The HTTP part of a probe on an open connection (`true` at once for a TCP check).
+async fn http_check<S>(mut s: S, hc: &HealthCheck, host: &str) -> std::io::Result<bool>
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let Some(path) = &hc.path else {
+        return Ok(true);
+    };
+    let req = format!(
+        "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: cohort-health-check\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await?;
+    let mut buf = Vec::with_capacity(1024);
+    let status = loop {
+        if s.read_buf(&mut buf).await? == 0 || buf.len() > PROBE_MAX {
+            return Ok(false);
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        match resp.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => break resp.code.unwrap_or(0),
+            Ok(httparse::Status::Partial) => {}
+            Err(_) => return Ok(false),
+        }
+    };
+    // `Connection: close` was asked for: the body ends when the backend closes.
+    let mut total = buf.len();
+    let mut sink = [0u8; 4096];
+    loop {
+        // A TLS backend may close without a close_notify: the body has ended all the same.
+        let n = s.read(&mut sink).await.unwrap_or(0);
+        total += n;
+        if n == 0 || total > PROBE_MAX {
+            break;
+        }
+    }
+    Ok((200..300).contains(&status))
 }
 
 /// Runs the active checks of whatever table is current.
@@ -243,8 +285,9 @@ impl HealthService {
                 h.next_probe
                     .store(now + hc.interval.as_millis() as u64, Ordering::Relaxed);
                 let (h, hc) = (h.clone(), hc.clone());
+                let target = pool.probe_target(h.addr);
                 tokio::spawn(async move {
-                    let ok = probe(h.addr, &hc).await;
+                    let ok = probe(h.addr, &hc, &target).await;
                     h.record(ok, &hc);
                     h.probing.store(false, Ordering::Relaxed);
                 });
@@ -260,6 +303,7 @@ mod tests {
     fn hc() -> HealthCheck {
         HealthCheck {
             path: None,
+            grpc: None,
             interval: Duration::from_millis(100),
             timeout: Duration::from_millis(100),
             unhealthy_after: 3,

@@ -4,17 +4,20 @@
 //! compiled and on re-resolution, never on the request path; a backend whose name does
 //! not resolve stays in its pool as a down member, with the reason.
 
+pub mod grpc_health;
 pub mod health;
 pub mod resolve;
+pub mod tls;
 
 pub use resolve::{Lookup, Resolver, HOSTS_FILE_ENV};
 
 use health::{BackendHealth, HEALTH};
 use std::sync::Arc;
 
-use crate::config::{Balance, HealthCheck, Passive, VariantConfig};
+use crate::config::{Balance, HealthCheck, Passive, UpstreamProtocol, VariantConfig};
 use futures::FutureExt;
 use pingora_core::protocols::l4::socket::SocketAddr as PSocketAddr;
+use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_load_balancing::discovery::Static;
 use pingora_load_balancing::selection::{
@@ -24,10 +27,14 @@ use pingora_load_balancing::{Backend, Backends, Extensions, LoadBalancer};
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
 use std::time::Duration;
+use tls::UpstreamTlsClient;
 
 /// Idle upstream connections are closed after this long, so connections to backends
 /// removed by a reload are reaped.
 const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Concurrent streams cohort opens on one HTTP/2 connection to a backend (Pingora opens
+/// another connection past it).
+const H2_STREAMS: usize = 100;
 
 enum Selector {
     RoundRobin(LoadBalancer<RoundRobin>),
@@ -51,6 +58,16 @@ pub struct Pool {
     health: Vec<Arc<BackendHealth>>,
     check: Option<HealthCheck>,
     passive: Passive,
+    /// TLS to the backends (`None`: plaintext).
+    tls: Option<Arc<UpstreamTlsClient>>,
+    /// The TLS server name of each address, aligned with `addrs`.
+    names: Vec<Option<Arc<str>>>,
+    /// The key of each address's idle connections in the engine's pool, aligned with
+    /// `addrs`: 0 for plaintext; for TLS it also covers the settings and server name, so
+    /// a connection is only reused for the same backend identity.
+    conn_keys: Vec<u64>,
+    host_header: Option<String>,
+    protocol: UpstreamProtocol,
 }
 
 impl std::fmt::Debug for Pool {
@@ -60,14 +77,36 @@ impl std::fmt::Debug for Pool {
 }
 
 impl Pool {
-    /// Builds the pool for a variant from its backends' lookups ([`Resolver`]).
-    pub fn new(v: &VariantConfig, lookups: Vec<Lookup>) -> Pool {
+    /// Builds the pool for a variant from its backends' lookups ([`Resolver`]), with its
+    /// TLS client when it has `tls` ([`UpstreamTlsClient::load`]).
+    pub fn new(
+        v: &VariantConfig,
+        lookups: Vec<Lookup>,
+        tls: Option<Arc<UpstreamTlsClient>>,
+    ) -> Pool {
         let mut addrs: Vec<SocketAddr> = Vec::new();
-        for a in lookups.iter().flat_map(Lookup::addrs) {
-            if !addrs.contains(a) {
-                addrs.push(*a);
+        let mut names = Vec::new();
+        for l in &lookups {
+            for a in l.addrs() {
+                if !addrs.contains(a) {
+                    addrs.push(*a);
+                    let name = tls
+                        .as_ref()
+                        .and_then(|t| t.server_name(&l.name, v.host_header.as_deref()));
+                    names.push(name.map(Arc::from));
+                }
             }
         }
+        let conn_keys = names
+            .iter()
+            .map(|n: &Option<Arc<str>>| match &tls {
+                None => 0,
+                Some(t) => {
+                    let name = n.as_deref().unwrap_or_default();
+                    xxhash_rust::xxh3::xxh3_64_with_seed(name.as_bytes(), t.id) | 1
+                }
+            })
+            .collect();
         let selector = (addrs.len() > 1).then(|| {
             let set: BTreeSet<Backend> = addrs
                 .iter()
@@ -92,6 +131,59 @@ impl Pool {
             read_timeout: v.read_timeout,
             check: v.health_check.clone(),
             passive: v.passive,
+            tls,
+            names,
+            conn_keys,
+            host_header: v.host_header.clone(),
+            protocol: v.protocol,
+        }
+    }
+
+    fn index(&self, addr: SocketAddr) -> Option<usize> {
+        self.addrs.iter().position(|a| *a == addr)
+    }
+
+    /// The TLS client of the variant (`None`: plaintext backends).
+    pub fn tls(&self) -> Option<&Arc<UpstreamTlsClient>> {
+        self.tls.as_ref()
+    }
+
+    /// The TLS server name for `addr` (SNI, and the name its certificate must cover).
+    pub fn server_name(&self, addr: SocketAddr) -> Option<&Arc<str>> {
+        self.index(addr).and_then(|i| self.names[i].as_ref())
+    }
+
+    /// The key of `addr`'s idle connections in the engine's pool (0: plaintext).
+    #[inline]
+    pub fn conn_key(&self, addr: SocketAddr) -> u64 {
+        if self.tls.is_none() {
+            return 0;
+        }
+        self.index(addr).map_or(1, |i| self.conn_keys[i])
+    }
+
+    /// The `Host` the backends get instead of the client's, if set.
+    pub fn host_header(&self) -> Option<&str> {
+        self.host_header.as_deref()
+    }
+
+    /// The HTTP version spoken to the backends.
+    pub fn protocol(&self) -> UpstreamProtocol {
+        self.protocol
+    }
+
+    /// How the health checks reach `addr` (the same TLS settings as requests).
+    pub fn probe_target(&self, addr: SocketAddr) -> health::ProbeTarget {
+        let name = self.server_name(addr).cloned();
+        let host = match (&self.host_header, &name) {
+            (Some(h), _) => h.clone(),
+            (None, Some(n)) => n.to_string(),
+            (None, None) => addr.to_string(),
+        };
+        health::ProbeTarget {
+            tls: self.tls.clone(),
+            name,
+            host,
         }
     }
 
@@ -161,9 +253,28 @@ impl Pool {
         picked.addr.as_inet().copied()
     }
 
-    /// The peer Pingora connects to for `addr`.
+    /// The peer Pingora connects to for `addr`: TLS with the variant's settings, and
+    /// HTTP/2 (by ALPN over TLS, with prior knowledge in cleartext) when its `protocol`
+    /// says so, with streams multiplexed on pooled connections.
     pub fn peer(&self, addr: SocketAddr) -> HttpPeer {
-        let mut peer = HttpPeer::new(addr, false, String::new());
+        let name = self
+            .server_name(addr)
+            .map_or(String::new(), |n| n.to_string());
+        let mut peer = HttpPeer::new(addr, self.tls.is_some(), name);
+        if let Some(t) = &self.tls {
+            peer.options.verify_cert = t.settings.verify;
+            peer.options.verify_hostname = t.settings.verify;
+            peer.options.ca = t.ca.clone();
+            peer.client_cert_key = t.client_cert.clone();
+        }
+        match self.protocol {
+            UpstreamProtocol::H1 => {}
+            UpstreamProtocol::H2 => peer.options.alpn = ALPN::H2,
+            UpstreamProtocol::H2c => peer.options.set_http_version(2, 2),
+        }
+        if self.protocol != UpstreamProtocol::H1 {
+            peer.options.max_h2_streams = H2_STREAMS;
+        }
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = Some(self.read_timeout);
         // An upstream that stops taking the request (its body) is a timeout too.

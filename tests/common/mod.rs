@@ -13,6 +13,11 @@ pub use cohort::demo::EchoBackend;
 mod config_server;
 #[allow(unused_imports)]
 pub use config_server::ConfigServer;
+pub mod certs;
+pub mod h2_backend;
+pub mod h2_client;
+pub mod tls_backend;
+pub mod ws_backend;
 
 /// The `cohort` binary under test.
 pub fn bin() -> &'static str {

@@ -5,7 +5,7 @@
 //! is sent chunked otherwise.
 
 use super::super::exchange::REPLAY_BODY;
-use super::super::upstream_io::{send_upstream, UpErr};
+use super::super::upstream_io::{send_upstream, UpErr, UpStream};
 use super::super::BODY_READ_TIMEOUT;
 use crate::forward::request::BodyLimit;
 use crate::forward::Body;
@@ -14,7 +14,6 @@ use h2::RecvStream;
 use pingora_timeout::fast_timeout::fast_timeout;
 use std::io::Write as _;
 use std::time::Duration;
-use tokio::net::TcpStream;
 
 /// How the body is framed towards the upstream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +139,7 @@ impl RequestBody {
     }
 
     /// Streams the rest of the body upstream as it arrives.
-    pub async fn stream(&mut self, up: &mut TcpStream, limit: Duration) -> Result<(), UpErr> {
+    pub async fn stream(&mut self, up: &mut UpStream, limit: Duration) -> Result<(), UpErr> {
         self.streamed = true;
         let mut framed = Vec::new();
         loop {

@@ -49,6 +49,7 @@ pub(super) async fn serve(
         sent: 0,
         idempotent: forward::is_idempotent(parts.method.as_str()),
         head_request: parts.method == http::Method::HEAD,
+        host: None,
     };
     let status = s.run(&parts).await;
     s.finish(status, start);
@@ -75,6 +76,9 @@ pub(super) struct Exchange<'c> {
     pub sent: usize,
     pub idempotent: bool,
     pub head_request: bool,
+    /// The client's host, left out of `out` when a variant of the service replaces it
+    /// ([`forward::edits::rehosts`]): each attempt writes the one its variant sends.
+    host: Option<Vec<u8>>,
 }
 
 impl Exchange<'_> {
@@ -153,7 +157,11 @@ impl Exchange<'_> {
         // HTTP/2 carries the host as `:authority` and may split `Cookie` into crumbs
         // (RFC 9113 §8.3.1, §8.2.3): HTTP/1.1 wants one `Host` and one `Cookie`. `TE`
         // (only `trailers` in HTTP/2) is hop-by-hop and stays on this hop.
-        let host_field = (!parts.headers.contains_key(http::header::HOST))
+        let rehost = forward::edits::rehosts(&table, svc);
+        if rehost {
+            self.host = Some(host.as_bytes().to_vec());
+        }
+        let host_field = (!rehost && !parts.headers.contains_key(http::header::HOST))
             .then_some(("host", authority.as_bytes()));
         let cookie = joined_cookie(&parts.headers);
         let upstream_fields = || {
@@ -166,7 +174,14 @@ impl Exchange<'_> {
                 .chain(cookie.as_deref().map(|c| ("cookie", c)))
         };
         self.out.reserve(512);
-        upstream_head(&mut self.out, &edits, method, target, upstream_fields);
+        upstream_head(
+            &mut self.out,
+            &edits,
+            method,
+            target,
+            upstream_fields,
+            rehost,
+        );
         let mut attempt = Attempt::new(table.clone(), svc, &decision);
         self.route = Some((svc, decision));
         let status = self.proxy(&mut attempt).await;
@@ -195,16 +210,13 @@ impl Exchange<'_> {
             let pooled = if attempt.fresh_only() {
                 None
             } else {
-                pool::take(addr)
+                pool::take(addr, attempt.pool().conn_key(addr))
             };
             let reused = pooled.is_some();
-            let (connect_timeout, read_timeout) = (
-                attempt.pool().connect_timeout(),
-                attempt.pool().read_timeout(),
-            );
+            let read_timeout = attempt.pool().read_timeout();
             let result = match pooled {
                 Some(up) => self.exchange(attempt, up, addr, read_timeout).await,
-                None => match connect(addr, connect_timeout).await {
+                None => match connect(attempt.pool(), addr).await {
                     Ok(up) => self.exchange(attempt, up, addr, read_timeout).await,
                     Err(error) => Err((UpErr::Upstream(error), Phase::Connect)),
                 },
@@ -243,6 +255,11 @@ impl Exchange<'_> {
         let service = &self.table.router.services[attempt.service()];
         let out = &mut self.out;
         out.truncate(mark);
+        if let Some(client_host) = &self.host {
+            let host =
+                forward::edits::upstream_host(attempt).map_or(&client_host[..], str::as_bytes);
+            header(out, b"host", host);
+        }
         for (name, value) in
             forward::edits::cohort_fields(service, attempt.served(), attempt.reason())
         {
@@ -264,6 +281,9 @@ impl Exchange<'_> {
                 reason: a.reason(),
             }),
             status,
+            // gRPC needs a variant that speaks HTTP/2 upstream, and this carrier takes
+            // no connection while one exists (`forward::carrier::h2_carrier_carries`).
+            grpc: None,
             seconds: start.elapsed().as_secs_f64(),
             upstream: attempt.and_then(|a| a.upstream()),
             body_bytes: self.sent,

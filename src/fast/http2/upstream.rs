@@ -8,7 +8,7 @@
 use super::super::http1::{self, BodyFraming, ChunkedScanner, MAX_HEAD};
 use super::super::pool;
 use super::super::relay::{is_interim, poolable, relays_field};
-use super::super::upstream_io::{read, send_upstream, UpErr, UPSTREAM_CHUNK};
+use super::super::upstream_io::{read, send_upstream, UpErr, UpStream, UPSTREAM_CHUNK};
 use super::send;
 use super::stream::Exchange;
 use crate::forward::{Attempt, Failure, Phase, ResponseEdits, UpstreamError};
@@ -17,7 +17,6 @@ use h2::SendStream;
 use http::header::{HeaderName, HeaderValue};
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
 
 /// A parsed upstream response head: its length in the buffer, status and framing.
 struct Head {
@@ -36,7 +35,7 @@ impl Exchange<'_> {
     pub(super) async fn exchange(
         &mut self,
         attempt: &mut Attempt,
-        mut up: TcpStream,
+        mut up: UpStream,
         addr: SocketAddr,
         read_timeout: Duration,
     ) -> Attempted {
@@ -92,7 +91,7 @@ impl Exchange<'_> {
         };
         match relayed {
             Relayed::Clean(true) if poolable(self.head_request, status, framing) => {
-                pool::put(addr, up)
+                pool::put(addr, attempt.pool().conn_key(addr), up)
             }
             Relayed::ClientGone => return Ok(499),
             _ => {}
@@ -177,7 +176,7 @@ impl Exchange<'_> {
         &mut self,
         attempt: &mut Attempt,
         addr: SocketAddr,
-        up: &mut TcpStream,
+        up: &mut UpStream,
         tx: &mut SendStream<Bytes>,
         mut rbuf: Vec<u8>,
         head_len: usize,
