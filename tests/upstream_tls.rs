@@ -359,7 +359,7 @@ fn http2_clients_reach_an_https_backend_with_its_host_over_one_pooled_connection
             b.addr,
             path(&ca_pem)
         );
-        let px = Cohort::start_with_env(&config, env);
+        let _px = Cohort::start_with_env(&config, env);
         let tls = std::net::SocketAddr::from(([127, 0, 0, 1], tls_port));
         assert!(
             wait_until(Duration::from_secs(10), || std::net::TcpStream::connect(
