@@ -203,8 +203,8 @@ fn canary_and_baseline_with_zero_weights_have_no_users_to_split() {
     );
 }
 
-/// The annotated example in conf/cohort.toml is commented out (the engine is not yet
-/// wired into the proxy); uncommented, it must be valid.
+/// The annotated example in conf/cohort.toml is commented out (a rollout is opt-in);
+/// uncommented, it must be valid.
 #[test]
 fn the_commented_example_in_conf_cohort_toml_is_valid() {
     let text =
