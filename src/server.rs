@@ -193,7 +193,9 @@ pub fn run_table(
     // stopped writing rollout state (`Rollouts::retire` on SIGQUIT).
     server.bootstrap();
     let rollouts = match role {
-        Role::Follower(link) => Rollouts::follower(link),
+        Role::Follower(link) => {
+            Rollouts::follower(link, format!("{rollout_state}.fleet-copy").into())
+        }
         role => Rollouts::open(rollout_state.clone().into(), role).map_err(state_error)?,
     };
     let state = Arc::new(

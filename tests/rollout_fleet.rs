@@ -97,6 +97,9 @@ impl Fleet {
             .collect();
         let stale = stale_state(&text);
         let _ = std::fs::remove_file(&files[0]);
+        for f in &files {
+            let _ = std::fs::remove_file(copy_of(f));
+        }
         for f in &files[1..] {
             std::fs::write(f, &stale).unwrap();
         }
@@ -143,8 +146,14 @@ impl Drop for Fleet {
         }
         for f in &self.files {
             let _ = std::fs::remove_file(f);
+            let _ = std::fs::remove_file(copy_of(f));
         }
     }
+}
+
+/// Where a follower keeps its copy of the decider's states (beside its state file).
+fn copy_of(state_file: &std::path::Path) -> PathBuf {
+    PathBuf::from(format!("{}.fleet-copy", state_file.display()))
 }
 
 /// A valid state file for `config`'s rollout, rolled back: what a follower must not
@@ -379,6 +388,44 @@ fn the_fleet_rolls_back_together_when_the_canary_errs() {
         );
     }
     fleet.assert_only_the_decider_writes_state();
+}
+
+/// SPEC: no instance's restart changes the step. A follower that restarts while the
+/// decider is down starts from its copy of the decider's last answer: a rolled-back
+/// canary stays without users (and rules pinned to it stay suspended).
+#[test]
+fn a_follower_restarted_while_the_decider_is_down_keeps_the_rollback() {
+    let (s, c) = (backend("stable"), backend("canary"));
+    c.set_error_rate(0.5);
+    let mut fleet = Fleet::start(|d| config(&s, &c, d, FAST));
+    let traffic = UserTraffic::start("down", &fleet.addrs(), 1, 5000);
+    all_agree(&fleet, "rollback", |r| r["state"] == "rolled_back");
+    drop(traffic);
+    assert!(
+        copy_of(&fleet.files[1]).exists(),
+        "the follower keeps a copy"
+    );
+    fleet.nodes[0].signal("KILL");
+    fleet.nodes[0].wait_exit(std::time::Duration::from_secs(10));
+    fleet.nodes[1].restart();
+    let r = get(&fleet.nodes[1]);
+    assert_eq!(
+        r["services"][0]["state"],
+        "rolled_back",
+        "{r:#}\n{}",
+        fleet.logs()
+    );
+    assert_eq!(r["services"][0]["percent"], 0.0, "{r:#}");
+    let users: Vec<String> = (0..200).map(|i| format!("u-{i}")).collect();
+    assert!(variants(&fleet.nodes[1], &users)
+        .iter()
+        .all(|v| v == "stable"));
+    let pinned = fleet.nodes[1]
+        .client()
+        .get("/", &[("x-staff", "1"), ("x-user-id", "u1")]);
+    assert_eq!(pinned.backend(), "stable");
+    // Its state file (stale, from before the fleet) is still neither read nor written.
+    assert_eq!(std::fs::read(&fleet.files[1]).unwrap(), fleet.stale);
 }
 
 #[test]

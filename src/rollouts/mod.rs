@@ -40,6 +40,8 @@ pub const INSTANCE: &str = "local";
 pub struct Rollouts {
     /// `None`: kept in memory only (a follower; tests, tools).
     path: Option<PathBuf>,
+    /// A follower's copy of the decider's last answer ([`Rollouts::follower`]).
+    cache: Option<PathBuf>,
     role: Role,
     states: Mutex<BTreeMap<String, RolloutState>>,
     /// Set when a `cohort run --upgrade` process takes over: from then on this one runs
@@ -93,18 +95,45 @@ impl Rollouts {
         let states = store::load(&path)?.map(|f| f.services).unwrap_or_default();
         Ok(Rollouts {
             path: Some(path),
+            cache: None,
             role,
             states: Mutex::new(states),
             retired: AtomicBool::new(false),
         })
     }
 
-    /// A follower: it holds what the decider answers, in memory only (it never reads a
-    /// state file either: its own would be stale).
-    pub fn follower(link: fleet::Link) -> Rollouts {
+    /// A follower: it holds what the decider answers. It never reads the state file (its
+    /// own would be stale, and only the decider writes one); it keeps a copy of the
+    /// decider's last answer in `cache` instead, and starts from that copy, so a follower
+    /// that restarts while the decider is down serves the step the fleet was on (a
+    /// rolled-back canary stays without users) rather than the first step.
+    pub fn follower(link: fleet::Link, cache: PathBuf) -> Rollouts {
+        let states = match store::load(&cache) {
+            Ok(f) => f.map(|f| f.services).unwrap_or_default(),
+            Err(e) => {
+                log::warn!(
+                    "rollout: the copy of the decider's states in {} is not used: {e}",
+                    cache.display()
+                );
+                BTreeMap::new()
+            }
+        };
         Rollouts {
             role: Role::Follower(link),
+            cache: Some(cache),
+            states: Mutex::new(states),
             ..Rollouts::default()
+        }
+    }
+
+    /// Writes a follower's copy of the decider's states.
+    fn keep_copy(&self, states: &Guard<'_>) {
+        let Some(cache) = &self.cache else { return };
+        if let Err(e) = store::save(cache, &StateFile::new((**states).clone())) {
+            log::warn!(
+                "rollout: the decider's states not copied to {}: {e}",
+                cache.display()
+            );
         }
     }
 

@@ -98,6 +98,7 @@ impl Rollouts {
         };
         let mut states = self.lock();
         let table = serving();
+        let mut changed = false;
         for (si, s) in table.router.services.iter().enumerate() {
             let Some(cfg) = &s.cfg.rollout else { continue };
             let Some(new) = answer.services.get(&s.cfg.name) else {
@@ -126,6 +127,10 @@ impl Rollouts {
             }
             states.insert(s.cfg.name.clone(), new.clone());
             self.route(&states, &table, si);
+            changed = true;
+        }
+        if changed {
+            self.keep_copy(&states);
         }
         drop(states);
         if link.synced() {
