@@ -453,4 +453,15 @@ fn generated_errors_name_the_variant() {
     let r = px.client().get("/", &[("x-user-id", u)]);
     assert_eq!(r.status, 503, "ejected: {}", r.text());
     assert_eq!(r.header("x-cohort-variant"), Some("canary"));
+    // A backend too slow for read_timeout_ms: cohort's 504 names the variant too.
+    let slow = backend("canary");
+    slow.set_delay_ms(2000);
+    let cfg = format!(
+        "[server]\nlisten = [\"@LISTEN@\"]\nadmin = \"@ADMIN@\"\nthreads = 1\n[[service]]\nname = \"api\"\nkey = [\"header:x-user-id\"]\nexpose_header = \"x-cohort-variant\"\n[[service.variant]]\nname = \"stable\"\nweight = 50\nbackends = [\"{}\"]\n[[service.variant]]\nname = \"canary\"\nweight = 50\nread_timeout_ms = 200\nbackends = [\"{}\"]\n",
+        s.addr, slow.addr
+    );
+    let px = Cohort::start(&cfg);
+    let r = px.client().get("/", &[("x-user-id", u)]);
+    assert_eq!(r.status, 504, "timed out: {}", r.text());
+    assert_eq!(r.header("x-cohort-variant"), Some("canary"));
 }

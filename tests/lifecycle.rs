@@ -180,8 +180,8 @@ fn upgrade_script_hands_over_under_load_with_no_failed_or_refused_request() {
 }
 
 /// Two instances share one file and differ by `--listen`/`--admin`: each gets its own pid
-/// file and upgrade socket, named after its effective listen port, and removes the pid
-/// file when it exits.
+/// file, named after its effective listen port, and removes it when it exits. (The
+/// upgrade socket follows the same port: `options::tests`, and `cohort check` prints it.)
 #[test]
 fn per_instance_files_follow_the_effective_listen_address_and_the_pid_file_is_removed() {
     let b = backend("stable");

@@ -70,6 +70,7 @@ listen = [{{ addr = "@LISTEN@", proxy_protocol = true }}, "{plain}"]
 admin = "@ADMIN@"
 threads = 2
 client_header_timeout_secs = 1
+access_log = "@DIR@/access.log"
 [[server.tls]]
 listen = "{tls}"
 cert = "@DIR@/tls.crt"
@@ -192,6 +193,39 @@ fn v1_and_v2_headers_name_the_client_for_rules_and_forwarded_for() {
     c.write_all(&bytes).unwrap();
     let r = read_response(&mut BufReader::new(c), false).unwrap().0;
     assert_eq!(seen(&r), (expected(ip6), Some(ip6.to_string())), "IPv6");
+    // The access log's client_ip is the header's client too, on both carriers (the
+    // engine's requests and the one handed over).
+    let log = t.px.dir.path().join("access.log");
+    let want = [
+        "203.0.113.7",
+        "203.0.113.7",
+        "203.0.113.9",
+        "203.0.113.9",
+        "203.0.113.9",
+        ip6,
+    ];
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let ips = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let ips: Vec<String> = text
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["client_ip"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string()
+            })
+            .collect();
+        if ips.len() >= want.len() || Instant::now() > deadline {
+            break ips;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut sorted = ips.clone();
+    sorted.sort();
+    let mut want: Vec<String> = want.iter().map(|s| s.to_string()).collect();
+    want.sort();
+    assert_eq!(sorted, want, "access log client_ip, in log order: {ips:?}");
 }
 
 #[test]
