@@ -6,6 +6,9 @@
 # (Ir(N2) - Ir(N1)) / (N2 - N1), which cancels start-up and shutdown.
 # Usage: scripts/callgrind-metrics.sh WITH_METRICS_BIN WITHOUT_METRICS_BIN [N1 N2]
 #   (any two builds can be compared the same way; LABELS=build renames the rows)
+#   ROLLOUT_WITH=1: the first binary serves the split through a progressive rollout
+#   (scripts/bench/lib.sh BENCH_ROLLOUT): one binary given twice then measures what a
+#   rollout costs per request.
 #   build them with: cargo build --release && cp target/release/cohort /tmp/with
 #                    cargo build --release --no-default-features && cp target/release/cohort /tmp/without
 set -euo pipefail
@@ -17,10 +20,11 @@ source "$HERE/bench/lib.sh"
 trap 'stop_groups; rm -rf "$T"' EXIT
 B=$(free_port)
 start_nginx_backend "$T" "$B"
-measure() { # bin n -> total instructions
+measure() { # bin n [rollout] -> total instructions
   local bin="$1" n="$2" p a
   p=$(free_port); a=$(free_port)
-  cohort_bench_config "$p" "$a" "$T" "$B" "$B" 1 >"$T/c.toml"
+  BENCH_ROLLOUT="${3:-0}" cohort_bench_config "$p" "$a" "$T" "$B" "$B" 1 >"$T/c.toml"
+  rm -f "$T"/cohort.rollout.json /tmp/cohort-"$p".rollout.json
   rm -f "$T"/callgrind.out.*
   RUST_LOG=error valgrind --tool=callgrind --callgrind-out-file="$T/callgrind.out.%p" "$bin" run -c "$T/c.toml" 2>"$T/vg.log" &
   local vg=$!
@@ -42,7 +46,8 @@ printf "%-16s %14s %14s %14s\n" "build" "Ir($N1)" "Ir($N2)" "Ir/request"
 declare -A PER
 for b in with:"$WITH" without:"$WITHOUT"; do  # (any two builds compare the same way)
   name="${b%%:*}" bin="${b#*:}"
-  i1=$(measure "$bin" "$N1"); i2=$(measure "$bin" "$N2")
+  ro=0; [ "$name" = with ] && ro="${ROLLOUT_WITH:-0}"
+  i1=$(measure "$bin" "$N1" "$ro"); i2=$(measure "$bin" "$N2" "$ro")
   PER[$name]=$(( (i2 - i1) / (N2 - N1) ))
   printf "%-16s %14d %14d %14d\n" "${LABELS:-metrics} $name" "$i1" "$i2" "${PER[$name]}"
 done

@@ -49,4 +49,19 @@ name = "canary"
 weight = 10
 backends = ["127.0.0.1:$5"]
 TOML
+  # BENCH_ROLLOUT=1: the same split driven by a progressive rollout at its first step
+  # (the canary's share from the rollout, checks every second, analysis counters).
+  if [ "${BENCH_ROLLOUT:-0}" = 1 ]; then
+    cat <<TOML
+
+[service.rollout]
+id = "bench"
+canary = "canary"
+baseline = "stable"
+steps = [10, 25, 50]
+step_secs = 3600
+max_step_secs = 7200
+check_secs = 1
+TOML
+  fi
 }
