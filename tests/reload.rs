@@ -453,14 +453,14 @@ fn admin_post_is_loopback_only_without_token_and_needs_the_token_with_one() {
 
 /// An admin listener that is not on loopback serves only `/healthz`, `/readyz` and
 /// `/metrics` without the token: `/status` and `/explain` show the config's shape and any
-/// key's decision.
+/// key's decision; `/rollout`, its actions and the fleet's sync act on the release.
 #[test]
 fn an_exposed_admin_listener_needs_the_token_for_status_and_explain() {
-    let s = backend("stable");
+    let (s, c) = (backend("stable"), backend("canary"));
     let cfg = config(
-        &[("stable", 1.0, addr(&s))],
-        "admin_token_env = \"COHORT_TEST_TOKEN\"",
-    );
+        &[("stable", 90.0, addr(&s)), ("canary", 10.0, addr(&c))],
+        "admin_token_env = \"COHORT_TEST_TOKEN\"\nrollout_state = \"@DIR@/rollout.json\"",
+    ) + "\n[service.rollout]\nid = \"t1\"\ncanary = \"canary\"\nbaseline = \"stable\"\n";
     let port = free_port();
     let bound = std::net::SocketAddr::from(([0, 0, 0, 0], port));
     let adm = std::net::SocketAddr::from(([127, 0, 0, 1], port));
@@ -476,6 +476,17 @@ fn an_exposed_admin_listener_needs_the_token_for_status_and_explain() {
         let r = cl.get(guarded, &[("authorization", "Bearer s3cret-token")]);
         assert_eq!(r.status, 200, "{guarded} with the token: {}", r.text());
     }
+    // Rollouts: reading, acting and the fleet's sync need the token as well.
+    assert_eq!(cl.get("/rollout", &[]).status, 401);
+    for post in ["/rollout/pause?service=api", "/fleet/sync"] {
+        let r = cl.request("POST", post, &[], b"{}");
+        assert_eq!(r.status, 401, "{post} without the token");
+    }
+    let token = [("authorization", "Bearer s3cret-token")];
+    let r = cl.request("POST", "/rollout/pause?service=api", &token, b"");
+    assert_eq!(r.status, 200, "with the token: {}", r.text());
+    let r = cl.get("/rollout", &token);
+    assert_eq!(r.json()["services"][0]["state"], "paused", "{}", r.text());
     let _ = child.kill();
     let _ = child.wait();
 }
