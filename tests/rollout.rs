@@ -459,6 +459,14 @@ fn every_transition_is_posted_to_the_webhook_with_a_text() {
     let px = Cohort::start(&config(&s, &c, &format!("{FAST}webhook = \"{url}\"\n")));
     let started = rx.recv_timeout(Duration::from_secs(30)).expect("started");
     assert_eq!(started["event"], "started", "{started}");
+    // Each operator action is a transition, posted in order with its text.
+    for (action, event) in [("pause", "paused"), ("resume", "resumed")] {
+        assert_eq!(post(&px, action).0, 200);
+        let v = rx.recv_timeout(Duration::from_secs(30)).expect(event);
+        assert_eq!(v["event"], event, "{v}");
+        assert_eq!(v["service"], "api");
+        assert!(!v["text"].as_str().unwrap().is_empty(), "{v}");
+    }
     assert_eq!(post(&px, "abort").0, 200);
     let aborted = rx
         .recv_timeout(Duration::from_secs(30))
