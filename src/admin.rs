@@ -217,7 +217,6 @@ impl Admin {
                 "trigger": r.trigger,
             })),
             "draining": self.state.is_draining(),
-            "parked_connections": crate::fast::parked_connections(),
             "listeners": self.state.listeners.states().iter().map(|l| json!({
                 "addr": l.addr.to_string(),
                 "tls": l.tls,

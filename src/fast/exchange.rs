@@ -5,7 +5,7 @@
 
 use super::plan::{plan, Parsed, Plan};
 use super::upstream_io::{connect, UpErr};
-use super::{http1, pool, ClientIo, Conn, FastApp, Read};
+use super::{http1, pool, ClientIo, Conn, FastApp};
 use crate::forward::plain::{error_body, plain_fields};
 use crate::forward::{self, Attempt, Body, Failure, Phase, Retry};
 use pingora_core::server::ShutdownWatch;
@@ -31,8 +31,6 @@ pub enum Next {
     Gone,
     /// Not a request for the engine: Pingora serves the connection from here.
     HandOver,
-    /// Idle long enough to be parked (`super::park`) until this instant.
-    Park(tokio::time::Instant),
 }
 
 /// Serves the next request on `conn`. The exchange's (larger) future lives on the heap
@@ -81,9 +79,8 @@ async fn next_head<S: ClientIo>(
             Some(*deadline.get_or_insert_with(|| tokio::time::Instant::now() + conn.head_timeout))
         };
         match conn.read_more(app, wait, closing.as_mut()).await {
-            Ok(Read::Bytes(0)) | Err(_) => return Err(Next::Gone),
-            Ok(Read::Park(until)) => return Err(Next::Park(until)),
-            Ok(Read::Bytes(_)) => {}
+            Ok(0) | Err(_) => return Err(Next::Gone),
+            Ok(_) => {}
         }
     }
 }

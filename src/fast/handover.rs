@@ -37,16 +37,6 @@ pub trait ClientIo: AsyncRead + AsyncWrite + Unpin + Send + Sync + 'static {
     fn resume(stream: Stream) -> Result<Self, Stream>
     where
         Self: Sized;
-    /// Whether an idle connection of this kind can be parked off its task
-    /// (`super::park`): plaintext sockets can.
-    const PARKS: bool = false;
-    /// The plaintext socket, for parking; `Err` for any other stream.
-    fn into_tcp(self) -> Result<TcpStream, Self>
-    where
-        Self: Sized,
-    {
-        Err(self)
-    }
 }
 
 impl ClientIo for TcpStream {
@@ -63,12 +53,6 @@ impl ClientIo for TcpStream {
 
     fn resume(stream: Stream) -> Result<TcpStream, Stream> {
         rehome(stream)
-    }
-
-    const PARKS: bool = true;
-
-    fn into_tcp(self) -> Result<TcpStream, TcpStream> {
-        Ok(self)
     }
 }
 

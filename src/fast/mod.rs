@@ -19,8 +19,6 @@ pub mod handover;
 pub mod http1;
 pub mod http2;
 mod one_request;
-mod park;
-pub use park::parked_connections;
 mod plan;
 mod pool;
 mod relay;
@@ -177,23 +175,7 @@ fn connection<S: ClientIo>(
     shutdown: ShutdownWatch,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
-        loop {
-            match conn.serve(&app, &shutdown).await {
-                Served::Closed => return,
-                Served::Park(until) => {
-                    // The task ends here; the lot holds the connection until its client
-                    // sends again (a connection that cannot be parked is closed).
-                    let Conn {
-                        io, peer, served, ..
-                    } = conn;
-                    if let Ok(tcp) = S::into_tcp(io) {
-                        let p = park::Parked::new(tcp, peer.map(|p| p.addr()), served, until);
-                        let _ = park::park(&app, &shutdown, p);
-                    }
-                    return;
-                }
-                Served::HandOver => {}
-            }
+        while let Served::HandOver = conn.serve(&app, &shutdown).await {
             let (peer, tls) = (conn.peer.take(), conn.tls);
             let stream = conn.io.into_stream(peer.as_ref());
             let one = OneRequest::new(stream, std::mem::take(&mut conn.buf));
@@ -219,18 +201,6 @@ enum Served {
     Closed,
     /// Pingora takes over from here; `buf` holds the bytes read but not served.
     HandOver,
-    /// Idle between requests long enough to be parked ([`park`]); its keep-alive wait
-    /// ends at this instant.
-    Park(tokio::time::Instant),
-}
-
-/// What a client read on the engine gave.
-pub(crate) enum Read {
-    /// Bytes read (0: the connection is over: closed, timed out, or shutting down).
-    Bytes(usize),
-    /// Idle between requests for [`park::park_after`]: park the connection; its
-    /// keep-alive wait ends at this instant.
-    Park(tokio::time::Instant),
 }
 
 /// One client connection on the engine.
@@ -298,30 +268,24 @@ impl<S: ClientIo> Conn<S> {
                 }
                 exchange::Next::Gone => return Served::Closed,
                 exchange::Next::HandOver => return Served::HandOver,
-                exchange::Next::Park(until) => return Served::Park(until),
             }
         }
     }
 
     /// Reads more client bytes into `buf`: a request head due by `head_deadline`, or with
     /// `None`, the start of a new request on an idle keep-alive connection (the wait ends
-    /// after `keepalive` or when the service shuts down; a plaintext connection still
-    /// idle after [`park::park_after`] is to be parked instead). `Bytes(0)` means the
+    /// after `keepalive` or when the service shuts down). `Ok(0)` means the
     /// connection is over (closed, timed out, or shutting down).
     async fn read_more(
         &mut self,
         app: &FastApp,
         head_deadline: Option<tokio::time::Instant>,
         closing: Pin<&mut Notified<'_>>,
-    ) -> std::io::Result<Read> {
+    ) -> std::io::Result<usize> {
         use futures::FutureExt;
         let idle = head_deadline.is_none();
-        let now = tokio::time::Instant::now();
-        let mut until = head_deadline.unwrap_or(now + self.keepalive);
-        let park_at = match park::park_after() {
-            Some(after) if idle && S::PARKS => Some(now + after).filter(|at| *at < until),
-            _ => None,
-        };
+        let mut until =
+            head_deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.keepalive);
         let mut closing = Some(closing);
         loop {
             let shutting_down = app.closing.load(Ordering::SeqCst);
@@ -334,22 +298,17 @@ impl<S: ClientIo> Conn<S> {
                     // Serve a request that already arrived, wait for no other.
                     let read = poll_fn(|cx| poll_read_in(&mut self.io, &mut self.buf, cx));
                     return match read.now_or_never() {
-                        Some(Ok(n)) => Ok(Read::Bytes(n)),
-                        _ => Ok(Read::Bytes(0)),
+                        Some(Ok(n)) => Ok(n),
+                        _ => Ok(0),
                     };
                 }
             }
-            // A connection is parked only while the service listens.
-            let park = park_at.filter(|_| !shutting_down);
-            self.client_timer.as_mut().reset(park.unwrap_or(until));
+            self.client_timer.as_mut().reset(until);
             let wake = closing.as_mut().filter(|_| idle && !shutting_down);
             tokio::select! {
                 biased;
-                r = poll_fn(|cx| poll_read_in(&mut self.io, &mut self.buf, cx)) => return r.map(Read::Bytes),
-                _ = self.client_timer.as_mut() => return Ok(match park {
-                    Some(_) => Read::Park(until),
-                    None => Read::Bytes(0),
-                }),
+                r = poll_fn(|cx| poll_read_in(&mut self.io, &mut self.buf, cx)) => return r,
+                _ = self.client_timer.as_mut() => return Ok(0),
                 _ = async { if let Some(w) = wake { w.await } }, if idle && !shutting_down => {
                     // The service stopped listening: look at the drain window again.
                     closing = None;
