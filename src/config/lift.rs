@@ -130,7 +130,11 @@ pub fn lift(text: &str, at_least: usize) -> Option<Lifted> {
     if arrays.is_empty() {
         return None;
     }
-    let prefix = format!("{MARKER}{:016x}{:016x}/", rand::random::<u64>(), rand::random::<u64>());
+    let prefix = format!(
+        "{MARKER}{:016x}{:016x}/",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    );
     let lifted: usize = arrays.iter().map(|a| a.to - a.from).sum();
     let mut out = String::with_capacity(text.len() - lifted + arrays.len() * (prefix.len() + 10));
     let mut splices = Vec::with_capacity(arrays.len());
@@ -330,7 +334,9 @@ fn read_array(b: &[u8], open: usize) -> Option<(usize, KeySet)> {
                 j += 1;
                 break;
             }
-            b'"' if b.get(j + 1..j + 3) != Some(&b"\"\""[..]) => j = basic_string(b, j, &mut bytes)?,
+            b'"' if b.get(j + 1..j + 3) != Some(&b"\"\""[..]) => {
+                j = basic_string(b, j, &mut bytes)?
+            }
             b'\'' if b.get(j + 1..j + 3) != Some(&b"''"[..]) => {
                 j = literal_string(b, j, &mut bytes)?
             }
@@ -396,7 +402,11 @@ fn basic_unescaped(c: u8) -> bool {
 fn basic_string(b: &[u8], i: usize, out: &mut Vec<u8>) -> Option<usize> {
     let mut j = i + 1;
     loop {
-        let run = b.get(j..)?.iter().take_while(|&&c| basic_unescaped(c)).count();
+        let run = b
+            .get(j..)?
+            .iter()
+            .take_while(|&&c| basic_unescaped(c))
+            .count();
         out.extend_from_slice(&b[j..j + run]);
         j += run;
         match *b.get(j)? {

@@ -39,7 +39,8 @@ fn lifts(text: &str) -> usize {
 
 #[test]
 fn a_key_in_array_under_a_rule_header_is_lifted_with_the_same_keys() {
-    let text = doc("key_in = [\"a\", 'b\\n', \"caf\\u00e9\", # note ]\n  \"\\\"q\\\"\",\n\n  \"x#]\",\n]");
+    let text =
+        doc("key_in = [\"a\", 'b\\n', \"caf\\u00e9\", # note ]\n  \"\\\"q\\\"\",\n\n  \"x#]\",\n]");
     assert_eq!(lifts(&text), 1);
     let keys = assert_same(&text).expect("valid");
     let mut want: Vec<Vec<u8>> = ["a", "b\\n", "café", "\"q\"", "x#]"]
@@ -125,7 +126,11 @@ fn errors_after_a_lifted_array_point_into_the_original_text() {
     let ConfigError::Syntax { line, column, .. } = &err else {
         panic!("{err}")
     };
-    let want = text.lines().position(|l| l.contains("bogus")).expect("line") + 1;
+    let want = text
+        .lines()
+        .position(|l| l.contains("bogus"))
+        .expect("line")
+        + 1;
     assert_eq!((*line, *column), (want, 3), "{err}");
     assert_same(&text).expect_err("same error");
     // A syntax error on the array's closing line, after non-ASCII keys.
@@ -188,7 +193,16 @@ fn element() -> impl Strategy<Value = String> {
 fn gap() -> impl Strategy<Value = String> {
     prop::collection::vec(
         prop::sample::select(vec![
-            "", " ", "\t", "\n", "\r\n", "\n\n", "# c ] \" ' [ #\n", "#\n", "# é\r\n", "\r",
+            "",
+            " ",
+            "\t",
+            "\n",
+            "\r\n",
+            "\n\n",
+            "# c ] \" ' [ #\n",
+            "#\n",
+            "# é\r\n",
+            "\r",
         ]),
         0..3,
     )

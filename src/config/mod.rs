@@ -451,9 +451,8 @@ pub fn parse_file(text: &str) -> Result<file::FileConfig, ConfigError> {
 /// [`parse_file`], lifting `key_in` arrays of at least `at_least` bytes.
 fn parse_file_lifting(text: &str, at_least: usize) -> Result<file::FileConfig, ConfigError> {
     match lift::lift(text, at_least) {
-        Some(lifted) => lifted.resolving(|| {
-            deserialize(&lifted.text, text, |offset| lifted.original_offset(offset))
-        }),
+        Some(lifted) => lifted
+            .resolving(|| deserialize(&lifted.text, text, |offset| lifted.original_offset(offset))),
         None => deserialize(text, text, |offset| offset),
     }
 }
