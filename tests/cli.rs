@@ -724,6 +724,50 @@ fn invalid_cases() -> Vec<Case> {
         text,
     });
 
+    // A `key_in` array this large is read by the loader itself, not by `toml`
+    // (src/config/lift.rs); the positions of errors after it and in it are unchanged.
+    let big_list = |bad: &str| -> String {
+        let keys: String = (0..600)
+            .map(|k| {
+                if k == 300 {
+                    format!("  {bad}, # é ]\n")
+                } else {
+                    format!("  \"user-{k}\", # é ]\n")
+                }
+            })
+            .collect();
+        format!("key_in = [\n{keys}]")
+    };
+    let text = base_config(
+        "",
+        "",
+        VARIANTS,
+        &rule(&format!("{}\nvariant = 1", big_list("\"ü\""))),
+    );
+    let l = line_of(&text, "variant = 1");
+    cases.push(Case {
+        name: "TOML type error after a large key_in",
+        expect: vec![(
+            format!("line {l}:11: service[0].rule[0].variant"),
+            "invalid type",
+        )],
+        text,
+    });
+
+    let text = base_config(
+        "",
+        "",
+        VARIANTS,
+        &rule(&format!("{}\nvariant = \"canary\"", big_list("\"ü\\q\""))),
+    );
+    let l = line_of(&text, "\\q");
+    cases.push(Case {
+        name: "invalid escape in a large key_in",
+        // toml points just past the escape letter: `  "ü\q` is 6 characters.
+        expect: vec![(format!("line {l}:7: "), "escape sequence")],
+        text,
+    });
+
     cases.push(case(
         "backend without a port",
         base_config("", "", VARIANTS, "").replace("127.0.0.1:8001", "127.0.0.1"),

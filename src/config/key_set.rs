@@ -37,6 +37,15 @@ impl KeySet {
         KeySet::build(keys.len(), |i| keys[i].as_ref())
     }
 
+    /// The set of the keys packed one after another in `bytes`, key `i` ending at
+    /// `ends[i]`.
+    pub(super) fn from_packed(bytes: &[u8], ends: &[usize]) -> Result<KeySet, TooLarge> {
+        KeySet::build(ends.len(), |i| {
+            let start = if i == 0 { 0 } else { ends[i - 1] };
+            &bytes[start..ends[i]]
+        })
+    }
+
     /// The set of `n` keys, `key(i)` the `i`th.
     fn build<'k>(n: usize, key: impl Fn(usize) -> &'k [u8]) -> Result<KeySet, TooLarge> {
         let n_buckets = n.div_ceil(LOAD).max(1);
@@ -138,7 +147,8 @@ impl std::fmt::Debug for KeySet {
 }
 
 /// `key_in = [...]` straight into a set: the listed keys are gathered in one buffer as
-/// the parser hands them over (no `String` per key), then arranged into the arena.
+/// the parser hands them over (no `String` per key), then arranged into the arena. A
+/// large array never reaches the parser: `super::lift` reads it and leaves a marker.
 impl<'de> serde::Deserialize<'de> for KeySet {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<KeySet, D::Error> {
         struct Keys;
@@ -157,12 +167,14 @@ impl<'de> serde::Deserialize<'de> for KeySet {
                     bytes.extend_from_slice(key.0.as_bytes());
                     ends.push(bytes.len());
                 }
-                let key = |i: usize| {
-                    let start = if i == 0 { 0 } else { ends[i - 1] };
-                    &bytes[start..ends[i]]
-                };
-                KeySet::build(ends.len(), key)
+                KeySet::from_packed(&bytes, &ends)
                     .map_err(|_| serde::de::Error::custom("more than 4 GiB of keys"))
+            }
+            /// The marker of an array the config loader read itself (`super::lift`);
+            /// any other string is the type error it always was.
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<KeySet, E> {
+                super::lift::claim(v)
+                    .ok_or_else(|| E::invalid_type(serde::de::Unexpected::Str(v), &self))
             }
         }
         d.deserialize_seq(Keys)

@@ -7,6 +7,7 @@ pub mod error;
 pub mod file;
 pub mod fleet;
 mod key_set;
+mod lift;
 pub mod rollout;
 mod validate;
 
@@ -440,15 +441,35 @@ pub fn version_of(bytes: &[u8]) -> String {
     digest.iter().take(6).map(|b| format!("{b:02x}")).collect()
 }
 
-/// TOML → serde structs, with the field path and line:column of the first error.
+/// TOML → serde structs, with the field path and line:column of the first error. Large
+/// `key_in` arrays are read straight into their sets first (`lift`), so `toml` builds
+/// no node per key.
 pub fn parse_file(text: &str) -> Result<file::FileConfig, ConfigError> {
-    let de = toml::Deserializer::new(text);
+    parse_file_lifting(text, lift::LIFT_AT_LEAST)
+}
+
+/// [`parse_file`], lifting `key_in` arrays of at least `at_least` bytes.
+fn parse_file_lifting(text: &str, at_least: usize) -> Result<file::FileConfig, ConfigError> {
+    match lift::lift(text, at_least) {
+        Some(lifted) => lifted
+            .resolving(|| deserialize(&lifted.text, text, |offset| lifted.original_offset(offset))),
+        None => deserialize(text, text, |offset| offset),
+    }
+}
+
+/// `toml` on `parsed`, whose byte offsets map to `original`'s by `to_original`.
+fn deserialize(
+    parsed: &str,
+    original: &str,
+    to_original: impl Fn(usize) -> usize,
+) -> Result<file::FileConfig, ConfigError> {
+    let de = toml::Deserializer::new(parsed);
     serde_path_to_error::deserialize(de).map_err(|err| {
         let path = err.path().to_string();
         let inner = err.into_inner();
         let (line, column) = inner
             .span()
-            .map(|s| line_col(text, s.start))
+            .map(|s| line_col(original, to_original(s.start)))
             .unwrap_or((1, 1));
         ConfigError::Syntax {
             line,
