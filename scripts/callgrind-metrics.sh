@@ -8,7 +8,8 @@
 #   (any two builds can be compared the same way; LABELS=build renames the rows)
 #   ROLLOUT_WITH=1: the first binary serves the split through a progressive rollout
 #   (scripts/bench/lib.sh BENCH_ROLLOUT): one binary given twice then measures what a
-#   rollout costs per request.
+#   rollout costs per request (BENCH_ROLLOUT_CHECK_SECS=3600: no check runs during the
+#   measurement, so only the request path counts).
 #   build them with: cargo build --release && cp target/release/cohort /tmp/with
 #                    cargo build --release --no-default-features && cp target/release/cohort /tmp/without
 set -euo pipefail

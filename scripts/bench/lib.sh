@@ -61,7 +61,7 @@ baseline = "stable"
 steps = [10, 25, 50]
 step_secs = 3600
 max_step_secs = 7200
-check_secs = 1
+check_secs = ${BENCH_ROLLOUT_CHECK_SECS:-1}
 TOML
   fi
 }
