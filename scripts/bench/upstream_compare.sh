@@ -40,7 +40,7 @@ http { access_log off; keepalive_requests 1000000; $(temps x)
  split_clients "\${http_x_user_id}" \$up { 90% stable; * canary; }
  upstream stable { server 127.0.0.1:9101; keepalive 64; keepalive_requests 1000000; }
  upstream canary { server 127.0.0.1:9102; keepalive 64; keepalive_requests 1000000; }
- server { listen 127.0.0.1:8441 ssl; http2 on; ssl_certificate $t/c.pem; ssl_certificate_key $t/k.pem;
+ server { listen 127.0.0.1:8441 ssl http2; ssl_certificate $t/c.pem; ssl_certificate_key $t/k.pem;
    location / { grpc_pass grpc://\$up; } } }
 C
   variant_extra='protocol = "h2c"'; b1=9101; b2=9102
@@ -96,7 +96,7 @@ weight = 10
 backends = ["127.0.0.1:$b2"]
 $variant_extra
 C
-setsid "$bin" run -c "$t/co.toml" >"$t/co.log" 2>&1 </dev/null & PIDS+=($!)
+setsid "$bin" run -c "$t/co.toml" >"$t/co.log" 2>&1 </dev/null & PIDS+=($!); co=$!
 sleep 3
 # a gRPC request message: flag 0, length 5, protobuf field 1 = "hi"
 printf '\x00\x00\x00\x00\x04\x0a\x02hi' > "$t/req.bin"
@@ -118,9 +118,11 @@ for r in $(seq 1 "$rounds"); do
       ok=$(echo "$out" | awk '/Non-2xx/ {print "non-2xx " $NF}')
     fi
     R[$name]="${R[$name]:-} $rps"
-    echo "round $r $name ${rps} req/s (${ok:-all 2xx})"
+    up=$(ss -Htn state established "( dport = :$b1 or dport = :$b2 )" 2>/dev/null | wc -l)
+    echo "round $r $name ${rps} req/s (${ok:-all 2xx}); upstream connections open: $up"
   done
 done
+echo "cohort RSS at the end: $(awk '/VmRSS/ {print $2, $3}' /proc/$co/status 2>/dev/null)"
 med() { echo $1 | tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 n=$(med "${R[nginx]}"); c=$(med "${R[cohort]}")
 python3 -c "print(f'$mode: cohort {float($c):.0f} req/s, nginx {float($n):.0f} req/s: cohort/nginx x{float($c)/float($n):.2f}')"
