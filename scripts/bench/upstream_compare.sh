@@ -15,7 +15,8 @@
 #     cohort: `tls = { verify = false }` (pooled like plaintext). Clients: wrk, plaintext
 #     HTTP/1.1 keep-alive, random x-user-id (user_id.lua).
 #
-# Defaults: 3 rounds of 10 s per target. Every server runs in its own process group,
+# ONLY=cohort (or nginx) runs one target alone. Each round prints the target's open
+# upstream connections. Defaults: 3 rounds of 10 s per target. Every server runs in its own process group,
 # stopped by that id on exit. The user id per h2load run is fixed (h2load cannot vary
 # a header), so gRPC rounds rotate it: round r uses user-r.
 set -u
@@ -106,6 +107,7 @@ for r in $(seq 1 "$rounds"); do
   if [ "$mode" = grpc ]; then targets="nginx:8441 cohort:8443"; else targets="nginx:8440 cohort:8448"; fi
   for tgt in $targets; do
     name=${tgt%%:*}; port=${tgt##*:}
+    case " ${ONLY:-nginx cohort} " in *" $name "*) ;; *) continue ;; esac
     if [ "$mode" = grpc ]; then
       out=$(h2load -c 32 -m 10 -D "$secs" -t 1 -d "$t/req.bin" -H "x-user-id: user-$r" \
         -H 'content-type: application/grpc' -H 'te: trailers' \
@@ -118,11 +120,12 @@ for r in $(seq 1 "$rounds"); do
       ok=$(echo "$out" | awk '/Non-2xx/ {print "non-2xx " $NF}')
     fi
     R[$name]="${R[$name]:-} $rps"
-    up=$(ss -Htn state established "( dport = :$b1 or dport = :$b2 )" 2>/dev/null | wc -l)
+    up=$(ss -Htnp state established "( dport = :$b1 or dport = :$b2 )" 2>/dev/null | grep -c "$name" || true)
     echo "round $r $name ${rps} req/s (${ok:-all 2xx}); upstream connections open: $up"
   done
 done
 echo "cohort RSS at the end: $(awk '/VmRSS/ {print $2, $3}' /proc/$co/status 2>/dev/null)"
 med() { echo $1 | tr ' ' '\n' | grep . | sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+[ -n "${ONLY:-}" ] && exit 0
 n=$(med "${R[nginx]}"); c=$(med "${R[cohort]}")
 python3 -c "print(f'$mode: cohort {float($c):.0f} req/s, nginx {float($n):.0f} req/s: cohort/nginx x{float($c)/float($n):.2f}')"
