@@ -2,7 +2,8 @@
 # Installs what building and testing cohort needs on a fresh Debian/Ubuntu machine:
 # cmake (libz-ng-sys), libssl-dev + pkg-config (OpenSSL linked from the system), python3
 # with the xxhash module (the offline reference implementation scripts/cohort_assign.py),
-# and for the tests curl, nginx, haproxy, wrk and chromium (headless, renders the page of
+# and for the tests curl, nginx, haproxy, wrk, python3-grpcio (a real gRPC server and
+# client for tests/grpc_real.rs) and chromium (headless, renders the page of
 # `cohort rollout report` in tests/rollout_analysis.rs; that test skips without it).
 # Idempotent: installs only what is missing. Needs root (or sudo) for apt-get.
 set -euo pipefail
@@ -27,6 +28,8 @@ command -v nginx >/dev/null 2>&1 || pkgs+=(nginx)
 command -v wrk >/dev/null 2>&1 || pkgs+=(wrk)
 command -v haproxy >/dev/null 2>&1 || pkgs+=(haproxy)
 command -v ss >/dev/null 2>&1 || pkgs+=(iproute2)
+# for the gRPC tests (tests/grpc_real.rs): a real gRPC server and client, Python grpcio
+/usr/bin/python3 -c 'import grpc' >/dev/null 2>&1 || pkgs+=(python3-grpcio)
 if [ ${#pkgs[@]} -gt 0 ]; then
   echo "[install-deps] apt-get install ${pkgs[*]}" >&2
   $SUDO apt-get update -qq

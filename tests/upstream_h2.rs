@@ -142,3 +142,61 @@ fn concurrent_requests_are_multiplexed_on_few_connections() {
         "49 requests from 8 clients took {conns} connections"
     );
 }
+
+/// An HTTP/2 client connection opened while every variant speaks HTTP/1.1, then a
+/// reload gives the variant an h2c backend. The HTTP/2 carrier (which speaks HTTP/1.1
+/// upstream) refuses the next stream with `REFUSED_STREAM` (the client may send it
+/// again) instead of answering it wrongly, and goes away; a new connection reaches the
+/// h2c backend. On the Pingora carrier the old connection reaches it directly.
+#[test]
+fn an_http2_connection_opened_before_a_reload_to_h2c_never_gets_a_wrong_answer() {
+    use common::h2_client::H2Conn;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = TestCa::new("cohort test CA");
+    let leaf = ca.server(dir.path(), "front", &["localhost"], true);
+    for (carrier, env) in CARRIERS {
+        let h1 = backend("old");
+        let h2c = H2Echo::spawn("new");
+        let tls_port = free_port();
+        let tls = SocketAddr::from(([127, 0, 0, 1], tls_port));
+        let px = Cohort::start_with_env(&cfg(tls_port, &leaf, h1.addr, ""), env);
+        wait_listening(tls);
+        let get = ("GET", "/x", vec![("x-user-id", "u1")], Vec::new());
+        let mut old = H2Conn::open(tls);
+        let r = old.request(&get).unwrap();
+        assert_eq!(r.status, 200, "{carrier}");
+        assert_eq!(r.json()["backend"], "old", "{carrier}");
+
+        px.rewrite(&cfg(tls_port, &leaf, h2c.addr, "protocol = \"h2c\""));
+        let (status, body) = px.post_reload();
+        assert_eq!(status, 200, "{carrier}: {body}");
+
+        match old.request(&get) {
+            Ok(r) => {
+                assert_eq!(carrier, "pingora", "the engine answered {r:?}");
+                assert_eq!(r.status, 200, "{carrier}");
+                assert_eq!(r.json()["protocol"], "h2", "{carrier}");
+            }
+            Err(e) => {
+                assert_eq!(carrier, "engine", "pingora failed the stream: {e}");
+                assert_eq!(
+                    e.reason(),
+                    Some(h2::Reason::REFUSED_STREAM),
+                    "refused, not failed: {e}"
+                );
+            }
+        }
+        if carrier == "engine" {
+            // The connection is going away: another stream is refused again or not
+            // opened at all, never answered over HTTP/1.1.
+            let again = old.request(&get);
+            assert!(again.is_err(), "{carrier}: {again:?}");
+        }
+        // A new connection reaches the h2c backend.
+        let r = H2Conn::open(tls).request(&get).unwrap();
+        assert_eq!(r.status, 200, "{carrier}");
+        assert_eq!(r.json()["protocol"], "h2", "{carrier}");
+        assert_eq!(r.json()["backend"], "new", "{carrier}");
+        assert!(h2c.shared.streams.load(Ordering::SeqCst) >= 1, "{carrier}");
+    }
+}

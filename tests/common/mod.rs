@@ -14,6 +14,7 @@ mod config_server;
 #[allow(unused_imports)]
 pub use config_server::ConfigServer;
 pub mod certs;
+pub mod grpc_py;
 pub mod h2_backend;
 pub mod h2_client;
 pub mod tls_backend;

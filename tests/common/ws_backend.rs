@@ -252,6 +252,24 @@ impl WsClient {
         String::from_utf8(payload).unwrap()
     }
 
+    /// Reads (and drops) what comes until the proxy ends the connection: `true`, or
+    /// `false` when the 20 s read timeout ran out first.
+    pub fn wait_closed(&mut self) -> bool {
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.r.read(&mut buf) {
+                Ok(0) => return true,
+                Ok(_) => {}
+                Err(e) => {
+                    return !matches!(
+                        e.kind(),
+                        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                    )
+                }
+            }
+        }
+    }
+
     /// Sends a close frame and reads the backend's.
     pub fn close(mut self) -> u8 {
         write_frame(self.r.get_mut(), 8, &[3, 232], Some([9, 9, 9, 9])).unwrap();

@@ -7,6 +7,10 @@
 //! All streams of a connection run on the connection's own task (no task per stream),
 //! on the thread that accepted it: the TLS state and the upstream pool are that thread's.
 //!
+//! A stream this carrier cannot take any more (a reload gave its variant HTTP/2
+//! upstream) is refused with `REFUSED_STREAM` and the connection goes away with GOAWAY:
+//! the client sends it again on a new connection, which the Pingora carrier takes.
+//!
 //! `COHORT_H2_CARRIER=0` (or `COHORT_FAST_PATH=0`) leaves HTTP/2 to the Pingora carrier.
 
 mod body;
@@ -60,6 +64,7 @@ pub(super) async fn serve(app: &FastApp, io: Stream, shutdown: &ShutdownWatch) {
     let ctx = stream::ConnCtx {
         state: &app.state,
         peer,
+        refused: std::sync::atomic::AtomicBool::new(false),
     };
     let mut streams = FuturesUnordered::new();
     let idle = tokio::time::sleep(keepalive);
@@ -71,8 +76,12 @@ pub(super) async fn serve(app: &FastApp, io: Stream, shutdown: &ShutdownWatch) {
         let closing = app.wake_idle.notified();
         tokio::pin!(closing);
         closing.as_mut().enable();
-        let stopping =
-            *shutdown.borrow() || app.closing.load(Ordering::SeqCst) || app.state.is_draining();
+        // A refused stream (`stream::refuses`: a reload gave a variant HTTP/2 upstream)
+        // sends the client to a new connection too.
+        let stopping = *shutdown.borrow()
+            || app.closing.load(Ordering::SeqCst)
+            || app.state.is_draining()
+            || ctx.refused.load(Ordering::Relaxed);
         if stopping && !going_away {
             // GOAWAY: streams already open are served, no new ones are taken.
             conn.graceful_shutdown();

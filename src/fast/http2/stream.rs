@@ -16,6 +16,7 @@ use crate::state::State;
 use bytes::Bytes;
 use h2::server::SendResponse;
 use h2::RecvStream;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -23,7 +24,14 @@ use std::time::Instant;
 pub(super) struct ConnCtx<'a> {
     pub state: &'a Arc<State>,
     pub peer: Option<ClientPeer>,
+    /// Set when a stream was refused because this carrier cannot take it any more
+    /// ([`refuses`]): the connection then goes away (GOAWAY) so the client reconnects.
+    pub refused: AtomicBool,
 }
+
+/// What [`Exchange::run`] returns for a stream refused with `REFUSED_STREAM`: no
+/// response, nothing recorded (the client retries it on a new connection).
+const REFUSED: u16 = 0;
 
 /// Serves one stream to its end.
 pub(super) async fn serve(
@@ -52,6 +60,9 @@ pub(super) async fn serve(
         host: None,
     };
     let status = s.run(&parts).await;
+    if status == REFUSED {
+        return;
+    }
     s.finish(status, start);
     if status != 499 {
         s.body.drain().await;
@@ -117,6 +128,16 @@ impl Exchange<'_> {
                 .match_service(&view)
                 .map(|svc| (svc, table.router.decide(svc, &view))),
         };
+        if let Some((svc, d)) = &route {
+            if refuses(&table, *svc, d, &parts.headers) {
+                // Nothing was processed: REFUSED_STREAM tells the client to send the
+                // request again (RFC 9113 §8.7), on the new connection the GOAWAY that
+                // follows makes it open (the Pingora carrier's).
+                self.respond.send_reset(h2::Reason::REFUSED_STREAM);
+                self.ctx.refused.store(true, Ordering::Relaxed);
+                return REFUSED;
+            }
+        }
         if refused.is_none() {
             forward::sample::record(
                 state.sample_log.as_ref(),
@@ -281,8 +302,9 @@ impl Exchange<'_> {
                 reason: a.reason(),
             }),
             status,
-            // gRPC needs a variant that speaks HTTP/2 upstream, and this carrier takes
-            // no connection while one exists (`forward::carrier::h2_carrier_carries`).
+            // gRPC needs a variant that speaks HTTP/2 upstream: this carrier takes no
+            // connection while one exists (`forward::carrier::h2_carrier_carries`), and
+            // refuses the streams of one it took before a reload added one (`refuses`).
             grpc: None,
             seconds: start.elapsed().as_secs_f64(),
             upstream: attempt.and_then(|a| a.upstream()),
@@ -296,6 +318,21 @@ impl Exchange<'_> {
         }
         .record(self.ctx.state.access_log.as_ref());
     }
+}
+
+/// Whether this carrier must refuse a stream routed to `d` of service `svc`. It speaks
+/// HTTP/1.1 to backends, and it took the connection when no variant spoke HTTP/2
+/// ([`forward::carrier::h2_carrier_carries`]); a reload since then may have added one.
+/// Such a stream (a variant or its fallback on `h2c`/`h2`, or gRPC once any variant
+/// is) is refused, and the connection goes away; new connections go to the Pingora
+/// carrier. While every variant speaks HTTP/1.1 the carrier keeps what it took (a gRPC
+/// request as well: refusing it would only bring it back here).
+fn refuses(table: &RoutingTable, svc: usize, d: &Decision, headers: &http::HeaderMap) -> bool {
+    let grpc = headers
+        .get(http::header::CONTENT_TYPE)
+        .is_some_and(|v| forward::grpc::is_grpc(v.as_bytes()));
+    !forward::carrier::engine_carries(table, svc, d, grpc)
+        && !forward::carrier::h2_carrier_carries(table)
 }
 
 /// The `Cookie` crumbs of an HTTP/2 request joined with `; `, when there are several.
