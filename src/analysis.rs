@@ -66,6 +66,19 @@ pub fn set_rollout(service: &str, phase: Phase, percent: f64) {
     }
 }
 
+/// Deletes the series of `service`'s rollout (its `[service.rollout]`, or the service,
+/// left the config), so dashboards do not keep showing its last step.
+pub fn remove_rollout(service: &str) {
+    let f = &*FAMILIES;
+    let _ = f.percent.remove_label_values(&[service]);
+    for p in Phase::ALL {
+        let _ = f.state.remove_label_values(&[service, p.as_str()]);
+    }
+    for v in [Verdict::Pass, Verdict::Fail, Verdict::Inconclusive] {
+        let _ = f.checks.remove_label_values(&[service, v.as_str()]);
+    }
+}
+
 /// Counts one check of `service`'s rollout.
 pub fn count_check(service: &str, result: Verdict) {
     FAMILIES

@@ -134,9 +134,15 @@ fn the_state_of_a_removed_rollout_is_dropped_and_a_new_section_starts_over() {
     let (s, c) = (backend("stable"), backend("canary"));
     let px = Cohort::start(&config(&s, &c, true));
     assert_eq!(state_file(&px)["services"]["api"]["id"], "v2");
+    let series = "cohort_rollout_percent{service=\"api\"}";
+    assert!(px.metrics().contains(series), "{}", px.metrics());
     px.rewrite(&config(&s, &c, false));
     assert_eq!(px.post_reload().0, 200);
     assert_eq!(state_file(&px)["services"], serde_json::json!({}));
+    // Its series go with it: a dashboard does not keep showing the last step.
+    let m = px.metrics();
+    assert!(!m.contains(series), "{m}");
+    assert!(!m.contains("cohort_rollout_state{service=\"api\""), "{m}");
     assert_eq!(rollout(&px)["services"], serde_json::json!([]));
     assert!(
         px.stderr().contains("its state is dropped"),

@@ -214,6 +214,7 @@ impl Rollouts {
                     state.id,
                     state.phase.as_str()
                 );
+                analysis::remove_rollout(name);
                 changed = true;
             }
             keep
