@@ -326,28 +326,14 @@ impl<'c, S: ClientIo> Exchange<'c, S> {
 
     /// Metrics and the access log line for the finished exchange.
     fn finish(&self, app: &FastApp, status: u16, start: Instant) {
-        let attempt = self.attempt.as_ref();
-        let log = self.plan.log.as_ref();
-        forward::Finished {
-            table: &self.plan.table,
-            served: attempt.map(|a| forward::Served {
-                service: a.service(),
-                variant: a.served(),
-                reason: a.reason(),
-            }),
+        super::plan::record_finished(
+            &self.plan.table,
+            self.attempt.as_ref(),
+            self.plan.log.as_ref(),
             status,
-            // gRPC calls are the Pingora carrier's (`forward::carrier`).
-            grpc: None,
-            seconds: start.elapsed().as_secs_f64(),
-            upstream: attempt.and_then(|a| a.upstream()),
-            body_bytes: self.sent,
-            method: log.map_or("", |l| l.method.as_str()),
-            path: log.map_or("", |l| l.path.as_str()),
-            key: log.and_then(|l| l.key.as_deref()),
-            client_ip: log.and_then(|l| l.client_ip),
-            host: log.map_or("", |l| l.host.as_str()),
-            request_id: log.map_or("", |l| l.request_id.as_str()),
-        }
-        .record(app.state.access_log.as_ref());
+            start,
+            self.sent,
+            app.state.access_log.as_ref(),
+        );
     }
 }

@@ -38,6 +38,40 @@ pub(super) struct LogFields {
     pub request_id: String,
 }
 
+/// Records a request the engine finished (an HTTP/1 exchange or an HTTP/2 stream):
+/// metrics and the access log line, through the core's [`forward::Finished`]. gRPC calls
+/// are never the engine's (`forward::carrier`), so there is no `grpc-status` to count.
+pub(super) fn record_finished(
+    table: &RoutingTable,
+    attempt: Option<&forward::Attempt>,
+    log: Option<&LogFields>,
+    status: u16,
+    start: std::time::Instant,
+    body_bytes: usize,
+    access_log: Option<&crate::access_log::AccessLog>,
+) {
+    forward::Finished {
+        table,
+        served: attempt.map(|a| forward::Served {
+            service: a.service(),
+            variant: a.served(),
+            reason: a.reason(),
+        }),
+        status,
+        grpc: None,
+        seconds: start.elapsed().as_secs_f64(),
+        upstream: attempt.and_then(|a| a.upstream()),
+        body_bytes,
+        method: log.map_or("", |l| l.method.as_str()),
+        path: log.map_or("", |l| l.path.as_str()),
+        key: log.and_then(|l| l.key.as_deref()),
+        client_ip: log.and_then(|l| l.client_ip),
+        host: log.map_or("", |l| l.host.as_str()),
+        request_id: log.map_or("", |l| l.request_id.as_str()),
+    }
+    .record(access_log);
+}
+
 pub(super) enum Parsed {
     Partial,
     HandOver,

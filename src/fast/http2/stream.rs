@@ -4,7 +4,7 @@
 //! [`RequestEdits`], the core's [`Attempt`] driven over the engine's upstream pool, and
 //! the finished request recorded with [`forward::Finished`].
 
-use super::super::plan::{header, upstream_head, LogFields};
+use super::super::plan::{header, record_finished, upstream_head, LogFields};
 use super::super::pool;
 use super::super::upstream_io::{connect, UpErr};
 use super::body::RequestBody;
@@ -290,33 +290,19 @@ impl Exchange<'_> {
         self.body.put_held(out);
     }
 
-    /// Metrics and the access log line for the finished stream.
+    /// Metrics and the access log line for the finished stream. (gRPC needs a variant
+    /// that speaks HTTP/2 upstream: this carrier takes no connection while one exists,
+    /// and refuses the streams of one it took before a reload added one.)
     fn finish(&self, status: u16, start: Instant) {
-        let attempt = self.attempt.as_ref();
-        let log = self.log.as_ref();
-        forward::Finished {
-            table: &self.table,
-            served: attempt.map(|a| forward::Served {
-                service: a.service(),
-                variant: a.served(),
-                reason: a.reason(),
-            }),
+        record_finished(
+            &self.table,
+            self.attempt.as_ref(),
+            self.log.as_ref(),
             status,
-            // gRPC needs a variant that speaks HTTP/2 upstream: this carrier takes no
-            // connection while one exists (`forward::carrier::h2_carrier_carries`), and
-            // refuses the streams of one it took before a reload added one (`refuses`).
-            grpc: None,
-            seconds: start.elapsed().as_secs_f64(),
-            upstream: attempt.and_then(|a| a.upstream()),
-            body_bytes: self.sent,
-            method: log.map_or("", |l| l.method.as_str()),
-            path: log.map_or("", |l| l.path.as_str()),
-            key: log.and_then(|l| l.key.as_deref()),
-            client_ip: log.and_then(|l| l.client_ip),
-            host: log.map_or("", |l| l.host.as_str()),
-            request_id: log.map_or("", |l| l.request_id.as_str()),
-        }
-        .record(self.ctx.state.access_log.as_ref());
+            start,
+            self.sent,
+            self.ctx.state.access_log.as_ref(),
+        );
     }
 }
 
