@@ -11,11 +11,9 @@ use crate::forward::{self, Attempt, Body, Failure, Phase, Retry};
 use pingora_core::server::ShutdownWatch;
 use pingora_timeout::tokio_timeout;
 use std::io::Write as _;
-use std::pin::Pin;
 use std::sync::atomic::Ordering;
 use std::time::Instant;
 use tokio::io::AsyncWriteExt;
-use tokio::sync::futures::Notified;
 
 /// Request bodies up to this size are read whole before they go upstream, so that a
 /// retry resends exactly what was sent; larger ones stream, and are never retried once
@@ -33,17 +31,18 @@ pub enum Next {
     HandOver,
 }
 
-/// Serves the next request on `conn`. The exchange's (larger) future lives on the heap
-/// only while a request is in flight, so an idle keep-alive connection's task stays
-/// small (see BENCHMARKS.md, memory).
+/// Serves the next request on `conn`, whose head is due by `head_due` if given (else
+/// `server.client_header_timeout_secs` after it started arriving). The caller boxes
+/// this future: it lives on the heap only while a request is in flight, so an idle
+/// keep-alive connection's task stays small (see BENCHMARKS.md, memory).
 pub async fn serve_one<S: ClientIo>(
     conn: &mut Conn<S>,
     app: &FastApp,
     shutdown: &ShutdownWatch,
-    closing: Pin<&mut Notified<'_>>,
+    head_due: Option<tokio::time::Instant>,
 ) -> Next {
-    match next_head(conn, app, closing).await {
-        Ok(plan) => Box::pin(serve_plan(conn, app, shutdown, plan)).await,
+    match next_head(conn, app, head_due).await {
+        Ok(plan) => serve_plan(conn, app, shutdown, plan).await,
         Err(next) => next,
     }
 }
@@ -52,33 +51,23 @@ pub async fn serve_one<S: ClientIo>(
 async fn next_head<S: ClientIo>(
     conn: &mut Conn<S>,
     app: &FastApp,
-    mut closing: Pin<&mut Notified<'_>>,
+    mut deadline: Option<tokio::time::Instant>,
 ) -> Result<Box<Plan>, Next> {
-    // When the head must be complete (`server.client_header_timeout_secs` after it
-    // started): fixed once, so a client sending a byte at a time cannot stretch it.
-    let mut deadline = None;
     loop {
-        if !conn.buf.is_empty() {
-            match plan(&app.state, &conn.buf, conn.peer.as_ref(), conn.tls) {
-                Parsed::Ready(p) => return Ok(p),
-                Parsed::HandOver => return Err(Next::HandOver),
-                Parsed::Partial if conn.buf.len() >= conn.max_head => {
-                    let table = app.state.table();
-                    return Ok(super::plan::refused(table, conn.buf.len(), 431, None));
-                }
-                Parsed::Partial | Parsed::TooManyFields => {}
+        match plan(&app.state, &conn.buf, conn.peer.as_ref(), conn.tls) {
+            Parsed::Ready(p) => return Ok(p),
+            Parsed::HandOver => return Err(Next::HandOver),
+            Parsed::Partial if conn.buf.len() >= conn.max_head as usize => {
+                let table = app.state.table();
+                return Ok(super::plan::refused(table, conn.buf.len(), 431, None));
             }
+            Parsed::Partial | Parsed::TooManyFields => {}
         }
-        // Between requests the connection is idle (a shutdown may close it). A new
-        // connection is not: its client has just connected to send a request, which is
-        // served even if the service started shutting down meanwhile.
-        let idle = conn.buf.is_empty() && conn.served > 0;
-        let wait = if idle {
-            None
-        } else {
-            Some(*deadline.get_or_insert_with(|| tokio::time::Instant::now() + conn.head_timeout))
-        };
-        match conn.read_more(app, wait, closing.as_mut()).await {
+        // When the head must be complete: fixed once, so a client sending a byte at a
+        // time cannot stretch it.
+        let due =
+            *deadline.get_or_insert_with(|| tokio::time::Instant::now() + conn.head_timeout.get());
+        match conn.read_head(due).await {
             Ok(0) | Err(_) => return Err(Next::Gone),
             Ok(_) => {}
         }

@@ -18,6 +18,7 @@ mod exchange;
 pub mod handover;
 pub mod http1;
 pub mod http2;
+mod idle;
 mod one_request;
 mod plan;
 mod pool;
@@ -41,9 +42,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
-use tokio::sync::futures::Notified;
 use tokio::sync::Notify;
-use tokio::time::Sleep;
 
 /// How long each read of a request body may wait (NGINX's `client_body_timeout`).
 const BODY_READ_TIMEOUT: Duration = Duration::from_secs(60);
@@ -132,6 +131,7 @@ impl ServerApp for FastApp {
     async fn cleanup(&self) {
         self.closing.store(true, Ordering::SeqCst);
         self.wake_idle.notify_waiters();
+        idle::services_closing();
         // Pingora's carrier drops its idle connections at cleanup: not before the end
         // of the drain window.
         if let Some(end) = self.state.drain_window_end() {
@@ -195,6 +195,22 @@ fn connection<S: ClientIo>(
     }
 }
 
+/// A timeout of a connection, in milliseconds (4 bytes where a `Duration` takes 16;
+/// every idle connection holds two).
+#[derive(Clone, Copy)]
+struct Millis(u32);
+
+impl Millis {
+    /// `d`, at most `u32::MAX` ms (49 days).
+    fn new(d: Duration) -> Millis {
+        Millis(u32::try_from(d.as_millis()).unwrap_or(u32::MAX))
+    }
+
+    fn get(self) -> Duration {
+        Duration::from_millis(u64::from(self.0))
+    }
+}
+
 /// How a connection's service on the engine ended.
 enum Served {
     /// The connection is done (closed by either side, or after an error response).
@@ -216,23 +232,23 @@ struct Conn<S> {
     served: u32,
     /// `server.keepalive_timeout_secs` and `server.client_header_timeout_secs` when the
     /// connection was accepted.
-    keepalive: Duration,
-    head_timeout: Duration,
+    keepalive: Millis,
+    head_timeout: Millis,
     /// `server.max_request_head_bytes` when the connection was accepted.
-    max_head: usize,
-    /// Deadline of the current client read. One timer per connection, pushed later for
-    /// each read: extending a registered tokio timer is a store, where a new timer per
-    /// read costs a timer-wheel insertion (and often a reactor wake-up).
-    client_timer: Pin<Box<Sleep>>,
-    /// Deadline of the current upstream read (same reasoning).
-    upstream_timer: Pin<Box<Sleep>>,
+    max_head: u32,
+    /// Wakes the connection when it has waited for a request too long: a slot on its
+    /// thread's board, not a timer of its own ([`idle`]).
+    ticket: idle::Ticket,
 }
 
 impl<S: ClientIo> Conn<S> {
     /// A connection from `peer` (`None`: unknown) whose client already sent `buf`.
     fn new(state: &State, io: S, peer: Option<ClientPeer>, buf: Vec<u8>, tls: bool) -> Conn<S> {
         let server = &state.table().config.server;
-        let (keepalive, head_timeout) = (server.keepalive_timeout, server.client_header_timeout);
+        let (keepalive, head_timeout) = (
+            Millis::new(server.keepalive_timeout),
+            Millis::new(server.client_header_timeout),
+        );
         Conn {
             io,
             buf,
@@ -241,19 +257,36 @@ impl<S: ClientIo> Conn<S> {
             served: 0,
             keepalive,
             head_timeout,
-            max_head: server.max_request_head_bytes,
-            client_timer: Box::pin(tokio::time::sleep(keepalive)),
-            upstream_timer: Box::pin(tokio::time::sleep(keepalive)),
+            max_head: u32::try_from(server.max_request_head_bytes).unwrap_or(u32::MAX),
+            ticket: idle::Ticket::new(),
         }
     }
 
     async fn serve(&mut self, app: &FastApp, shutdown: &ShutdownWatch) -> Served {
-        // Registered once for the connection's life; fires when the service shuts down.
-        let closing = app.wake_idle.notified();
-        tokio::pin!(closing);
-        closing.as_mut().enable();
         loop {
-            match exchange::serve_one(self, app, shutdown, closing.as_mut()).await {
+            // The first request's head is due `head_timeout` after the connection
+            // started; a later one's, after its first bytes arrived.
+            let mut head_due = None;
+            if self.buf.is_empty() {
+                // The state an idle connection waits in: small, and no timer of its own.
+                let idle = self.served > 0;
+                let wait = if idle {
+                    self.keepalive
+                } else {
+                    self.head_timeout
+                }
+                .get();
+                let mut due = None;
+                let read = poll_fn(|cx| self.poll_wait(app, idle, wait, &mut due, cx)).await;
+                if !matches!(read, Ok(n) if n > 0) {
+                    return Served::Closed;
+                }
+                head_due = due.filter(|_| !idle);
+            }
+            // The exchange's (larger) future lives on the heap only while a request is
+            // in flight.
+            let next = Box::pin(exchange::serve_one(self, app, shutdown, head_due)).await;
+            match next {
                 exchange::Next::KeepAlive => {
                     self.served += 1;
                     // An idle keep-alive connection holds no read buffer: 10,000 idle
@@ -272,48 +305,48 @@ impl<S: ClientIo> Conn<S> {
         }
     }
 
-    /// Reads more client bytes into `buf`: a request head due by `head_deadline`, or with
-    /// `None`, the start of a new request on an idle keep-alive connection (the wait ends
-    /// after `keepalive` or when the service shuts down). `Ok(0)` means the
-    /// connection is over (closed, timed out, or shutting down).
-    async fn read_more(
+    /// Waits for the client's next bytes, for `wait` from the first poll (`due` keeps
+    /// that instant): the start of a new request on a keep-alive connection when
+    /// `idle`, else a new connection's first request. `Ok(0)` means the connection is
+    /// over (closed, timed out, or, when `idle`, the service is shutting down and its
+    /// drain window ended; a request that already arrived is still read).
+    fn poll_wait(
         &mut self,
         app: &FastApp,
-        head_deadline: Option<tokio::time::Instant>,
-        closing: Pin<&mut Notified<'_>>,
-    ) -> std::io::Result<usize> {
-        use futures::FutureExt;
-        let idle = head_deadline.is_none();
-        let mut until =
-            head_deadline.unwrap_or_else(|| tokio::time::Instant::now() + self.keepalive);
-        let mut closing = Some(closing);
-        loop {
-            let shutting_down = app.closing.load(Ordering::SeqCst);
-            if idle && shutting_down {
-                // Not listening any more: an idle connection waits to the end of the
-                // drain window at most, so a request already on its way is answered.
-                let end = app.state.drain_window_end().map(tokio::time::Instant::from);
-                until = end.map_or(until, |e| until.min(e));
-                if until <= tokio::time::Instant::now() {
-                    // Serve a request that already arrived, wait for no other.
-                    let read = poll_fn(|cx| poll_read_in(&mut self.io, &mut self.buf, cx));
-                    return match read.now_or_never() {
-                        Some(Ok(n)) => Ok(n),
-                        _ => Ok(0),
-                    };
-                }
+        idle: bool,
+        wait: Duration,
+        due: &mut Option<tokio::time::Instant>,
+        cx: &mut Context<'_>,
+    ) -> Poll<std::io::Result<usize>> {
+        if let Poll::Ready(read) = poll_read_in(&mut self.io, &mut self.buf, cx) {
+            return Poll::Ready(read);
+        }
+        let mut until = match *due {
+            Some(d) => d,
+            // The first poll: one clock read per wait.
+            None => *due.insert(tokio::time::Instant::now() + wait),
+        };
+        if idle && app.closing.load(Ordering::SeqCst) {
+            // Not listening any more: an idle connection waits to the end of the drain
+            // window at most, so a request already on its way is answered.
+            if let Some(end) = app.state.drain_window_end() {
+                until = until.min(end.into());
             }
-            self.client_timer.as_mut().reset(until);
-            let wake = closing.as_mut().filter(|_| idle && !shutting_down);
-            tokio::select! {
-                biased;
-                r = poll_fn(|cx| poll_read_in(&mut self.io, &mut self.buf, cx)) => return r,
-                _ = self.client_timer.as_mut() => return Ok(0),
-                _ = async { if let Some(w) = wake { w.await } }, if idle && !shutting_down => {
-                    // The service stopped listening: look at the drain window again.
-                    closing = None;
-                }
-            }
+        }
+        if until <= tokio::time::Instant::now() {
+            return Poll::Ready(Ok(0));
+        }
+        self.ticket.arm(cx.waker(), until);
+        Poll::Pending
+    }
+
+    /// Reads more of a request head, due by `deadline`. `Ok(0)` means the connection is
+    /// over (closed, or the head did not arrive in time).
+    async fn read_head(&mut self, deadline: tokio::time::Instant) -> std::io::Result<usize> {
+        tokio::select! {
+            biased;
+            r = poll_fn(|cx| poll_read_in(&mut self.io, &mut self.buf, cx)) => r,
+            () = tokio::time::sleep_until(deadline) => Ok(0),
         }
     }
 }
@@ -406,6 +439,7 @@ mod tests {
 
     /// Memory per idle keep-alive connection is mostly its task's future: keep the
     /// states a connection waits in between requests small (BENCHMARKS.md, memory).
+    /// Sizes are those of a debug build (a release build's are smaller).
     #[tokio::test]
     async fn an_idle_connection_holds_little_memory() {
         let app = app();
@@ -416,9 +450,10 @@ mod tests {
         let (server, _) = listener.accept().await.unwrap();
         let (_tx, shutdown) = tokio::sync::watch::channel(false);
         let conn = Conn::new(&app.state, server, None, Vec::new(), false);
+        let state = std::mem::size_of_val(&conn);
         let task = std::mem::size_of_val(&connection(app, conn, shutdown));
-        let sleep = std::mem::size_of::<Sleep>();
-        eprintln!("connection future {task} B, timer {sleep} B");
-        assert!(task <= 1536, "connection future is {task} bytes");
+        eprintln!("connection future {task} B, of which the connection {state} B");
+        assert!(state <= 160, "the connection's state is {state} bytes");
+        assert!(task <= 512, "connection future is {task} bytes");
     }
 }

@@ -91,7 +91,7 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let client = TcpStream::connect(addr).await.unwrap();
         let (mut server_side, _) = listener.accept().await.unwrap();
-        put(addr, 0, UpStream::Plain(client));
+        put(addr, 0, UpStream::plain(client));
         assert!(
             take(addr, 7).is_none(),
             "another key's connection is not handed out"

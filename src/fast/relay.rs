@@ -51,12 +51,7 @@ impl<S: ClientIo> Exchange<'_, S> {
         }
         let mut rbuf = Vec::with_capacity(UPSTREAM_CHUNK);
         let (head_len, status, framing) = 'head: loop {
-            let timer = self.conn.upstream_timer.as_mut();
-            if read(&mut up, &mut rbuf, timer, read_timeout)
-                .await
-                .map_err(at)?
-                == 0
-            {
+            if read(&mut up, &mut rbuf, read_timeout).await.map_err(at)? == 0 {
                 return Err(at(UpErr::Upstream(UpstreamError::Closed)));
             }
             while let Some(h) = self.response_head(attempt, &rbuf).map_err(at)? {
@@ -264,8 +259,7 @@ impl<S: ClientIo> Exchange<'_, S> {
         }
         while left > 0 {
             rbuf.clear();
-            let timer = self.conn.upstream_timer.as_mut();
-            let n = match read(up, &mut rbuf, timer, read_timeout).await {
+            let n = match read(up, &mut rbuf, read_timeout).await {
                 Ok(n) if n > 0 => n,
                 // The upstream closing is the end of an until-close body.
                 Ok(_) if body == BodyFraming::UntilClose => {

@@ -15,13 +15,32 @@ use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tokio_openssl::SslStream;
 
-/// A connection to an upstream: plaintext, or TLS (a variant with `tls`).
-pub(super) enum UpStream {
+/// A connection to an upstream: plaintext, or TLS (a variant with `tls`), with the timer
+/// that bounds its reads. The timer lives with the connection (it goes to the pool and
+/// back with it) rather than with the client connection: an idle keep-alive client
+/// holds no upstream timer, and a reused connection's timer is only pushed later, which
+/// in tokio is a store, not a timer-wheel insertion (see BENCHMARKS.md, memory).
+pub(super) struct UpStream {
+    io: UpIo,
+    timer: Pin<Box<Sleep>>,
+}
+
+enum UpIo {
     Plain(TcpStream),
     Tls(Box<SslStream<TcpStream>>),
 }
 
 impl UpStream {
+    pub(super) fn plain(tcp: TcpStream) -> UpStream {
+        UpStream::new(UpIo::Plain(tcp))
+    }
+
+    fn new(io: UpIo) -> UpStream {
+        // Registered in the timer wheel at its first read, not here.
+        let timer = Box::pin(tokio::time::sleep(Duration::from_secs(3600)));
+        UpStream { io, timer }
+    }
+
     /// Whether an idle connection is still open. A plaintext one costs no system call
     /// unless the reactor has seen it become readable (an idle HTTP connection only does
     /// when it closes). A TLS one is peeked at, so that no TLS record is consumed; one
@@ -29,11 +48,53 @@ impl UpStream {
     pub(super) fn is_open(&self) -> bool {
         use futures::FutureExt;
         let mut probe = [0u8; 1];
-        match self {
-            UpStream::Plain(s) => {
+        match &self.io {
+            UpIo::Plain(s) => {
                 matches!(s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
             }
-            UpStream::Tls(s) => s.get_ref().peek(&mut probe).now_or_never().is_none(),
+            UpIo::Tls(s) => s.get_ref().peek(&mut probe).now_or_never().is_none(),
+        }
+    }
+}
+
+impl AsyncRead for UpIo {
+    #[inline]
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            UpIo::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for UpIo {
+    #[inline]
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            UpIo::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            UpIo::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        match self.get_mut() {
+            UpIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            UpIo::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
         }
     }
 }
@@ -45,10 +106,7 @@ impl AsyncRead for UpStream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpStream::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
     }
 }
 
@@ -59,24 +117,15 @@ impl AsyncWrite for UpStream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            UpStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            UpStream::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
-        }
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpStream::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpStream::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
-        }
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            UpStream::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
-        }
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
     }
 }
 
@@ -91,21 +140,21 @@ pub(super) enum UpErr {
     ClientGone,
 }
 
-/// Reads from the upstream into `buf` within `limit`.
+/// Reads from the upstream into `buf` within `limit` (the connection's timer).
 pub(super) async fn read(
     up: &mut UpStream,
     buf: &mut Vec<u8>,
-    mut timer: Pin<&mut Sleep>,
     limit: Duration,
 ) -> Result<usize, UpErr> {
     if buf.capacity() - buf.len() < UPSTREAM_CHUNK / 4 {
         buf.reserve(UPSTREAM_CHUNK);
     }
-    timer.as_mut().reset(tokio::time::Instant::now() + limit);
+    up.timer.as_mut().reset(tokio::time::Instant::now() + limit);
+    let UpStream { io, timer } = up;
     tokio::select! {
         biased;
-        r = up.read_buf(buf) => r.map_err(|_| UpErr::Upstream(UpstreamError::Closed)),
-        _ = timer => Err(UpErr::Upstream(UpstreamError::Timeout)),
+        r = io.read_buf(buf) => r.map_err(|_| UpErr::Upstream(UpstreamError::Closed)),
+        _ = timer.as_mut() => Err(UpErr::Upstream(UpstreamError::Timeout)),
     }
 }
 
@@ -132,7 +181,7 @@ pub(super) async fn connect(pool: &Pool, addr: SocketAddr) -> Result<UpStream, U
         return match fast_timeout(limit, TcpStream::connect(addr)).await {
             Ok(Ok(s)) => {
                 let _ = s.set_nodelay(true);
-                Ok(UpStream::Plain(s))
+                Ok(UpStream::plain(s))
             }
             Ok(Err(_)) => Err(UpstreamError::Connect),
             Err(_) => Err(UpstreamError::ConnectTimeout),
@@ -150,7 +199,7 @@ pub(super) async fn connect(pool: &Pool, addr: SocketAddr) -> Result<UpStream, U
         })
     };
     match tokio_timeout(limit, connect).await {
-        Ok(Ok(s)) => Ok(UpStream::Tls(Box::new(s))),
+        Ok(Ok(s)) => Ok(UpStream::new(UpIo::Tls(Box::new(s)))),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(UpstreamError::ConnectTimeout),
     }

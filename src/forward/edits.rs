@@ -17,33 +17,37 @@ const COHORT_PREFIX: &[u8] = b"x-cohort-";
 /// The client's TCP peer (the socket's, or the client a PROXY protocol header named on a
 /// listener that takes one), with what each request needs from it computed once per
 /// connection.
+///
+/// Every idle keep-alive connection holds one, so it is kept small (40 bytes and the
+/// text's allocation).
 #[derive(Debug, Clone)]
 pub struct ClientPeer {
     /// As the socket (or the PROXY header) reports it (routing sees this).
     pub ip: IpAddr,
     /// The client's port (kept for the socket digest of a stream handed to Pingora).
     pub port: u16,
-    /// IPv4-mapped addresses as IPv4 (trusted-proxy checks, `X-Forwarded-For`).
-    pub canonical: IpAddr,
-    /// `canonical` as text, for `X-Forwarded-For`.
-    pub text: String,
+    /// [`ClientPeer::canonical`] as text, for `X-Forwarded-For`.
+    pub text: Box<str>,
 }
 
 impl ClientPeer {
     pub fn new(addr: SocketAddr) -> ClientPeer {
         let ip = addr.ip();
-        let canonical = ip.to_canonical();
         ClientPeer {
             ip,
             port: addr.port(),
-            canonical,
-            text: canonical.to_string(),
+            text: ip.to_canonical().to_string().into_boxed_str(),
         }
     }
 
     /// The address again, as the socket (or the PROXY header) reported it.
     pub fn addr(&self) -> SocketAddr {
         SocketAddr::new(self.ip, self.port)
+    }
+
+    /// IPv4-mapped addresses as IPv4 (trusted-proxy checks, `X-Forwarded-For`).
+    pub fn canonical(&self) -> IpAddr {
+        self.ip.to_canonical()
     }
 }
 
@@ -74,7 +78,7 @@ impl<'a> RequestEdits<'a> {
                 .router
                 .trusted_proxies
                 .iter()
-                .any(|n| n.contains(&p.canonical))
+                .any(|n| n.contains(&p.canonical()))
         });
         RequestEdits {
             force: service.cfg.force.as_ref().map(|f| f.name.as_str()),

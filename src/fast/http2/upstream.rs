@@ -47,15 +47,9 @@ impl Exchange<'_> {
         if self.body.more() {
             self.body.stream(&mut up, read_timeout).await.map_err(at)?;
         }
-        let timer = tokio::time::sleep(read_timeout);
-        tokio::pin!(timer);
         let mut rbuf = Vec::with_capacity(UPSTREAM_CHUNK);
         let head = 'head: loop {
-            if read(&mut up, &mut rbuf, timer.as_mut(), read_timeout)
-                .await
-                .map_err(at)?
-                == 0
-            {
+            if read(&mut up, &mut rbuf, read_timeout).await.map_err(at)? == 0 {
                 return Err(at(UpErr::Upstream(UpstreamError::Closed)));
             }
             while let Some(h) = self.response_head(attempt, &rbuf).map_err(at)? {
@@ -184,8 +178,6 @@ impl Exchange<'_> {
     ) -> Relayed {
         let limit = self.table.config.server.client_write_timeout;
         let read_timeout = attempt.pool().read_timeout();
-        let timer = tokio::time::sleep(read_timeout);
-        tokio::pin!(timer);
         let mut left = match body {
             BodyFraming::Length(n) => n,
             _ => 1,
@@ -232,7 +224,7 @@ impl Exchange<'_> {
             }
             rbuf.clear();
             from = 0;
-            match read(up, &mut rbuf, timer.as_mut(), read_timeout).await {
+            match read(up, &mut rbuf, read_timeout).await {
                 Ok(n) if n > 0 => {}
                 // The upstream closing is the end of an until-close body.
                 Ok(_) if body == BodyFraming::UntilClose => {
