@@ -216,3 +216,105 @@ async fn sweep(running: Running) {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::future::poll_fn;
+    use std::task::Poll;
+
+    /// Arms `ticket` for `due` and returns once woken, with the time it was woken.
+    async fn woken_at(ticket: &Ticket, due: Instant) -> Instant {
+        let mut armed = false;
+        poll_fn(|cx| {
+            if armed {
+                return Poll::Ready(Instant::now());
+            }
+            armed = true;
+            ticket.arm(cx.waker(), due);
+            Poll::Pending
+        })
+        .await
+    }
+
+    /// `services_closing` wakes the sweepers of every test's runtime: the tests of this
+    /// module run one at a time.
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+    fn live() -> usize {
+        BOARD.with(|b| b.lock().live)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_connection_is_woken_at_its_deadline_and_not_before() {
+        let _serial = SERIAL.lock().await;
+        let start = Instant::now();
+        let ticket = Ticket::new();
+        let at = woken_at(&ticket, start + Duration::from_secs(75)).await;
+        assert!(at >= start + Duration::from_secs(75), "woken early: {at:?}");
+        assert!(at < start + Duration::from_secs(75) + GRAIN * 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_earlier_deadline_armed_later_is_met() {
+        let _serial = SERIAL.lock().await;
+        let start = Instant::now();
+        let late = Ticket::new();
+        let early = Ticket::new();
+        // The sweeper plans for the 75 s deadline first.
+        let far =
+            tokio::spawn(async move { woken_at(&late, start + Duration::from_secs(75)).await });
+        tokio::task::yield_now().await;
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let at = woken_at(&early, start + Duration::from_secs(5)).await;
+        assert!(at >= start + Duration::from_secs(5));
+        assert!(at < start + Duration::from_secs(6), "woken at {at:?}");
+        let at = far.await.unwrap();
+        assert!(at >= start + Duration::from_secs(75));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_busy_connection_is_not_woken_again_for_an_old_deadline() {
+        let _serial = SERIAL.lock().await;
+        let start = Instant::now();
+        let ticket = Ticket::new();
+        woken_at(&ticket, start + Duration::from_secs(1)).await;
+        // Its waker was taken: the sweeper holds no reference to the task any more.
+        let waker = BOARD.with(|b| b.lock().slots[ticket.slot as usize].waker.is_some());
+        assert!(!waker);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_closing_service_wakes_every_waiting_connection() {
+        let _serial = SERIAL.lock().await;
+        let start = Instant::now();
+        let ticket = Ticket::new();
+        let waiting =
+            tokio::spawn(async move { woken_at(&ticket, start + Duration::from_secs(3600)).await });
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        services_closing();
+        let at = waiting.await.unwrap();
+        assert!(at < start + Duration::from_secs(3), "woken at {at:?}");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn slots_are_reused_and_the_sweeper_ends_with_the_last_ticket() {
+        let _serial = SERIAL.lock().await;
+        let a = Ticket::new();
+        let b = Ticket::new();
+        assert_eq!(live(), 2);
+        let slot = a.slot;
+        drop(a);
+        let c = Ticket::new();
+        assert_eq!(c.slot, slot, "a freed slot is taken again");
+        drop((b, c));
+        assert_eq!(live(), 0);
+        tokio::time::sleep(Duration::from_secs(7200)).await;
+        assert!(!BOARD.with(|b| b.lock().running), "the sweeper still runs");
+        // The next ticket starts another sweeper, which wakes it.
+        let d = Ticket::new();
+        let start = Instant::now();
+        let at = woken_at(&d, start + Duration::from_secs(2)).await;
+        assert!(at >= start + Duration::from_secs(2));
+    }
+}
