@@ -96,7 +96,7 @@ impl ServerApp for FastApp {
             // TLS, handshake done: HTTP/2 (ALPN `h2`) goes to the HTTP/2 carrier
             // ([`http2`]; Pingora's with `COHORT_H2_CARRIER=0`, or while a variant speaks
             // HTTP/2 upstream: `forward::carrier`), `http/1.1` or no ALPN
-            // to the engine, on this task (the TLS state cannot move threads).
+            // to the engine.
             if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
                 if !http2::enabled()
                     || !crate::forward::carrier::h2_carrier_carries(&self.state.table())
@@ -106,9 +106,11 @@ impl ServerApp for FastApp {
                 http2::serve(self, stream, shutdown).await;
                 return None;
             }
+            // The connection gets a task of its own (on this thread), as a plaintext
+            // one does, and Pingora's accept task, sized for the TLS handshake, ends.
             let peer = handover::peer_addr(&stream).map(ClientPeer::new);
             let conn = Conn::new(&self.state, stream, peer, Vec::new(), true);
-            connection(self.clone(), conn, shutdown.clone()).await;
+            tokio::spawn(connection(self.clone(), conn, shutdown.clone()));
             return None;
         }
         let io = match handover::rehome(stream) {
