@@ -159,7 +159,8 @@ async fn proxied(app: Arc<FastApp>, mut io: TcpStream, shutdown: ShutdownWatch) 
         }
     };
     let conn = Conn::new(&app.state, io, peer.map(ClientPeer::new), buf, false);
-    connection(app, conn, shutdown).await;
+    // A task of its own, so that an idle connection does not keep this one's state.
+    tokio::spawn(connection(app, conn, shutdown));
 }
 
 /// Serves one client connection until it closes. A request the engine does not take is
@@ -167,9 +168,10 @@ async fn proxied(app: Arc<FastApp>, mut io: TcpStream, shutdown: ShutdownWatch) 
 /// on with the next, so every request head on the connection is read under the engine's
 /// limits.
 ///
-/// An `async` block rather than an `async fn`: an `async fn` keeps its arguments and
-/// moves them into locals as well, so the connection would be held twice by every idle
-/// connection's task.
+/// This future is most of what an idle keep-alive connection costs (BENCHMARKS.md,
+/// memory), so everything but the wait for the next request is boxed while it runs: the
+/// exchange and the hand-over. It is an `async` block rather than an `async fn`, which
+/// would keep its arguments and moved copies of them.
 #[allow(clippy::manual_async_fn)]
 fn connection<S: ClientIo>(
     app: Arc<FastApp>,
@@ -177,23 +179,94 @@ fn connection<S: ClientIo>(
     shutdown: ShutdownWatch,
 ) -> impl std::future::Future<Output = ()> + Send {
     async move {
-        while let Served::HandOver = conn.serve(&app, &shutdown).await {
-            let (peer, tls) = (conn.peer.take(), conn.tls);
-            let stream = conn.io.into_stream(peer.as_ref());
-            let one = OneRequest::new(stream, std::mem::take(&mut conn.buf));
-            let Some(back) = app.handover.serve(Box::new(one), &shutdown).await else {
-                return;
+        loop {
+            // The first request's head is due `head_timeout` after the connection
+            // started; a later one's, after its first bytes arrived (`None`).
+            let head_due = match conn.buf.is_empty() {
+                true => {
+                    let mut wait = Wait::new(&conn);
+                    match poll_fn(|cx| conn.poll_wait(&app, &mut wait, cx)).await {
+                        Ok(n) if n > 0 => wait.head_due(),
+                        _ => return,
+                    }
+                }
+                false => None,
             };
-            let Ok(Some((stream, after))) = OneRequest::take_back(back) else {
-                return;
-            };
-            let Ok(io) = S::resume(stream) else {
-                return;
-            };
-            conn = Conn::new(&app.state, io, peer, after, tls);
-            // Between requests, as after any answered one (keep-alive, not head, timing).
-            conn.served = 1;
+            let next = Box::pin(exchange::serve_one(&mut conn, &app, &shutdown, head_due)).await;
+            match next {
+                exchange::Next::KeepAlive => {
+                    conn.served += 1;
+                    // An idle keep-alive connection holds no read buffer: 10,000 idle
+                    // clients would otherwise pin 40 MiB (see BENCHMARKS.md, memory).
+                    if conn.buf.is_empty() {
+                        conn.buf = Vec::new();
+                    }
+                }
+                exchange::Next::Close => {
+                    let _ = conn.io.shutdown().await;
+                    return;
+                }
+                exchange::Next::Gone => return,
+                exchange::Next::HandOver => {
+                    match Box::pin(hand_over(&app, conn, &shutdown)).await {
+                        Some(back) => conn = back,
+                        None => return,
+                    }
+                }
+            }
         }
+    }
+}
+
+/// Hands `conn`, whose buffer starts with a request the engine does not take, to the
+/// Pingora carrier for that request; the connection back, if it stays open.
+async fn hand_over<S: ClientIo>(
+    app: &FastApp,
+    mut conn: Conn<S>,
+    shutdown: &ShutdownWatch,
+) -> Option<Conn<S>> {
+    let (peer, tls) = (conn.peer.take(), conn.tls);
+    let buf = std::mem::take(&mut conn.buf);
+    let stream = conn.io.into_stream(peer.as_ref());
+    let one = OneRequest::new(stream, buf);
+    let back = app.handover.serve(Box::new(one), shutdown).await?;
+    let (stream, after) = OneRequest::take_back(back).ok()??;
+    let io = S::resume(stream).ok()?;
+    let mut conn = Conn::new(&app.state, io, peer, after, tls);
+    // Between requests, as after any answered one (keep-alive, not head, timing).
+    conn.served = 1;
+    Some(conn)
+}
+
+/// A connection's wait for the client's next bytes.
+struct Wait {
+    /// The start of a new request on a keep-alive connection, not a new connection's
+    /// first request.
+    idle: bool,
+    /// How long it may take.
+    limit: Millis,
+    /// When it gives up, from its first poll.
+    until: Option<tokio::time::Instant>,
+}
+
+impl Wait {
+    fn new<S>(conn: &Conn<S>) -> Wait {
+        let idle = conn.served > 0;
+        let limit = if idle {
+            conn.keepalive
+        } else {
+            conn.head_timeout
+        };
+        Wait {
+            idle,
+            limit,
+            until: None,
+        }
+    }
+
+    /// When a new connection's first request head is due.
+    fn head_due(&self) -> Option<tokio::time::Instant> {
+        self.until.filter(|_| !self.idle)
     }
 }
 
@@ -211,14 +284,6 @@ impl Millis {
     fn get(self) -> Duration {
         Duration::from_millis(u64::from(self.0))
     }
-}
-
-/// How a connection's service on the engine ended.
-enum Served {
-    /// The connection is done (closed by either side, or after an error response).
-    Closed,
-    /// Pingora takes over from here; `buf` holds the bytes read but not served.
-    HandOver,
 }
 
 /// One client connection on the engine.
@@ -264,71 +329,26 @@ impl<S: ClientIo> Conn<S> {
         }
     }
 
-    async fn serve(&mut self, app: &FastApp, shutdown: &ShutdownWatch) -> Served {
-        loop {
-            // The first request's head is due `head_timeout` after the connection
-            // started; a later one's, after its first bytes arrived.
-            let mut head_due = None;
-            if self.buf.is_empty() {
-                // The state an idle connection waits in: small, and no timer of its own.
-                let idle = self.served > 0;
-                let wait = if idle {
-                    self.keepalive
-                } else {
-                    self.head_timeout
-                }
-                .get();
-                let mut due = None;
-                let read = poll_fn(|cx| self.poll_wait(app, idle, wait, &mut due, cx)).await;
-                if !matches!(read, Ok(n) if n > 0) {
-                    return Served::Closed;
-                }
-                head_due = due.filter(|_| !idle);
-            }
-            // The exchange's (larger) future lives on the heap only while a request is
-            // in flight.
-            let next = Box::pin(exchange::serve_one(self, app, shutdown, head_due)).await;
-            match next {
-                exchange::Next::KeepAlive => {
-                    self.served += 1;
-                    // An idle keep-alive connection holds no read buffer: 10,000 idle
-                    // clients would otherwise pin 40 MiB (see BENCHMARKS.md, memory).
-                    if self.buf.is_empty() {
-                        self.buf = Vec::new();
-                    }
-                }
-                exchange::Next::Close => {
-                    let _ = self.io.shutdown().await;
-                    return Served::Closed;
-                }
-                exchange::Next::Gone => return Served::Closed,
-                exchange::Next::HandOver => return Served::HandOver,
-            }
-        }
-    }
-
-    /// Waits for the client's next bytes, for `wait` from the first poll (`due` keeps
-    /// that instant): the start of a new request on a keep-alive connection when
-    /// `idle`, else a new connection's first request. `Ok(0)` means the connection is
-    /// over (closed, timed out, or, when `idle`, the service is shutting down and its
+    /// Waits for the client's next bytes (`wait`). `Ok(0)` means the connection is over
+    /// (closed, timed out, or, for an idle one, the service is shutting down and its
     /// drain window ended; a request that already arrived is still read).
     fn poll_wait(
         &mut self,
         app: &FastApp,
-        idle: bool,
-        wait: Duration,
-        due: &mut Option<tokio::time::Instant>,
+        wait: &mut Wait,
         cx: &mut Context<'_>,
     ) -> Poll<std::io::Result<usize>> {
         if let Poll::Ready(read) = poll_read_in(&mut self.io, &mut self.buf, cx) {
             return Poll::Ready(read);
         }
-        let mut until = match *due {
-            Some(d) => d,
+        let mut until = match wait.until {
+            Some(u) => u,
             // The first poll: one clock read per wait.
-            None => *due.insert(tokio::time::Instant::now() + wait),
+            None => *wait
+                .until
+                .insert(tokio::time::Instant::now() + wait.limit.get()),
         };
-        if idle && app.closing.load(Ordering::SeqCst) {
+        if wait.idle && app.closing.load(Ordering::SeqCst) {
             // Not listening any more: an idle connection waits to the end of the drain
             // window at most, so a request already on its way is answered.
             if let Some(end) = app.state.drain_window_end() {
@@ -441,7 +461,9 @@ mod tests {
 
     /// Memory per idle keep-alive connection is mostly its task's future: keep the
     /// states a connection waits in between requests small (BENCHMARKS.md, memory).
-    /// Sizes are those of a debug build (a release build's are smaller).
+    /// Sizes are those of a debug build (a release build's are smaller: 304 B before
+    /// the wait left its timer and the exchange, 216 B after). With tokio's task header
+    /// and trailer the task is then 384 bytes (128-byte aligned), not 512.
     #[tokio::test]
     async fn an_idle_connection_holds_little_memory() {
         let app = app();
@@ -456,6 +478,6 @@ mod tests {
         let task = std::mem::size_of_val(&connection(app, conn, shutdown));
         eprintln!("connection future {task} B, of which the connection {state} B");
         assert!(state <= 160, "the connection's state is {state} bytes");
-        assert!(task <= 512, "connection future is {task} bytes");
+        assert!(task <= 256, "connection future is {task} bytes");
     }
 }
