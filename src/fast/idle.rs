@@ -245,6 +245,13 @@ mod tests {
         BOARD.with(|b| b.lock().live)
     }
 
+    /// What a waiting connection holds here instead of a tokio timer (112 bytes, boxed).
+    #[test]
+    fn a_slot_is_small() {
+        assert!(std::mem::size_of::<Slot>() <= 32);
+        assert!(std::mem::size_of::<Ticket>() <= 16);
+    }
+
     #[tokio::test(start_paused = true)]
     async fn a_connection_is_woken_at_its_deadline_and_not_before() {
         let _serial = SERIAL.lock().await;
