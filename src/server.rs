@@ -214,8 +214,14 @@ pub fn run_table(
     };
     // The engine reads into its own buffer, so the stream needs none; Pingora's
     // default is 64 KiB, held by every idle keep-alive connection (see BENCHMARKS.md).
-    let read_buffer = if fast { 0 } else { PLAINTEXT_READ_BUFFER };
-    let buffers = L4BufferSettings::new(read_buffer, DEFAULT_L4_WRITE_BUFFER_SIZE);
+    // Nor does it need the stream's write buffer (1,460 bytes, held by every TLS
+    // connection for its life): it writes each response piece whole and flushes it,
+    // and OpenSSL buffers a handshake flight itself.
+    let (read_buffer, write_buffer) = match fast {
+        true => (0, 0),
+        false => (PLAINTEXT_READ_BUFFER, DEFAULT_L4_WRITE_BUFFER_SIZE),
+    };
+    let buffers = L4BufferSettings::new(read_buffer, write_buffer);
     // TLS listeners get the same socket buffers: TLS records are read through them.
     let plaintext = |addr: &SocketAddr| ListenerConfig::tcp(addr.to_string()).l4_buffer(buffers);
     let mut tls_settings = Vec::new();
