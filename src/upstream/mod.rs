@@ -36,25 +36,6 @@ const UPSTREAM_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// another connection past it).
 const H2_STREAMS: usize = 100;
 
-thread_local! {
-    /// This worker thread's HTTP/2 pool key ([`worker_group`]).
-    static WORKER_GROUP: u64 = {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    };
-}
-
-/// A key of the calling worker thread, for HTTP/2 peers' `group_key`. Pingora keeps
-/// HTTP/2 upstream connections in one pool for all threads, and a stream takes a
-/// connection out of it while it opens its stream: a stream on another thread that
-/// looks at that moment finds no connection and opens a new one, so with two threads
-/// the connection count grows under load (12 to 26 in BENCHMARKS.md section 9). Keyed
-/// per thread, a connection is only taken and returned by one thread's tasks (Pingora's
-/// per-thread runtimes run a task on one thread), so it is always in the pool when free.
-fn worker_group() -> u64 {
-    WORKER_GROUP.with(|g| *g)
-}
-
 enum Selector {
     RoundRobin(LoadBalancer<RoundRobin>),
     Random(LoadBalancer<Random>),
@@ -293,7 +274,6 @@ impl Pool {
         }
         if self.protocol != UpstreamProtocol::H1 {
             peer.options.max_h2_streams = H2_STREAMS;
-            peer.group_key = worker_group();
         }
         peer.options.connection_timeout = Some(self.connect_timeout);
         peer.options.read_timeout = Some(self.read_timeout);
@@ -329,49 +309,5 @@ impl Pool {
     /// The configured backends whose names do not resolve: down, with no address.
     pub fn unresolved(&self) -> impl Iterator<Item = &Lookup> {
         self.lookups.iter().filter(|l| l.answer.is_err())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use pingora_core::upstreams::peer::Peer;
-
-    /// The pools of a one-service config whose variants are `h2c` and plain HTTP/1.1.
-    fn pools() -> Vec<Pool> {
-        let text = "[server]\nlisten = [\"127.0.0.1:1\"]\nadmin = \"127.0.0.1:2\"\n\
-            [[service]]\nname = \"api\"\nkey = [\"header:x-user-id\"]\n\
-            [[service.variant]]\nname = \"grpc\"\nweight = 1\nbackends = [\"127.0.0.1:3\"]\nprotocol = \"h2c\"\n\
-            [[service.variant]]\nname = \"web\"\nweight = 1\nbackends = [\"127.0.0.1:4\"]\n";
-        let config = crate::config::Config::parse(text).unwrap();
-        let mut table = crate::routing::RoutingTable::build(config).unwrap();
-        table.pools.remove(0)
-    }
-
-    /// The reuse hash of the peer `pool` gives for its first address, built on a thread
-    /// of its own or on this one.
-    fn hash(pool: &Pool, own_thread: bool) -> u64 {
-        let addr = pool.addrs[0];
-        if own_thread {
-            std::thread::scope(|s| s.spawn(|| pool.peer(addr).reuse_hash()).join().unwrap())
-        } else {
-            pool.peer(addr).reuse_hash()
-        }
-    }
-
-    /// HTTP/2 peers share pooled connections within a thread only; HTTP/1.1 peers
-    /// across threads (their pooled connections carry one request at a time).
-    #[test]
-    fn http2_connections_are_pooled_per_thread() {
-        let pools = pools();
-        let (grpc, web) = (&pools[0], &pools[1]);
-        assert_eq!(
-            hash(grpc, false),
-            hash(grpc, false),
-            "same thread, same pool"
-        );
-        assert_ne!(hash(grpc, false), hash(grpc, true), "another thread's pool");
-        assert_ne!(hash(grpc, true), hash(grpc, true), "each thread its own");
-        assert_eq!(hash(web, false), hash(web, true), "HTTP/1.1: one pool");
     }
 }
