@@ -13,6 +13,12 @@
 # is RSS after the first burst closed, "2nd" the RSS holding the second burst (whether the
 # memory of the first is reused).
 #
+# "marginal" is a second figure per connection that does not depend on how much freed
+# memory the allocator kept resident before the burst (which the first connections then
+# take without growing RSS): the burst of N is opened in two halves, both held at the
+# end; RSS is also read between them, and the growth from that reading to the end,
+# divided by the second half's connections, is the figure.
+#
 # Usage: scripts/memory-bench.sh [--bin PATH] [--conns 8000] [--tls-conns 2000]
 #                                [--bursts 1|2] [--only cohort] [--modes "plain tls"]
 #   The environment passes to cohort (e.g. MIMALLOC_PURGE_DELAY=0, see BENCHMARKS.md).
@@ -117,20 +123,35 @@ burst() { # pid port n mode -> echoes "kib_held ok" and leaves the connections c
   echo "$held ${ok:-0}"
 }
 
-declare -A PER
+HOLDERS=()
+open_hold() { # fd port n mode -> holds n connections until a line is written to the fd
+  local fd="$1" port="$2" n="$3" mode="$4"
+  rm -f "$T/ctl$fd"; mkfifo "$T/ctl$fd"
+  python3 "$HERE/bench/hold.py" "$n" "$port" "$([ "$mode" = tls ] && echo tls)" <"$T/ctl$fd" >"$T/hold$fd.out" 2>&1 &
+  HOLDERS+=($!)
+  eval "exec $fd>\"$T/ctl$fd\""
+  for _ in $(seq 1800); do grep -q READY "$T/hold$fd.out" && break; sleep 0.1; done
+}
+
+declare -A PER MARG
 measure() { # name pid port n mode
-  local name="$1" pid="$2" port="$3" n="$4" mode="$5" before held ok closed="-" second="-"
+  local name="$1" pid="$2" port="$3" n="$4" mode="$5" before half held ok closed="-" second="-"
   [ -n "$pid" ] || return 0
   burst "$pid" "$port" 100 "$mode" >/dev/null   # warm-up: worker caches, upstream pools
   sleep 1; before=$(rss_kib "$pid")
-  read -r held ok < <(burst "$pid" "$port" "$n" "$mode")
+  # The burst of N, in two halves held together (see "marginal" above).
+  open_hold 8 "$port" $((n / 2)) "$mode"; sleep 2; half=$(rss_kib "$pid")
+  open_hold 7 "$port" $((n - n / 2)) "$mode"; sleep 2; held=$(rss_kib "$pid")
+  ok=$(( $(sed -n 's/READY ok=\([0-9]*\).*/\1/p' "$T/hold8.out") + $(sed -n 's/READY ok=\([0-9]*\).*/\1/p' "$T/hold7.out") ))
+  echo >&8; echo >&7; exec 8>&- 7>&-; wait "${HOLDERS[@]}" 2>/dev/null || true; HOLDERS=()
   if [ "$BURSTS" -ge 2 ]; then
     sleep 2; closed=$(rss_kib "$pid")
     read -r second _ < <(burst "$pid" "$port" "$n" "$mode")
   fi
   PER[$name.$mode]=$(( (held - before) * 1024 / n ))
-  printf "%-8s %-5s n=%-6s answered=%-6s idle=%7d KiB  held=%7d KiB  per_conn=%6d B  closed=%7s KiB  2nd=%7s KiB\n" \
-    "$name" "$mode" "$n" "$ok" "$before" "$held" "${PER[$name.$mode]}" "$closed" "$second"
+  MARG[$name.$mode]=$(( (held - half) * 1024 / (n - n / 2) ))
+  printf "%-8s %-5s n=%-6s answered=%-6s idle=%7d KiB  held=%7d KiB  per_conn=%6d B  closed=%7s KiB  2nd=%7s KiB  marginal=%6d B\n" \
+    "$name" "$mode" "$n" "$ok" "$before" "$held" "${PER[$name.$mode]}" "$closed" "$second" "${MARG[$name.$mode]}"
 }
 
 for mode in $MODES; do
@@ -144,11 +165,15 @@ for mode in $MODES; do
   for p in $NG $HA $CO; do wait "$p" 2>/dev/null || true; done
 done
 for mode in $MODES; do
-  c=${PER[cohort.$mode]:-} g=${PER[nginx.$mode]:-} h=${PER[haproxy.$mode]:-}
-  if [ -n "$c" ] && [ -n "$g" ] && [ "$g" -gt 0 ]; then
-    awk -v c="$c" -v g="$g" -v h="${h:-0}" -v m="$mode" 'BEGIN {
-      printf "%s: cohort %d B per idle connection = %.2fx NGINX (%d B)", m, c, c / g, g
-      if (h > 0) printf ", %.2fx HAProxy (%d B)", c / h, h
-      printf "\n" }'
-  fi
+  for kind in PER MARG; do
+    declare -n fig=$kind
+    c=${fig[cohort.$mode]:-} g=${fig[nginx.$mode]:-} h=${fig[haproxy.$mode]:-}
+    if [ -n "$c" ] && [ -n "$g" ] && [ "$g" -gt 0 ]; then
+      awk -v c="$c" -v g="$g" -v h="${h:-0}" -v m="$mode" -v k="$([ $kind = PER ] && echo "per idle connection" || echo "marginal")" 'BEGIN {
+        printf "%s: cohort %d B %s = %.2fx NGINX (%d B)", m, c, k, c / g, g
+        if (h > 0) printf ", %.2fx HAProxy (%d B)", c / h, h
+        printf "\n" }'
+    fi
+    unset -n fig
+  done
 done

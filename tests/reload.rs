@@ -518,10 +518,12 @@ fn twenty_reloads_under_load_fail_no_request_and_keep_assignments() {
     type Windows = Arc<Mutex<Vec<(Instant, Option<Instant>)>>>;
     let windows: Windows = Arc::new(Mutex::new(vec![(Instant::now(), None)]));
     let stop = Arc::new(AtomicBool::new(false));
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
     type Obs = (Instant, Instant, u32, String);
     let workers: Vec<_> = (0..8u32)
         .map(|t| {
             let stop = stop.clone();
+            let answered = answered.clone();
             let target = px.addr;
             std::thread::spawn(move || {
                 let mut cl = Client::new(target);
@@ -534,6 +536,7 @@ fn twenty_reloads_under_load_fail_no_request_and_keep_assignments() {
                     match cl.try_request("GET", "/", &[("x-user-id", &format!("user-{user}"))], b"")
                     {
                         Ok(r) if r.status < 500 => {
+                            answered.fetch_add(1, Ordering::Relaxed);
                             out.push((t0, Instant::now(), user, r.backend()))
                         }
                         Ok(r) => failures.push(format!("status {}: {}", r.status, r.text())),
@@ -560,6 +563,12 @@ fn twenty_reloads_under_load_fail_no_request_and_keep_assignments() {
         w.push((Instant::now(), None));
     }
     std::thread::sleep(Duration::from_millis(300));
+    // Enough requests to check the windows with, however slow the machine is (a count,
+    // not a rate: on a machine loaded by a memory benchmark it served 1,437 in that time once).
+    let enough = Instant::now() + Duration::from_secs(60);
+    while answered.load(Ordering::Relaxed) <= 2000 && Instant::now() < enough {
+        std::thread::sleep(Duration::from_millis(50));
+    }
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
     for h in workers {
