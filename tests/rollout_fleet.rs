@@ -257,14 +257,27 @@ fn analysis(node: &Cohort, variant: &str) -> u64 {
 #[test]
 fn three_instances_serve_the_same_steps_and_only_the_decider_writes_state() {
     let (s, c) = (backend("stable"), backend("canary"));
-    let fleet = Fleet::start(|d| config(&s, &c, d, FAST));
+    // Steps of 3 s: the decider is paused within its step, before it can move on. The
+    // followers' copy lags by up to a poll, so waiting for all three first could see
+    // the last step end (promoted, and `pause` refused) on a loaded machine.
+    let fleet =
+        Fleet::start(|d| config(&s, &c, d, &FAST.replace("step_secs = 1", "step_secs = 3")));
     let decider = fleet.nodes[0].admin.to_string();
     let traffic = UserTraffic::start("bg", &fleet.addrs(), 1, 5000);
     let users: Vec<String> = (0..300).map(|i| format!("probe-{i}")).collect();
     let mut before: Option<Vec<String>> = None;
     for (step, percent) in [(0, 20.0), (1, 50.0)] {
-        all_agree(&fleet, &format!("step {step}"), |r| r["step"] == step);
-        assert_eq!(post(&fleet.nodes[0], "pause").0, 200);
+        wait_until(
+            60,
+            &format!("the decider at step {step}"),
+            || {
+                let r = step_of(&get(&fleet.nodes[0]));
+                (r["step"] == step && r["state"] == "running").then_some(())
+            },
+            || format!("{:#}\n{}", get(&fleet.nodes[0]), fleet.logs()),
+        );
+        let (code, body) = post(&fleet.nodes[0], "pause");
+        assert_eq!(code, 200, "{body}");
         let r = all_agree(&fleet, "paused", |r| r["state"] == "paused");
         assert_eq!(r["percent"], percent, "{r:#}");
         let want: Vec<String> = users
