@@ -5,10 +5,13 @@
 //! building the image and starting the services: ports, health checks, stop timeouts,
 //! limits, privileges, and every `cohort ...` command line the files and guides contain.
 
+mod common;
+use common::free_port;
+
 use serde_json::Value as Json;
 use std::collections::{BTreeSet, HashMap};
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -1004,14 +1007,6 @@ fn every_cohort_command_line_in_the_deploy_files_is_accepted_by_the_binary() {
 
 // ---------------------------------------------------------------------------------------
 // `cohort run --daemon`, which cohort-upgradable.service (Type=forking) starts
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 /// Exists and is not a zombie (a daemon's parent may never reap it).
 fn alive(pid: u32) -> bool {

@@ -6,6 +6,7 @@ use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 pub use cohort::demo::EchoBackend;
@@ -41,11 +42,46 @@ pub fn engine_on() -> bool {
     std::env::var("COHORT_FAST_PATH").map_or(true, |v| v != "0")
 }
 
+/// A free port on 127.0.0.1 for a listener that a test starts later (cohort's `listen`,
+/// `admin`, TLS listeners).
+///
+/// Drawn from below the kernel's ephemeral range, so that between this call and the
+/// bind no other socket takes it: every client connection of the suite, and every
+/// `bind(0)` (the test backends), gets its port from the ephemeral range. A port taken
+/// there did happen in CI: cohort retried its TLS listener's bind while the test's
+/// readiness probe, and then `curl`, reached another test's backend. Each process walks
+/// its own sequence (an offset from its pid), and a port in use is skipped.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("bind an ephemeral port")
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    const LOW: u32 = 10_000;
+    let high = ephemeral_low().unwrap_or(0);
+    if high < LOW + 1_000 {
+        // An unusual range: fall back to the kernel's choice.
+        return TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("bind an ephemeral port");
+    }
+    let span = high - LOW;
+    let start = std::process::id().wrapping_mul(7_919) % span;
+    for _ in 0..span {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let port = (LOW + (start + n) % span) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {LOW}..{high}");
+}
+
+/// The first port of the kernel's ephemeral range.
+fn ephemeral_low() -> Option<u32> {
+    std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// An address on 127.0.0.1 that refuses connections.
