@@ -14,6 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::time::Sleep;
 use tokio_openssl::SslStream;
+use tokio_util::either::Either;
 
 /// A connection to an upstream: plaintext, or TLS (a variant with `tls`), with the timer
 /// that bounds its reads. The timer lives with the connection (it goes to the pool and
@@ -25,14 +26,12 @@ pub(super) struct UpStream {
     timer: Pin<Box<Sleep>>,
 }
 
-enum UpIo {
-    Plain(TcpStream),
-    Tls(Box<SslStream<TcpStream>>),
-}
+/// Plaintext (left) or TLS (right); `Either` relays reads and writes to the one it holds.
+type UpIo = Either<TcpStream, Box<SslStream<TcpStream>>>;
 
 impl UpStream {
     pub(super) fn plain(tcp: TcpStream) -> UpStream {
-        UpStream::new(UpIo::Plain(tcp))
+        UpStream::new(Either::Left(tcp))
     }
 
     fn new(io: UpIo) -> UpStream {
@@ -49,52 +48,10 @@ impl UpStream {
         use futures::FutureExt;
         let mut probe = [0u8; 1];
         match &self.io {
-            UpIo::Plain(s) => {
+            Either::Left(s) => {
                 matches!(s.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
             }
-            UpIo::Tls(s) => s.get_ref().peek(&mut probe).now_or_never().is_none(),
-        }
-    }
-}
-
-impl AsyncRead for UpIo {
-    #[inline]
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            UpIo::Tls(s) => Pin::new(&mut **s).poll_read(cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for UpIo {
-    #[inline]
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<std::io::Result<usize>> {
-        match self.get_mut() {
-            UpIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            UpIo::Tls(s) => Pin::new(&mut **s).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            UpIo::Tls(s) => Pin::new(&mut **s).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        match self.get_mut() {
-            UpIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            UpIo::Tls(s) => Pin::new(&mut **s).poll_shutdown(cx),
+            Either::Right(s) => s.get_ref().peek(&mut probe).now_or_never().is_none(),
         }
     }
 }
@@ -199,7 +156,7 @@ pub(super) async fn connect(pool: &Pool, addr: SocketAddr) -> Result<UpStream, U
         })
     };
     match tokio_timeout(limit, connect).await {
-        Ok(Ok(s)) => Ok(UpStream::new(UpIo::Tls(Box::new(s)))),
+        Ok(Ok(s)) => Ok(UpStream::new(Either::Right(Box::new(s)))),
         Ok(Err(e)) => Err(e),
         Err(_) => Err(UpstreamError::ConnectTimeout),
     }
