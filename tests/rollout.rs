@@ -62,6 +62,13 @@ latency_slack_ms = 100
 const FAST: &str =
     "steps = [20, 50]\nstep_secs = 1\ncheck_secs = 1\nmax_step_secs = 3600\nfailure_limit = 2\n";
 
+/// [`FAST`] with 3-second steps, for a test that pauses the rollout once it sees a step:
+/// the step must not end (on the last one: promoted, and `pause` refused) between the
+/// poll that saw it and the pause, on a loaded machine.
+fn pausable() -> String {
+    FAST.replace("step_secs = 1", "step_secs = 3")
+}
+
 /// Hashed traffic from many users until dropped.
 struct Traffic {
     stop: Arc<AtomicBool>,
@@ -161,7 +168,7 @@ fn variants(px: &Cohort, users: &[String]) -> Vec<String> {
 #[test]
 fn a_healthy_canary_walks_every_step_to_promoted_and_no_user_leaves_it() {
     let (s, c) = (backend("stable"), backend("canary"));
-    let px = Cohort::start(&config(&s, &c, FAST));
+    let px = Cohort::start(&config(&s, &c, &pausable()));
     let users: Vec<String> = (0..400).map(|i| format!("probe-{i}")).collect();
     let traffic = Traffic::start(&px);
     let mut before: Option<Vec<String>> = None;
@@ -338,7 +345,7 @@ fn operator_actions_pause_resume_promote_abort_with_conflicts() {
 #[test]
 fn kill_9_and_restart_resumes_the_same_step() {
     let (s, c) = (backend("stable"), backend("canary"));
-    let cfg = config(&s, &c, FAST);
+    let cfg = config(&s, &c, &pausable());
     let mut px = Cohort::start(&cfg);
     let traffic = Traffic::start(&px);
     wait_for(&px, "step 1", |r| r["step"] == 1);
