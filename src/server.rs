@@ -217,9 +217,10 @@ pub fn run_table(
     // Nor does it need the stream's write buffer (1,460 bytes, held by every TLS
     // connection for its life): it writes each response piece whole and flushes it,
     // and OpenSSL buffers a handshake flight itself.
-    let (read_buffer, write_buffer) = match fast {
-        true => (0, 0),
-        false => (PLAINTEXT_READ_BUFFER, DEFAULT_L4_WRITE_BUFFER_SIZE),
+    let (read_buffer, write_buffer) = if fast {
+        (0, 0)
+    } else {
+        (PLAINTEXT_READ_BUFFER, DEFAULT_L4_WRITE_BUFFER_SIZE)
     };
     let buffers = L4BufferSettings::new(read_buffer, write_buffer);
     // TLS listeners get the same socket buffers: TLS records are read through them.

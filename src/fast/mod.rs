@@ -182,15 +182,14 @@ fn connection<S: ClientIo>(
         loop {
             // The first request's head is due `head_timeout` after the connection
             // started; a later one's, after its first bytes arrived (`None`).
-            let head_due = match conn.buf.is_empty() {
-                true => {
-                    let mut wait = Wait::new(&conn);
-                    match poll_fn(|cx| conn.poll_wait(&app, &mut wait, cx)).await {
-                        Ok(n) if n > 0 => wait.head_due(),
-                        _ => return,
-                    }
+            let head_due = if conn.buf.is_empty() {
+                let mut wait = Wait::new(&conn);
+                match poll_fn(|cx| conn.poll_wait(&app, &mut wait, cx)).await {
+                    Ok(n) if n > 0 => wait.head_due(),
+                    _ => return,
                 }
-                false => None,
+            } else {
+                None
             };
             let next = Box::pin(exchange::serve_one(&mut conn, &app, &shutdown, head_due)).await;
             match next {
